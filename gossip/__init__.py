@@ -1,0 +1,1 @@
+"""The gossip protocol core: sans-I/O, no wall clock, no global random."""

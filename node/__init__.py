@@ -1,0 +1,1 @@
+"""The grapevine daemon: asyncio + aiohttp shell around the gossip core."""

@@ -1,0 +1,1 @@
+"""Policy: bundles, signatures, trust, selectors, facts, resources and convergence."""

@@ -1,0 +1,1 @@
+"""Deterministic discrete-event fleet simulator driving the real gossip core."""
