@@ -1,0 +1,190 @@
+"""Run one command for a run order: a timeout, bounded output, a chosen user.
+
+The command runs in a session (and so a process group) of its own. When the
+timeout passes, the whole group gets SIGTERM and, after a short grace period,
+SIGKILL, so a shell that started children leaves nothing behind. Output is
+read as it comes; each stream keeps at most ``max_output`` bytes and counts
+what it dropped, so a chatty command can neither fill the agent's memory nor
+block on a full pipe.
+
+The exit code follows the shell convention: the command's own status, or
+``-signal`` when a signal ended it; ``TIMEOUT_EXIT`` when the timeout killed
+it and ``START_FAILED_EXIT`` when it could not be started at all (no such
+program, no such user), with the reason in ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import signal
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger("grapevine.node")
+
+MAX_OUTPUT_BYTES = 64 * 1024  # per stream: enough for a status page, small enough for one result frame
+KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL: room for a clean exit, short against a deadline
+READ_CHUNK = 16 * 1024  # pipe reads; the pipe buffer is 64 KiB, four reads drain it
+TIMEOUT_EXIT = 124  # what timeout(1) reports, so operators read it the same way
+START_FAILED_EXIT = 127  # what a shell reports for a command it cannot run
+SHELL = "/bin/sh"  # POSIX shell for --shell actions; present on every supported system
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    duration_ms: int
+    timed_out: bool = False
+    stdout_dropped: int = 0  # bytes beyond max_output that were read and thrown away
+    stderr_dropped: int = 0
+    error: str = ""  # why the command could not run, or "timeout after N s"
+
+
+class _Capture:
+    """Collects one stream up to a limit and counts the rest."""
+
+    __slots__ = ("limit", "parts", "size", "dropped")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> None:
+        room = self.limit - self.size
+        if room > 0:
+            keep = data[:room]
+            self.parts.append(keep)
+            self.size += len(keep)
+        self.dropped += max(0, len(data) - max(room, 0))
+
+    def value(self) -> bytes:
+        return b"".join(self.parts)
+
+
+async def _drain(stream: asyncio.StreamReader | None, capture: _Capture) -> None:
+    if stream is None:
+        return
+    while True:
+        chunk = await stream.read(READ_CHUNK)
+        if not chunk:
+            return
+        capture.feed(chunk)
+
+
+def _user_kwargs(user: str | None) -> dict:
+    """Arguments that make the child run as ``user`` (needs root unless it is us)."""
+    if not user:
+        return {}
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise LookupError(f"no such user {user!r}") from None
+    if pw.pw_uid == os.geteuid():
+        return {}
+    if os.geteuid() != 0:
+        raise PermissionError(f"cannot run as {user!r}: the agent is not root")
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": os.getgrouplist(user, pw.pw_gid)}
+
+
+def _child_env(user: str | None) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "LANG": os.environ.get("LANG", "C.UTF-8")}
+    try:
+        pw = pwd.getpwnam(user) if user else pwd.getpwuid(os.geteuid())
+        env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+    except KeyError:
+        pass
+    return env
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # the group now belongs to another user; kill what we can
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+async def execute(
+    argv: list[str] | tuple[str, ...],
+    *,
+    timeout_s: float,
+    user: str | None = None,
+    cwd: str | None = None,
+    max_output: int = MAX_OUTPUT_BYTES,
+    env: dict[str, str] | None = None,
+) -> ExecResult:
+    """Run ``argv`` and return its outcome; never raises for a failing command."""
+    if not argv:
+        raise ValueError("an empty command line cannot be run")
+    started = time.monotonic()
+
+    def elapsed_ms() -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            cwd=cwd or "/",
+            env=env if env is not None else _child_env(user),
+            **_user_kwargs(user),
+        )
+    except (OSError, LookupError, ValueError) as exc:
+        return ExecResult(exit_code=START_FAILED_EXIT, stdout=b"", stderr=b"", duration_ms=elapsed_ms(),
+                          error=f"cannot start {argv[0]!r}: {exc}")
+
+    out, err = _Capture(max_output), _Capture(max_output)
+    readers = asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err))
+    timed_out = False
+    try:
+        await asyncio.wait_for(asyncio.shield(readers), timeout_s)
+        await asyncio.wait_for(proc.wait(), max(0.0, timeout_s - (time.monotonic() - started)))
+    except asyncio.TimeoutError:
+        timed_out = True
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+        except asyncio.TimeoutError:
+            pass
+        _kill_group(proc.pid, signal.SIGKILL)  # also children that ignored SIGTERM or outlived the leader
+        await proc.wait()
+        try:  # the pipes close once every holder in the group is gone
+            await asyncio.wait_for(readers, KILL_GRACE_S)
+        except asyncio.TimeoutError:
+            readers.cancel()
+    except asyncio.CancelledError:
+        _kill_group(proc.pid, signal.SIGKILL)
+        readers.cancel()
+        raise
+    code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
+    if timed_out:
+        log.info("command %r timed out after %.1f s; process group %d killed", argv[0], timeout_s, proc.pid)
+    return ExecResult(
+        exit_code=TIMEOUT_EXIT if timed_out else code,
+        stdout=out.value(),
+        stderr=err.value(),
+        duration_ms=elapsed_ms(),
+        timed_out=timed_out,
+        stdout_dropped=out.dropped,
+        stderr_dropped=err.dropped,
+        error=f"timeout after {timeout_s:g} s" if timed_out else "",
+    )
+
+
+def shell_argv(command: str) -> list[str]:
+    """The argv that runs ``command`` through the POSIX shell."""
+    return [SHELL, "-c", command]

@@ -1,0 +1,100 @@
+"""The executor: exit codes, timeouts that kill the whole group, bounded output."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from grapevine.node.executor import (
+    START_FAILED_EXIT,
+    TIMEOUT_EXIT,
+    execute,
+    shell_argv,
+)
+
+
+def run(argv, **kw):
+    kw.setdefault("timeout_s", 10)
+    return asyncio.run(execute(argv, **kw))
+
+
+@pytest.mark.parametrize(
+    "argv, code, stdout",
+    [
+        (["true"], 0, b""),
+        (["false"], 1, b""),
+        (["echo", "hello"], 0, b"hello\n"),
+        (shell_argv("echo out; echo err >&2; exit 7"), 7, b"out\n"),
+        (shell_argv("kill -TERM $$"), -15, b""),
+    ],
+)
+def test_exit_code_and_stdout_are_reported(argv, code, stdout):
+    res = run(argv)
+    assert (res.exit_code, res.stdout) == (code, stdout)
+    assert not res.timed_out
+
+
+def test_stderr_is_captured_apart():
+    res = run(shell_argv("echo err >&2"))
+    assert res.stderr == b"err\n" and res.stdout == b""
+
+
+def test_missing_program_reports_start_failure():
+    res = run(["/nonexistent/program"])
+    assert res.exit_code == START_FAILED_EXIT
+    assert "cannot start" in res.error
+
+
+def test_unknown_user_reports_start_failure():
+    res = run(["true"], user="no-such-user-here")
+    assert res.exit_code == START_FAILED_EXIT and "no such user" in res.error
+
+
+def test_output_is_bounded_and_the_rest_counted():
+    res = run(shell_argv("head -c 300000 /dev/zero; head -c 5000 /dev/zero >&2"), max_output=1000)
+    assert len(res.stdout) == 1000 and res.stdout_dropped == 299000
+    assert len(res.stderr) == 1000 and res.stderr_dropped == 4000
+    assert res.exit_code == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); check its state
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    # the shell starts a background child that ignores SIGTERM, then waits
+    script = f"(trap '' TERM; sleep 60) & echo $! > {pidfile}; wait"
+    started = time.monotonic()
+    res = run(shell_argv(script), timeout_s=0.5)
+    took = time.monotonic() - started
+    assert res.timed_out and res.exit_code == TIMEOUT_EXIT
+    assert "timeout" in res.error
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the background child outlived the timeout"
+    assert took < 5
+
+
+def test_child_environment_is_minimal():
+    os.environ["GRAPEVINE_SECRET_TEST"] = "x"
+    try:
+        res = run(["env"])
+    finally:
+        del os.environ["GRAPEVINE_SECRET_TEST"]
+    assert b"GRAPEVINE_SECRET_TEST" not in res.stdout
+    assert b"PATH=" in res.stdout
