@@ -1,0 +1,537 @@
+"""Push-style runs and fleet queries, on top of the agent's extension API.
+
+Two roles live here; every agent plays both.
+
+*Origin* (the agent the command line talks to):
+  1. checks the signed order it was handed (signature, scope, deadline);
+  2. discovery: one ephemeral broadcast over the gossip tree; every node whose
+     facts match the selector answers straight to the origin with its node id
+     and node public key. Discovery ends once answers stop arriving (a quiet
+     window after the last one, stretched when answers trickle in slowly),
+     bounded in time;
+  3. posts the signed order to the targets directly, all at once or in
+     batches, each batch after the previous one finished, and stops starting
+     batches once failures pass ``max_failures``;
+  4. verifies every result with the node key learned at discovery and refuses
+     (and logs) any that does not verify;
+  5. streams progress to the command line as NDJSON lines.
+
+*Node* (every target): checks the order (``policy.runorder.check_order``,
+then that the id is new via the durable seen-run table), executes it with a
+timeout and bounded output as the configured user, signs the result with its
+node key and posts it to the origin, retrying until the deadline.
+
+The same discovery serves fleet queries (``grapevine status --fleet``): each
+matching node answers with what it has applied and how its last converge went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from grapevine.policy import runorder, selectors
+from grapevine.policy.keys import PublicKey
+from grapevine.policy.runorder import RunRefused, RunResult, SignedOrder, SignedResult
+
+from . import executor
+
+log = logging.getLogger("grapevine.node")
+
+QUERY_KIND = "query"  # broadcast kind of a discovery query (runs and fleet status)
+ANSWER_ROUTE = "query.answer"  # node -> origin: "I match"
+ORDER_ROUTE = "run.order"  # origin -> node: the signed order
+RESULT_ROUTE = "run.result"  # node -> origin: the signed result
+
+QUIET_MS = 300  # discovery ends this long after the last answer: answers from a tree come in one burst
+QUIET_STRETCH = 0.5  # ...or half the time the answers took so far, when a busy fleet answers slowly
+FIRST_ANSWER_MS = 2000  # with no remote answer this long after the broadcast, nobody else matches
+DISCOVERY_MAX_MS = 8000  # discovery never takes longer, however answers trickle in
+QUERY_TTL_MS = 10_000  # a query broadcast is dropped from seen-sets after this
+RESULT_GRACE_MS = 5000  # beyond the command timeout, for the result to travel back
+RESULT_RETRY_FIRST_S = 0.2  # result post retries back off from here...
+RESULT_RETRY_MAX_S = 5.0  # ...to here, until the deadline
+MAX_CONCURRENT_RUNS = 16  # commands one node runs at once; more wait their turn
+MAX_REPORT_BYTES = 64 * 1024  # a converge report attached to a result, diffs dropped past this
+MAX_QUERY_ANSWER_BYTES = 64 * 1024  # one node's status answer
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class _Discovery:
+    """Answers to one query, as they arrive at the origin."""
+
+    qid: str
+    started: float = field(default_factory=time.monotonic)
+    answers: dict[str, tuple[PublicKey, dict]] = field(default_factory=dict)
+    last: float | None = None  # monotonic time of the latest remote answer
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, node: str, key: PublicKey, info: dict, *, remote: bool) -> None:
+        if node in self.answers:
+            return
+        self.answers[node] = (key, info)
+        if remote:
+            self.last = time.monotonic()
+        self.arrived.set()
+
+    async def settle(self) -> float:
+        """Wait until answers stop arriving; returns how long discovery took (ms)."""
+        hard_end = self.started + DISCOVERY_MAX_MS / 1000
+        while True:
+            now = time.monotonic()
+            if self.last is None:
+                end = self.started + FIRST_ANSWER_MS / 1000
+            else:
+                quiet = max(QUIET_MS / 1000, (self.last - self.started) * QUIET_STRETCH)
+                end = self.last + quiet
+            end = min(end, hard_end)
+            if now >= end:
+                return (now - self.started) * 1000
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), end - now)
+            except asyncio.TimeoutError:
+                pass
+
+
+@dataclass(slots=True)
+class _Run:
+    """Origin-side life of one run."""
+
+    signed: SignedOrder
+    keys: dict[str, PublicKey] = field(default_factory=dict)  # targets and the keys they answered with
+    results: dict[str, RunResult] = field(default_factory=dict)
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # node -> (reason, detail)
+    unreachable: dict[str, str] = field(default_factory=dict)
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def settled(self, node: str) -> bool:
+        return node in self.results or node in self.refused or node in self.unreachable
+
+
+class RunService:
+    """Wires push-style runs and fleet queries into an agent."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self._discoveries: dict[str, _Discovery] = {}
+        self._runs: dict[str, _Run] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_RUNS)
+        self.refusals: collections.Counter[str] = collections.Counter()  # orders and results refused here
+
+    def install(self) -> None:
+        a = self.agent
+        a.on_broadcast(QUERY_KIND, self._on_query)
+        a.add_peer_route(ANSWER_ROUTE, self._on_answer)
+        a.add_peer_route(ORDER_ROUTE, self._on_order)
+        a.add_peer_route(RESULT_ROUTE, self._on_result)
+        a.add_api_route("GET", "/v1/run/origin", self._api_origin)
+        a.add_api_route("POST", "/v1/run", self._api_run)
+        a.add_api_route("POST", "/v1/fleet/query", self._api_query)
+        a.add_api_route("GET", "/v1/run/stats", self._api_stats)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            try:
+                await t
+            except BaseException:  # cancelled or failed: nothing more to report at shutdown
+                pass
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------- discovery
+    async def discover(self, kind: str, selector: str) -> tuple[_Discovery, float]:
+        """Broadcast a query and collect the answers until they stop."""
+        selectors.parse(selector or None)  # a bad selector is refused here, not by every node
+        qid = runorder.new_run_id()
+        disc = self._discoveries[qid] = _Discovery(qid=qid)
+        body = {"q": qid, "o": self.agent.node_id, "s": selector, "k": kind}
+        try:
+            self.agent.broadcast(QUERY_KIND, body, QUERY_TTL_MS)
+            await self._on_query(self.agent.node_id, body, b"")  # the origin is a node too
+            took = await disc.settle()
+        finally:
+            self._discoveries.pop(qid, None)
+        return disc, took
+
+    async def _on_query(self, origin: str, body: Any, msg_id: bytes) -> None:
+        if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("q", "o", "s", "k")):
+            log.info("%s: malformed query from %s ignored", self.agent.node_id, origin)
+            return
+        try:
+            if not selectors.matches(body["s"] or None, self.agent.facts):
+                return
+        except selectors.SelectorSyntaxError as exc:
+            log.info("%s: query with a bad selector ignored: %s", self.agent.node_id, exc.reason)
+            return
+        info = self.status_info() if body["k"] == "status" else {}
+        answer = {"q": body["q"], "n": self.agent.node_id, "pk": self.agent.node_key.public.raw, "i": info}
+        if body["o"] == self.agent.node_id:
+            await self._on_answer(answer, remote=False)
+            return
+        self._spawn(self._send_quietly(body["o"], ANSWER_ROUTE, answer))
+
+    async def _send_quietly(self, node: str, route: str, body: Any) -> None:
+        try:
+            await self.agent.send_direct(node, route, body)
+        except Exception as exc:  # the origin went away: nothing to do but note it
+            log.info("%s: %s to %s failed: %s", self.agent.node_id, route, node, exc)
+
+    async def _on_answer(self, body: Any, remote: bool = True) -> dict:
+        if not isinstance(body, dict):
+            return {"ok": False}
+        disc = self._discoveries.get(body.get("q"))  # type: ignore[arg-type]
+        if disc is None:
+            return {"ok": False, "gone": True}
+        node, raw, info = body.get("n"), body.get("pk"), body.get("i")
+        if not isinstance(node, str) or not isinstance(raw, bytes) or not isinstance(info, dict):
+            return {"ok": False}
+        try:
+            key = PublicKey.from_bytes(raw)
+        except Exception:
+            return {"ok": False}
+        disc.add(node, key, info, remote=remote)
+        return {"ok": True}
+
+    def status_info(self) -> dict:
+        """What this node reports to a fleet status query."""
+        a = self.agent
+        bundles = []
+        for entry in a.bundles():
+            name, version, applied = (tuple(entry) + (None, None, None))[:3]
+            bundles.append({"name": name, "version": _version_text(version), "applied": _version_text(applied)
+                            if not isinstance(applied, bool) else applied})
+        rep = a.last_report
+        last = None
+        if rep is not None:
+            doc = rep if isinstance(rep, dict) else getattr(rep, "report", None) or {}
+            last = {k: doc.get(k) for k in ("changed", "unchanged", "failed", "skipped")}
+            at = getattr(rep, "at_ms", None) or (doc.get("at_ms") if isinstance(doc, dict) else None)
+            last["at_ms"] = at
+        return {"bundles": bundles, "last_report": last, "now_ms": now_ms(),
+                "stale": bool(getattr(a, "stale", False))}
+
+    # ------------------------------------------------------------- node side
+    async def _on_order(self, body: Any) -> dict:
+        try:
+            wire = body.get("order") if isinstance(body, dict) else None
+            signed = SignedOrder.from_wire(wire)
+            order = runorder.check_order(signed, root=self.agent.admission.root, now_ms=now_ms(), facts=self.agent.facts)
+            if not self.agent.state.mark_run_seen(order.run_id, order.deadline_ms):
+                raise RunRefused("Replayed", f"run {order.run_id} was already received here")
+        except RunRefused as exc:
+            self.refusals[exc.reason] += 1
+            log.warning("%s: refused run order: %s", self.agent.node_id, exc)
+            return {"ok": False, "refused": exc.reason, "detail": exc.detail}
+        log.info("%s: run %s from %s accepted: %s", self.agent.node_id, order.run_id, order.operator,
+                 order.action.describe())
+        self._spawn(self._execute_and_report(order))
+        return {"ok": True}
+
+    async def _execute_and_report(self, order: runorder.RunOrder) -> None:
+        async with self._slots:
+            result = await self._execute(order)
+        signed = SignedResult.sign(result, self.agent.node_key)
+        delay = RESULT_RETRY_FIRST_S
+        while True:
+            try:
+                if order.origin == self.agent.node_id:
+                    reply = await self._on_result(signed.to_wire())
+                else:
+                    reply = await self.agent.send_direct(order.origin, RESULT_ROUTE, signed.to_wire())
+                if isinstance(reply, dict) and not reply.get("ok") and not reply.get("gone"):
+                    log.warning("%s: origin %s refused the result of run %s: %s", self.agent.node_id,
+                                order.origin, order.run_id, reply.get("refused"))
+                return
+            except Exception as exc:
+                if now_ms() + delay * 1000 > order.deadline_ms:
+                    log.warning("%s: result of run %s could not reach %s before the deadline: %s",
+                                self.agent.node_id, order.run_id, order.origin, exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESULT_RETRY_MAX_S)
+
+    async def _execute(self, order: runorder.RunOrder) -> RunResult:
+        action, timeout_s = order.action, order.timeout_ms / 1000
+        base = {"run_id": order.run_id, "node": self.agent.node_id}
+        if action.kind == "converge":
+            return await self._converge(order, base, timeout_s)
+        argv = list(action.argv) if action.kind == "command" else executor.shell_argv(action.shell)
+        res = await executor.execute(argv, timeout_s=timeout_s, user=getattr(self.agent.config, "run_user", None) or None)
+        return RunResult(**base, exit_code=res.exit_code, stdout=res.stdout, stderr=res.stderr,
+                         duration_ms=res.duration_ms, error=res.error,
+                         truncated=bool(res.stdout_dropped or res.stderr_dropped))
+
+    async def _converge(self, order: runorder.RunOrder, base: dict, timeout_s: float) -> RunResult:
+        started = time.monotonic()
+        names = [b.split("@", 1)[0] for b in order.action.bundles]
+        try:
+            await asyncio.wait_for(self._await_bundles(order.action.bundles), timeout_s)
+            report = await asyncio.wait_for(self.agent.converge_now(names or None),
+                                            max(0.01, timeout_s - (time.monotonic() - started)))
+        except asyncio.TimeoutError:
+            return RunResult(**base, exit_code=executor.TIMEOUT_EXIT, stdout=b"", stderr=b"",
+                             duration_ms=int((time.monotonic() - started) * 1000),
+                             error=f"converge did not finish within {timeout_s:g} s")
+        except Exception as exc:  # a converge that blew up is a failed result, not a dead agent
+            log.exception("%s: converge for run %s failed", self.agent.node_id, order.run_id)
+            return RunResult(**base, exit_code=1, stdout=b"", stderr=b"", error=f"converge failed: {exc}",
+                             duration_ms=int((time.monotonic() - started) * 1000))
+        report = report if isinstance(report, dict) else {}
+        counts = {k: int(report.get(k) or 0) for k in ("changed", "unchanged", "failed", "skipped")}
+        summary = " ".join(f"{k} {v}" for k, v in counts.items()) + "\n"
+        packed = msgpack.packb(_jsonable(report), use_bin_type=True)
+        if len(packed) > MAX_REPORT_BYTES:
+            slim = dict(report, resources=[{k: v for k, v in r.items() if k != "diff"} for r in report.get("resources", [])])
+            packed = msgpack.packb(_jsonable(slim), use_bin_type=True)
+            if len(packed) > MAX_REPORT_BYTES:
+                packed = msgpack.packb(counts)
+        return RunResult(**base, exit_code=1 if counts["failed"] else 0, stdout=summary.encode(), stderr=b"",
+                         duration_ms=int((time.monotonic() - started) * 1000), report=packed)
+
+    async def _await_bundles(self, specs: tuple[str, ...]) -> None:
+        """Wait until this node holds each ``name@wall.counter`` at that version or newer."""
+        wanted = {}
+        for spec in specs:
+            if "@" in spec:
+                name, stamp = spec.split("@", 1)
+                try:
+                    wall, counter = (int(x) for x in stamp.split(".", 1))
+                except ValueError:
+                    continue
+                wanted[name] = (wall, counter)
+        delay = 0.02
+        while wanted:
+            held = {e[0]: _stamp(e[1]) for e in self.agent.bundles()}
+            wanted = {n: v for n, v in wanted.items() if held.get(n) is None or held[n] < v}
+            if wanted:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    # ------------------------------------------------------------- origin side
+    async def _on_result(self, body: Any) -> dict:
+        try:
+            signed = SignedResult.from_wire(body)
+        except RunRefused as exc:
+            self.refusals[exc.reason] += 1
+            log.warning("%s: refused malformed run result: %s", self.agent.node_id, exc)
+            return {"ok": False, "refused": exc.reason}
+        claimed = signed.result
+        run = self._runs.get(claimed.run_id)
+        if run is None:
+            return {"ok": False, "gone": True}
+        try:
+            key = run.keys.get(claimed.node)
+            if key is None:
+                raise RunRefused("UnknownNode", f"result for run {claimed.run_id} from {claimed.node}, which is not a target")
+            result = signed.verify(key, run_id=claimed.run_id, node=claimed.node)
+        except RunRefused as exc:
+            self.refusals[exc.reason] += 1
+            log.warning("%s: refused run result: %s", self.agent.node_id, exc)
+            run.events.put_nowait({"event": "refused_result", "node": claimed.node, "reason": exc.reason,
+                                   "detail": exc.detail})
+            return {"ok": False, "refused": exc.reason}
+        if result.node not in run.results:
+            run.results[result.node] = result
+            run.events.put_nowait({"event": "result", **result.to_json()})
+            run.changed.set()
+        return {"ok": True}
+
+    async def _post_order(self, run: _Run, node: str) -> None:
+        body = {"order": run.signed.to_wire()}
+        try:
+            if node == self.agent.node_id:
+                reply = await self._on_order(body)
+            else:
+                reply = await self.agent.send_direct(node, ORDER_ROUTE, body)
+        except Exception as exc:
+            run.unreachable[node] = str(exc) or type(exc).__name__
+            run.events.put_nowait({"event": "unreachable", "node": node, "detail": run.unreachable[node]})
+            run.changed.set()
+            return
+        if isinstance(reply, dict) and not reply.get("ok"):
+            reason, detail = str(reply.get("refused") or "Refused"), str(reply.get("detail") or "")
+            run.refused[node] = (reason, detail)
+            run.events.put_nowait({"event": "refused", "node": node, "reason": reason, "detail": detail})
+            run.changed.set()
+
+    async def run(self, signed: SignedOrder, *, batch: runorder.BatchSize | None,
+                  max_failures: int | None) -> dict:
+        """Drive one run to the end; progress goes to ``self._runs[id].events``."""
+        order = signed.order
+        run = self._runs[order.run_id]
+        disc, took = await self.discover("run", order.selector)
+        run.keys = {n: k for n, (k, _) in disc.answers.items()}
+        targets = sorted(run.keys)
+        plan = runorder.plan_batches(targets, batch)
+        run.events.put_nowait({"event": "targets", "targets": targets, "discovery_ms": int(took),
+                               "batches": len(plan)})
+        batches, stopped_reason, failures, started = [], None, 0, now_ms()
+        for index, nodes in enumerate(plan):
+            if runorder.should_stop(failures, max_failures):
+                stopped_reason = (f"{failures} failure(s) passed --max-failures {max_failures}; "
+                                  f"{sum(len(b) for b in plan[index:])} node(s) not started")
+                break
+            if now_ms() > order.deadline_ms:
+                stopped_reason = "the run deadline passed"
+                break
+            run.events.put_nowait({"event": "batch", "index": index, "nodes": nodes})
+            sent = now_ms()
+            await asyncio.gather(*(self._post_order(run, n) for n in nodes))
+            wait_until = min(order.deadline_ms, sent + order.timeout_ms + RESULT_GRACE_MS)
+            while not all(run.settled(n) for n in nodes) and now_ms() < wait_until:
+                run.changed.clear()
+                try:
+                    await asyncio.wait_for(run.changed.wait(), max(0.0, (wait_until - now_ms()) / 1000))
+                except asyncio.TimeoutError:
+                    pass
+            failed_here = [n for n in nodes if not (n in run.results and run.results[n].ok)]
+            failures += len(failed_here)
+            batches.append({"index": index, "nodes": nodes, "failed": failed_here})
+        ran = [n for b in batches for n in b["nodes"]]
+        results = [run.results[n] for n in ran if n in run.results]
+        doc = {
+            "run_id": order.run_id,
+            "origin": order.origin,
+            "action": order.action.describe(),
+            "selector": order.selector,
+            "targets": targets,
+            "results": [r.to_json() for r in results],
+            "failed": sorted({r.node for r in results if not r.ok} | set(run.refused)),
+            "missing": sorted(n for n in ran if n not in run.results and n not in run.refused),
+            "refused": [{"node": n, "reason": r, "detail": d} for n, (r, d) in sorted(run.refused.items())],
+            "not_started": sorted(set(targets) - set(ran)),
+            "batches": batches,
+            "stopped_reason": stopped_reason,
+            "discovery_ms": int(took),
+            "duration_ms": now_ms() - started + int(took),
+        }
+        doc["ok"] = not doc["failed"] and not doc["missing"] and stopped_reason is None
+        return doc
+
+    # ------------------------------------------------------------- local API
+    async def _api_origin(self, request: web.Request) -> web.Response:
+        return web.json_response({"node_id": self.agent.node_id, "now_ms": now_ms()})
+
+    async def _api_stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"refusals": dict(self.refusals), "active_runs": len(self._runs)})
+
+    async def _api_query(self, request: web.Request) -> web.Response:
+        try:
+            req = await request.json()
+            kind, sel = str(req.get("kind") or "status"), str(req.get("selector") or "")
+            disc, took = await self.discover(kind, sel)
+        except (ValueError, selectors.SelectorSyntaxError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"answers": {n: _jsonable(i) for n, (_, i) in disc.answers.items()},
+                                  "discovery_ms": int(took), "origin": self.agent.node_id})
+
+    async def _api_run(self, request: web.Request) -> web.StreamResponse:
+        try:
+            req = await request.json()
+            signed = SignedOrder.decode(bytes.fromhex(req["order"]))
+            batch = runorder.BatchSize.parse(req.get("batch"))
+            max_failures = req.get("max_failures")
+            if max_failures is not None and (not isinstance(max_failures, int) or max_failures < 0):
+                raise ValueError("max_failures must be a non-negative integer")
+            runorder.check_order(signed, root=self.agent.admission.root, now_ms=now_ms(), facts=None)
+            if signed.order.origin != self.agent.node_id:
+                raise RunRefused("WrongOrigin", f"order is for origin {signed.order.origin}, this is {self.agent.node_id}")
+            if signed.order.run_id in self._runs:
+                raise RunRefused("Replayed", f"run {signed.order.run_id} is already in progress")
+        except (ValueError, KeyError, TypeError, RunRefused, runorder.ConfigError) as exc:
+            log.warning("%s: run request refused: %s", self.agent.node_id, exc)
+            return web.json_response({"error": str(exc)}, status=400)
+        run = self._runs[signed.order.run_id] = _Run(signed=signed)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        await _write(resp, {"event": "accepted", "run_id": signed.order.run_id, "origin": self.agent.node_id})
+        task = asyncio.ensure_future(self.run(signed, batch=batch, max_failures=max_failures))
+        try:
+            while True:
+                getter = asyncio.ensure_future(run.events.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    await _write(resp, getter.result())
+                    continue
+                getter.cancel()
+                while not run.events.empty():
+                    await _write(resp, run.events.get_nowait())
+                await _write(resp, {"event": "done", "summary": task.result()})
+                break
+        except Exception as exc:  # the client went away or the run failed: end it here
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled() and task.exception() is not None:
+                log.error("%s: run %s failed: %s", self.agent.node_id, signed.order.run_id, task.exception())
+                try:
+                    await _write(resp, {"event": "error", "detail": str(task.exception())})
+                except Exception:
+                    pass
+            log.info("%s: run %s stream ended early: %s", self.agent.node_id, signed.order.run_id, exc)
+        finally:
+            # late results for this id are answered "gone" so nodes stop retrying
+            self._runs.pop(signed.order.run_id, None)
+        try:
+            await resp.write_eof()
+        except Exception:
+            pass
+        return resp
+
+
+async def _write(resp: web.StreamResponse, event: dict) -> None:
+    await resp.write((json.dumps(event, default=_json_default) + "\n").encode())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "replace")
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def _version_text(v: Any) -> Any:
+    if v is None or isinstance(v, (str, bool)):
+        return v
+    if isinstance(v, (tuple, list)) and len(v) >= 2:
+        return f"{v[0]}.{v[1]}" + (f".{v[2]}" if len(v) > 2 else "")
+    return str(v)
+
+
+def _stamp(v: Any) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    if isinstance(v, (tuple, list)) and len(v) >= 2:
+        return int(v[0]), int(v[1])
+    if isinstance(v, str):
+        parts = v.replace("@", ".").split(".")
+        try:
+            return int(parts[0]), int(parts[1])
+        except (ValueError, IndexError):
+            return None
+    return None
