@@ -264,14 +264,18 @@ def pack(bundle: Bundle, key: SigningKey, now_ms: int, counter: int = 0) -> Sign
 
 
 def bundles_from_file(path: str) -> list[Bundle]:
-    """Load a policy file and build its bundles (shape checks only)."""
+    """Load a policy file and build its bundles (shape checks only; secrets get sealed)."""
+    from pathlib import Path
+
     from .authoring import load_policy_file
+    from .secrets import seal_document
 
     docs = load_policy_file(path)
     out = []
     seen: set[str] = set()
     for i, doc in enumerate(docs):
-        b = Bundle.from_document(doc, f"{path} (bundle #{i + 1})" if len(docs) > 1 else str(path))
+        source = f"{path} (bundle #{i + 1})" if len(docs) > 1 else str(path)
+        b = Bundle.from_document(seal_document(doc, Path(path).parent, source), source)
         if b.name in seen:
             raise PolicyError(f"{path}: bundle {b.name!r} is defined twice")
         seen.add(b.name)

@@ -1,0 +1,129 @@
+"""``grapevine bundle``: pack policy files into signed bundles, verify and show them.
+
+A packed bundle file (``.gv``) is the encoded ``SignedItem`` ``bundle/<name>``,
+byte for byte what travels between nodes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from grapevine.gossip.errors import GrapevineError, PolicyError
+from grapevine.policy.admission import verify_bundle_file, wall_ms
+from grapevine.policy.bundle import Bundle, bundles_from_file, pack
+from grapevine.policy.keys import SigningKey
+from grapevine.policy.trust import Refusal, read_item_file, write_item_file
+
+from .output import emit_json, json_option
+from .trust import trust_errors
+
+GV_SUFFIX = ".gv"
+
+
+def validate_resources(bundles: list[Bundle]) -> bool:
+    """Check resources with the catalog; False if the catalog is not available."""
+    try:
+        from grapevine.policy.catalog import validate_bundles
+    except ModuleNotFoundError as exc:
+        if exc.name != "grapevine.policy.catalog":
+            raise
+        return False
+    validate_bundles(bundles)
+    return True
+
+
+def file_name(bundle: Bundle) -> str:
+    """``web/nginx`` -> ``web.nginx.gv`` (names have no dots at the start of a part, so this is reversible enough to read)."""
+    return bundle.name.replace("/", ".") + GV_SUFFIX
+
+
+def output_paths(bundles: list[Bundle], outs: tuple[str, ...]) -> list[Path]:
+    if len(outs) == len(bundles) and not (len(outs) == 1 and Path(outs[0]).is_dir()):
+        return [Path(o) for o in outs]
+    if len(outs) != 1:
+        raise PolicyError(f"{len(bundles)} bundles but {len(outs)} --out values: give one directory or one file per bundle")
+    out = Path(outs[0])
+    if out.exists() and not out.is_dir():
+        raise PolicyError(f"{out} is a file but the policy holds {len(bundles)} bundles: give a directory or one --out per bundle")
+    out.mkdir(parents=True, exist_ok=True)
+    return [out / file_name(b) for b in bundles]
+
+
+@click.group()
+def bundle() -> None:
+    """Pack, verify and show signed policy bundles."""
+
+
+@bundle.command("pack")
+@click.argument("policy_file", type=click.Path(dir_okay=False))
+@click.option("--key", "key_path", required=True, help="Private key of the publisher that signs.")
+@click.option("--out", "outs", multiple=True, required=True, help="Bundle file (.gv), or a directory for several bundles; repeat to name each.")
+@json_option
+def pack_cmd(policy_file, key_path, outs, as_json) -> None:
+    """Validate POLICY_FILE (.yaml/.toml/.py) and sign each bundle in it."""
+    with trust_errors(as_json):
+        key = SigningKey.load(key_path)
+        bundles = bundles_from_file(policy_file)
+        validated = validate_resources(bundles)
+        paths = output_paths(bundles, outs)
+        now = wall_ms()
+        written = []
+        for b, path in zip(bundles, paths):
+            item = pack(b, key, now)
+            write_item_file(path, item)
+            written.append({"name": b.name, "out": str(path), "version": list(item.version), "bytes": len(item.encode())})
+    if as_json:
+        emit_json({"ok": True, "author": key.key_id, "validated": validated, "bundles": written})
+    else:
+        for w in written:
+            click.echo(f"{w['out']}: bundle {w['name']} signed by {key.key_id} ({w['bytes']} bytes)")
+
+
+@bundle.command("verify")
+@click.argument("bundle_file", type=click.Path(dir_okay=False))
+@click.option("--trust", "trust_path", required=True, help="Trust root file to verify against.")
+@click.option("--pin", default=None, help="Expected fingerprint of the trust root file.")
+@json_option
+def verify(bundle_file, trust_path, pin, as_json) -> None:
+    """Exit 0 if the bundle would be admitted under the root, else 1 with the reason name."""
+    with trust_errors(as_json, bundle=bundle_file):
+        b = verify_bundle_file(bundle_file, trust_path, pinned=pin)
+        item = read_item_file(bundle_file, "bundle")
+    if as_json:
+        emit_json({"ok": True, "bundle": bundle_file, "name": b.name, "author": item.author, "version": list(item.version)})
+    else:
+        click.echo(f"ok: bundle {b.name} signed by {item.author}")
+
+
+@bundle.command("show")
+@click.argument("bundle_file", type=click.Path(dir_okay=False))
+@json_option
+def show(bundle_file, as_json) -> None:
+    """Print what a bundle file holds (signatures are not checked; use verify)."""
+    with trust_errors(as_json):
+        item = read_item_file(bundle_file, "bundle")
+        try:
+            b = Bundle.decode(item.payload)
+        except GrapevineError as exc:
+            raise Refusal("Malformed", f"{bundle_file}: {exc}") from None
+    doc = {
+        "key": item.key,
+        "version": list(item.version),
+        "author": item.author,
+        "signatures": [kid for kid, _ in item.signatures],
+        "bytes": len(item.encode()),
+        **b.summary(),
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"bundle {b.name}  target {b.target or '(every node)'}")
+    click.echo(f"version {item.version.wall_ms}.{item.version.counter}  author {item.author}  {doc['bytes']} bytes")
+    for r in b.resources:
+        click.echo(f"  {r}")
+    for name, size in doc["files"].items():
+        click.echo(f"  file {name} ({size} bytes)")
+    for name, nodes in doc["secrets"].items():
+        click.echo(f"  secret {name} sealed for {', '.join(nodes)}")

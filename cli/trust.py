@@ -1,0 +1,241 @@
+"""``grapevine trust``: create, rotate and verify the trust root.
+
+Key arguments name key files: ``--key`` a private key that signs,
+``--admin``, ``--publisher PUB=PREFIX`` and ``--operator PUB=SELECTOR[;ACTIONS]``
+public key files (``alice.key.pub``). A refusal prints its reason name and
+exits 1; a bad argument or file exits 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import click
+
+from grapevine.gossip.errors import GrapevineError, TrustError
+from grapevine.policy.admission import wall_ms
+from grapevine.policy.keys import PublicKey, SigningKey
+from grapevine.policy.trust import (
+    DAY_MS,
+    DEFAULT_EXPIRY_DAYS,
+    KNOWN_ACTIONS,
+    OperatorScope,
+    Refusal,
+    build_root,
+    check_first_root,
+    decode_root_item,
+    fingerprint,
+    init_root,
+    read_item_file,
+    rotate,
+    verify_succession,
+    write_item_file,
+)
+
+from .output import emit_json, fail, json_option
+
+
+@contextlib.contextmanager
+def trust_errors(as_json: bool, **extra) -> Iterator[None]:
+    """A ``Refusal`` exits 1 printing its reason name; any other grapevine error exits 2."""
+    try:
+        yield
+    except Refusal as exc:
+        if as_json:
+            emit_json({"ok": False, "reason": exc.reason, "detail": exc.detail, **extra})
+        else:
+            click.echo(exc.reason)
+        raise fail(f"{exc.reason}: {exc.detail}", 1) from None
+    except GrapevineError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def _split(spec: str, option: str) -> tuple[PublicKey, str]:
+    path, sep, rest = spec.partition("=")
+    if not sep or not path:
+        raise TrustError(f"{option} expects PUBKEY_FILE=VALUE, got {spec!r}")
+    return PublicKey.load(path), rest
+
+
+def parse_publisher(spec: str) -> tuple[PublicKey, str]:
+    pub, prefix = _split(spec, "--publisher")
+    if not prefix:
+        raise TrustError(f"--publisher {spec!r}: give a bundle name prefix such as web/ (or * for every name)")
+    return pub, prefix
+
+
+def parse_operator(spec: str) -> tuple[PublicKey, OperatorScope]:
+    pub, rest = _split(spec, "--operator")
+    selector, sep, actions = rest.partition(";")
+    acts = tuple(a.strip() for a in actions.split(",") if a.strip()) if sep else KNOWN_ACTIONS
+    selector = selector.strip() or None
+    if selector is not None:
+        try:
+            from grapevine.policy.selectors import parse
+        except ModuleNotFoundError as exc:
+            if exc.name != "grapevine.policy.selectors":
+                raise
+        else:
+            parse(selector)
+    return pub, OperatorScope(selector=selector, actions=acts)
+
+
+def _describe(item, root) -> dict:
+    return {
+        "serial": root.serial,
+        "fingerprint": fingerprint(item),
+        "signed_by": [kid for kid, _ in item.signatures],
+        "version": list(item.version),
+        **root.summary(),
+    }
+
+
+@click.group()
+def trust() -> None:
+    """Create, rotate and verify the trust root."""
+
+
+_roles = [
+    click.option("--admin", "admins", multiple=True, help="Admin public key file (repeatable)."),
+    click.option("--threshold", type=int, default=None, help="Admin signatures needed for the next root."),
+    click.option("--publisher", "publishers", multiple=True, metavar="PUB=PREFIX", help="Publisher key and the bundle name prefix it may sign (repeatable; * = every name)."),
+    click.option(
+        "--operator",
+        "operators",
+        multiple=True,
+        metavar="PUB=SELECTOR[;ACTIONS]",
+        help=f"Operator key, the nodes it may target and its actions (default {','.join(KNOWN_ACTIONS)}).",
+    ),
+    click.option("--expires", "expires_days", type=float, default=None, help=f"Days until the root expires (default {DEFAULT_EXPIRY_DAYS}, or the current root's validity on rotate)."),
+]
+
+
+def roles(f):
+    for opt in reversed(_roles):
+        f = opt(f)
+    return f
+
+
+@trust.command("init")
+@click.option("--key", "key_paths", multiple=True, required=True, help="Private key of an admin that signs the root (repeatable).")
+@roles
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Root file to write (root.gv).")
+@json_option
+def init(key_paths, admins, threshold, publishers, operators, expires_days, out, as_json) -> None:
+    """Create the first trust root."""
+    with trust_errors(as_json):
+        signers = [SigningKey.load(p) for p in key_paths]
+        if not admins:
+            raise TrustError("a trust root needs at least one --admin public key file")
+        now = wall_ms()
+        root = build_root(
+            serial=1,
+            now_ms=now,
+            expires_days=DEFAULT_EXPIRY_DAYS if expires_days is None else expires_days,
+            admins=[PublicKey.load(p) for p in admins],
+            threshold=1 if threshold is None else threshold,
+            publishers=[parse_publisher(s) for s in publishers],
+            operators=[parse_operator(s) for s in operators],
+        )
+        item = init_root(root, signers, now)
+        write_item_file(out, item)
+    _report(item, root, out, as_json)
+
+
+def _report(item, root, out, as_json) -> None:
+    if as_json:
+        emit_json({"ok": True, "out": out, **_describe(item, root)})
+    else:
+        click.echo(f"wrote {out}: serial {root.serial}, {len(root.admins)} admin(s), threshold {root.threshold}")
+        click.echo(f"fingerprint {fingerprint(item)}")
+
+
+@trust.command("rotate")
+@click.option("--current", "current_path", required=True, type=click.Path(dir_okay=False), help="The root being replaced.")
+@click.option("--key", "key_paths", multiple=True, required=True, help="Private key of a current admin (repeatable, up to the threshold).")
+@roles
+@click.option("--revoke", "revoked", multiple=True, help="Public key file or key id to drop from every role (repeatable).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="New root file to write.")
+@json_option
+def rotate_cmd(current_path, key_paths, admins, threshold, publishers, operators, expires_days, revoked, out, as_json) -> None:
+    """Sign a new root with a threshold of the current admins.
+
+    Roles not given are carried over from the current root; a role option
+    given once replaces that whole role list.
+    """
+    with trust_errors(as_json):
+        current_item = read_item_file(current_path, "trust root")
+        current = check_first_root(current_item)
+        signers = [SigningKey.load(p) for p in key_paths]
+        now = wall_ms()
+        gone = {PublicKey.load(r).key_id if "/" in r or r.endswith(".pub") else r for r in revoked}
+        keep = lambda kid: kid not in gone  # noqa: E731
+        pub_of = lambda kid: PublicKey(current.keys[kid])  # noqa: E731
+        admin_keys = [PublicKey.load(p) for p in admins] if admins else [pub_of(k) for k in current.admins if keep(k)]
+        pubs = (
+            [parse_publisher(s) for s in publishers]
+            if publishers
+            else [(pub_of(k), p) for k, ps in current.publishers.items() if keep(k) for p in ps]
+        )
+        ops = (
+            [parse_operator(s) for s in operators]
+            if operators
+            else [(pub_of(k), s) for k, ss in current.operators.items() if keep(k) for s in ss]
+        )
+        admin_keys = [k for k in admin_keys if keep(k.key_id)]
+        pubs = [(k, p) for k, p in pubs if keep(k.key_id)]
+        ops = [(k, s) for k, s in ops if keep(k.key_id)]
+        validity = (current.expires_ms - current.created_ms) / DAY_MS
+        root = build_root(
+            serial=current.serial + 1,
+            now_ms=now,
+            expires_days=validity if expires_days is None else expires_days,
+            admins=admin_keys,
+            threshold=min(current.threshold, len(admin_keys)) if threshold is None else threshold,
+            publishers=pubs,
+            operators=ops,
+        )
+        item = rotate(current_item, root, signers, now)
+        write_item_file(out, item)
+    _report(item, root, out, as_json)
+
+
+@trust.command("verify")
+@click.argument("candidate", type=click.Path(dir_okay=False))
+@click.option("--current", "current_path", required=True, type=click.Path(dir_okay=False), help="The root it should replace.")
+@json_option
+def verify(candidate, current_path, as_json) -> None:
+    """Exit 0 if CANDIDATE may replace the current root, else 1 with the reason."""
+    with trust_errors(as_json, candidate=candidate):
+        current_item = read_item_file(current_path, "trust root")
+        current = check_first_root(current_item)
+        item = read_item_file(candidate, "trust root")
+        new = verify_succession(current, item, wall_ms(), current_item)
+    if as_json:
+        emit_json({"ok": True, "candidate": candidate, **_describe(item, new)})
+    else:
+        click.echo(f"ok: serial {new.serial} may replace serial {current.serial} (signed by {len(item.signatures)} admin(s))")
+
+
+@trust.command("show")
+@click.argument("path", type=click.Path(dir_okay=False))
+@json_option
+def show(path, as_json) -> None:
+    """Print a root's admins, publishers, operators and fingerprint."""
+    with trust_errors(as_json):
+        item = read_item_file(path, "trust root")
+        root = decode_root_item(item)
+    doc = _describe(item, root)
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"serial {root.serial}  threshold {root.threshold}  fingerprint {doc['fingerprint']}")
+    click.echo(f"expires_ms {root.expires_ms}  signed by {', '.join(doc['signed_by'])}")
+    for kid in root.keys:
+        line = f"  {kid}  {','.join(root.roles(kid))}"
+        if kid in root.publishers:
+            line += f"  prefixes {' '.join(root.publishers[kid])}"
+        for s in root.operators.get(kid, ()):
+            line += f"  [{s.selector or '*'}: {','.join(s.actions)}]"
+        click.echo(line)

@@ -1,0 +1,428 @@
+"""The trust root: who may sign what, and how the root itself is replaced.
+
+The root is the item ``trust/root``; its payload is the canonical msgpack of
+a ``TrustRoot``. It names
+
+- every trusted key (key id -> 32-byte Ed25519 public key);
+- the admins and how many of them (``threshold``) must sign the next root;
+- publishers and the bundle-name prefixes each may sign (``web/`` covers
+  ``web/nginx``; ``*`` covers every name);
+- operators and their scopes: a selector saying which nodes they may target
+  and the actions (``run``, ``converge``) they may start there;
+- a serial that grows with every replacement, and an expiry.
+
+A new root is accepted only if a threshold of the *current* root's admins
+signed it and its serial is higher: keys are rotated and revoked by gossiping
+a new root, with no node touched. Nodes get their first root out of band, as
+a file or pinned by its fingerprint (SHA-256 of the payload), so the first
+root needs no signature chain; its signatures by its own keys must still
+verify, which catches a damaged file.
+
+Every refusal is a ``Refusal`` carrying one of the reason names the gossip
+layer logs and counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from grapevine.gossip.errors import GrapevineError, PolicyError, ProtocolError, TrustError
+from grapevine.gossip.item import MAX_SIGNATURES, SignedItem, Version
+
+from .bundle import canonical, pack_canonical, unpack_bounded
+from .keys import KEY_BYTES, PublicKey, SigningKey, key_id
+
+ROOT_KEY = "trust/root"
+FORMAT = 1
+MAX_ROOT_BYTES = 256 * 1024  # a few hundred keys with scopes; a root is read on every admission
+MAX_KEYS = 1_000  # authors and operators of one fleet; bounds decode and lookup work
+MAX_PREFIXES = 64  # bundle-name prefixes per publisher
+MAX_SCOPES = 64  # operator scopes per key
+MAX_ADMINS = MAX_SIGNATURES  # every admin must be able to sign one root item
+DAY_MS = 86_400_000
+DEFAULT_EXPIRY_DAYS = 365  # long enough to forget about, short enough that a lost root dies on its own
+ALL_NAMES = "*"  # publisher prefix that covers every bundle name
+KNOWN_ACTIONS = ("converge", "run")
+
+# Refusal reasons, shared with the gossip layer's ItemRefused events and metrics.
+BAD_SIGNATURE = "BadSignature"
+UNKNOWN_KEY = "UnknownKey"
+OUT_OF_SCOPE = "OutOfScope"
+STALE = "Stale"
+FROM_THE_FUTURE = "FromTheFuture"
+TOO_LARGE = "TooLarge"
+MALFORMED = "Malformed"
+EXPIRED = "Expired"
+REASONS = (BAD_SIGNATURE, UNKNOWN_KEY, OUT_OF_SCOPE, STALE, FROM_THE_FUTURE, TOO_LARGE, MALFORMED, EXPIRED)
+
+
+class Refusal(TrustError):
+    """An item that may not be admitted; ``reason`` is one of ``REASONS``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperatorScope:
+    selector: str | None  # which nodes; None means every node
+    actions: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.selector is not None and (not isinstance(self.selector, str) or not self.selector.strip()):
+            object.__setattr__(self, "selector", None)
+        acts = tuple(sorted(set(self.actions)))
+        unknown = [a for a in acts if a not in KNOWN_ACTIONS]
+        if not acts or unknown:
+            raise TrustError(f"operator actions must be some of {list(KNOWN_ACTIONS)}, got {list(self.actions)}")
+        object.__setattr__(self, "actions", acts)
+
+    def to_plain(self) -> dict:
+        return {"actions": list(self.actions), "selector": self.selector}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrustRoot:
+    serial: int
+    created_ms: int
+    expires_ms: int
+    threshold: int
+    keys: dict[str, bytes]  # key id -> public key
+    admins: tuple[str, ...]
+    publishers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key id -> name prefixes
+    operators: dict[str, tuple[OperatorScope, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("serial", "created_ms", "expires_ms", "threshold"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v >= 2**63:
+                raise TrustError(f"trust root {name} must be a non-negative integer")
+        if self.serial < 1:
+            raise TrustError("trust root serial starts at 1")
+        if self.expires_ms <= self.created_ms:
+            raise TrustError("trust root must expire after it was created")
+        if not isinstance(self.keys, dict) or len(self.keys) > MAX_KEYS:
+            raise TrustError(f"trust root holds at most {MAX_KEYS} keys")
+        for kid, raw in self.keys.items():
+            if not isinstance(raw, bytes) or len(raw) != KEY_BYTES or key_id(raw) != kid:
+                raise TrustError(f"trust root key {kid!r} does not match its public key")
+        admins = tuple(sorted(set(self.admins)))
+        if not admins or len(admins) > MAX_ADMINS:
+            raise TrustError(f"a trust root needs 1..{MAX_ADMINS} admins")
+        if not 1 <= self.threshold <= len(admins):
+            raise TrustError(f"threshold {self.threshold} must be between 1 and the number of admins ({len(admins)})")
+        object.__setattr__(self, "admins", admins)
+        pubs = {}
+        for kid in sorted(self.publishers):
+            prefixes = tuple(sorted(set(self.publishers[kid])))
+            if not prefixes or len(prefixes) > MAX_PREFIXES or not all(isinstance(p, str) and p for p in prefixes):
+                raise TrustError(f"publisher {kid}: 1..{MAX_PREFIXES} non-empty name prefixes needed")
+            pubs[kid] = prefixes
+        object.__setattr__(self, "publishers", pubs)
+        ops = {}
+        for kid in sorted(self.operators):
+            scopes = tuple(sorted(set(self.operators[kid]), key=lambda s: (s.selector or "", s.actions)))
+            if not scopes or len(scopes) > MAX_SCOPES or not all(isinstance(s, OperatorScope) for s in scopes):
+                raise TrustError(f"operator {kid}: 1..{MAX_SCOPES} scopes needed")
+            ops[kid] = scopes
+        object.__setattr__(self, "operators", ops)
+        used = set(admins) | set(pubs) | set(ops)
+        missing = sorted(used - set(self.keys))
+        if missing:
+            raise TrustError(f"trust root names key(s) {missing} without their public keys")
+        unused = sorted(set(self.keys) - used)
+        if unused:
+            raise TrustError(f"trust root lists key(s) {unused} with no role")
+        object.__setattr__(self, "keys", {k: self.keys[k] for k in sorted(self.keys)})
+
+    # -- questions asked by admission and runs ---------------------------------
+
+    def public_key(self, kid: str) -> PublicKey | None:
+        raw = self.keys.get(kid)
+        return PublicKey(raw) if raw is not None else None
+
+    def expired(self, now_ms: int) -> bool:
+        return now_ms >= self.expires_ms
+
+    def publisher_covers(self, kid: str, bundle_name: str) -> bool:
+        return any(p == ALL_NAMES or bundle_name.startswith(p) for p in self.publishers.get(kid, ()))
+
+    def operator_selectors(self, kid: str, action: str) -> list[str | None]:
+        """Selectors within which ``kid`` may start ``action`` (empty: not allowed at all)."""
+        return [s.selector for s in self.operators.get(kid, ()) if action in s.actions]
+
+    def roles(self, kid: str) -> list[str]:
+        out = []
+        if kid in self.admins:
+            out.append("admin")
+        if kid in self.publishers:
+            out.append("publisher")
+        if kid in self.operators:
+            out.append("operator")
+        return out
+
+    # -- bytes -------------------------------------------------------------------
+
+    def to_plain(self) -> dict:
+        return canonical(
+            {
+                "format": FORMAT,
+                "serial": self.serial,
+                "created_ms": self.created_ms,
+                "expires_ms": self.expires_ms,
+                "threshold": self.threshold,
+                "keys": dict(self.keys),
+                "admins": list(self.admins),
+                "publishers": {k: list(v) for k, v in self.publishers.items()},
+                "operators": {k: [s.to_plain() for s in v] for k, v in self.operators.items()},
+            },
+            "trust root",
+        )
+
+    def encode(self) -> bytes:
+        return pack_canonical(self.to_plain())
+
+    @classmethod
+    def decode(cls, data: bytes) -> TrustRoot:
+        obj = unpack_bounded(data, MAX_ROOT_BYTES, "trust root")
+        fields = {"format", "serial", "created_ms", "expires_ms", "threshold", "keys", "admins", "publishers", "operators"}
+        if not isinstance(obj, dict) or set(obj) != fields:
+            raise ProtocolError(f"trust root must be a map with exactly the keys {sorted(fields)}")
+        if obj["format"] != FORMAT:
+            raise ProtocolError(f"trust root format {obj['format']!r} is not supported (this version reads {FORMAT})")
+        try:
+            ops = {
+                k: tuple(OperatorScope(selector=s["selector"], actions=tuple(s["actions"])) for s in v)
+                for k, v in obj["operators"].items()
+            }
+            root = cls(
+                serial=obj["serial"],
+                created_ms=obj["created_ms"],
+                expires_ms=obj["expires_ms"],
+                threshold=obj["threshold"],
+                keys=dict(obj["keys"]),
+                admins=tuple(obj["admins"]),
+                publishers={k: tuple(v) for k, v in obj["publishers"].items()},
+                operators=ops,
+            )
+        except TrustError:
+            raise
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"trust root has a malformed field: {exc}") from None
+        if root.encode() != bytes(data):
+            raise ProtocolError("trust root is not in canonical form")
+        return root
+
+    def summary(self) -> dict:
+        return {
+            "serial": self.serial,
+            "created_ms": self.created_ms,
+            "expires_ms": self.expires_ms,
+            "threshold": self.threshold,
+            "admins": list(self.admins),
+            "publishers": {k: list(v) for k, v in self.publishers.items()},
+            "operators": {k: [s.to_plain() for s in v] for k, v in self.operators.items()},
+        }
+
+
+def fingerprint(root_item: SignedItem) -> str:
+    """Pin for a first root: SHA-256 (hex) of the root payload."""
+    return hashlib.sha256(root_item.payload).hexdigest()
+
+
+def decode_root_item(item: SignedItem) -> TrustRoot:
+    """The root carried by ``item``, or ``Refusal(Malformed|TooLarge)``."""
+    if item.key != ROOT_KEY:
+        raise Refusal(MALFORMED, f"item {item.key!r} is not {ROOT_KEY!r}")
+    if len(item.payload) > MAX_ROOT_BYTES:
+        raise Refusal(TOO_LARGE, f"trust root of {len(item.payload)} bytes exceeds {MAX_ROOT_BYTES}")
+    try:
+        return TrustRoot.decode(item.payload)
+    except GrapevineError as exc:
+        raise Refusal(MALFORMED, str(exc)) from None
+
+
+def _distinct_signers(item: SignedItem) -> None:
+    ids = [kid for kid, _ in item.signatures]
+    if len(ids) != len(set(ids)):
+        raise Refusal(MALFORMED, f"item {item.key!r} carries two signatures by the same key")
+    if not ids:
+        raise Refusal(BAD_SIGNATURE, f"item {item.key!r} carries no signature")
+
+
+def check_admin_signatures(item: SignedItem, signers_root: TrustRoot) -> int:
+    """Every signature must be a valid one by an admin of ``signers_root``; at least its threshold of them.
+
+    Returns the number of valid admin signatures.
+    """
+    _distinct_signers(item)
+    data = item.signing_bytes()
+    for kid, sig in item.signatures:
+        pub = signers_root.public_key(kid)
+        if pub is None:
+            raise Refusal(UNKNOWN_KEY, f"{item.key} is signed by key {kid}, which the current root does not know")
+        if kid not in signers_root.admins:
+            raise Refusal(OUT_OF_SCOPE, f"{item.key} is signed by {kid}, which is not an admin")
+        if not pub.verify(data, sig):
+            raise Refusal(BAD_SIGNATURE, f"{item.key}: the signature by {kid} does not verify")
+    n = len(item.signatures)
+    if n < signers_root.threshold:
+        raise Refusal(
+            OUT_OF_SCOPE, f"{item.key} carries {n} of the {signers_root.threshold} admin signatures the current root requires"
+        )
+    return n
+
+
+def verify_succession(current: TrustRoot, candidate: SignedItem, now_ms: int, current_item: SignedItem | None = None) -> TrustRoot:
+    """Return the new root if ``candidate`` may replace ``current``; else raise ``Refusal``.
+
+    An expired current root may still be replaced by its admins: that is how a
+    fleet recovers from a root nobody renewed in time.
+    """
+    new = decode_root_item(candidate)
+    if new.serial <= current.serial:
+        raise Refusal(STALE, f"trust root serial {new.serial} does not replace serial {current.serial}")
+    if current_item is not None and candidate.version <= current_item.version:
+        raise Refusal(STALE, f"trust root version {tuple(candidate.version)} is not newer than {tuple(current_item.version)}")
+    check_admin_signatures(candidate, current)
+    if new.expired(now_ms):
+        raise Refusal(EXPIRED, f"the new trust root (serial {new.serial}) has already expired")
+    return new
+
+
+def check_first_root(item: SignedItem, pinned: str | None = None) -> TrustRoot:
+    """Accept a root given out of band: the fingerprint must match if pinned,
+    and every signature by a key the root itself lists must verify."""
+    root = decode_root_item(item)
+    if pinned is not None and fingerprint(item) != pinned.strip().lower():
+        raise Refusal(BAD_SIGNATURE, f"trust root fingerprint {fingerprint(item)} does not match the pinned {pinned}")
+    _distinct_signers(item)
+    data = item.signing_bytes()
+    for kid, sig in item.signatures:
+        pub = root.public_key(kid)
+        if pub is not None and not pub.verify(data, sig):
+            raise Refusal(BAD_SIGNATURE, f"trust root: the signature by {kid} does not verify")
+    return root
+
+
+# -- authoring roots (CLI side) ---------------------------------------------------
+
+
+def _sign(root: TrustRoot, keys: Iterable[SigningKey], version: Version) -> SignedItem:
+    keys = list(keys)
+    item = SignedItem(key=ROOT_KEY, version=version, payload=root.encode())
+    data = item.signing_bytes()
+    for k in keys:
+        item = item.with_signature(k.key_id, k.sign(data))
+    return item
+
+
+def build_root(
+    *,
+    serial: int,
+    now_ms: int,
+    expires_days: float,
+    admins: Iterable[PublicKey],
+    threshold: int,
+    publishers: Iterable[tuple[PublicKey, str]] = (),
+    operators: Iterable[tuple[PublicKey, OperatorScope]] = (),
+) -> TrustRoot:
+    """Assemble a root from public keys and their roles (repeats merge)."""
+    keys: dict[str, bytes] = {}
+    admin_ids = []
+    for pub in admins:
+        keys[pub.key_id] = pub.raw
+        admin_ids.append(pub.key_id)
+    pubs: dict[str, set[str]] = {}
+    for pub, prefix in publishers:
+        keys[pub.key_id] = pub.raw
+        pubs.setdefault(pub.key_id, set()).add(prefix)
+    ops: dict[str, list[OperatorScope]] = {}
+    for pub, scope in operators:
+        keys[pub.key_id] = pub.raw
+        ops.setdefault(pub.key_id, []).append(scope)
+    if expires_days <= 0:
+        raise TrustError("the expiry must be a positive number of days")
+    return TrustRoot(
+        serial=serial,
+        created_ms=now_ms,
+        expires_ms=now_ms + int(expires_days * DAY_MS),
+        threshold=threshold,
+        keys=keys,
+        admins=tuple(admin_ids),
+        publishers={k: tuple(v) for k, v in pubs.items()},
+        operators={k: tuple(v) for k, v in ops.items()},
+    )
+
+
+def init_root(root: TrustRoot, signers: Iterable[SigningKey], now_ms: int) -> SignedItem:
+    """Sign a first root with one or more of its own admins."""
+    signers = list(signers)
+    if not signers:
+        raise TrustError("a trust root needs at least one signing key")
+    for k in signers:
+        if k.key_id not in root.admins:
+            raise TrustError(f"key {k.key_id} signs the root but is not one of its admins")
+    return _sign(root, signers, Version(now_ms, 0, signers[0].key_id))
+
+
+def rotate(current_item: SignedItem, new_root: TrustRoot, signers: Iterable[SigningKey], now_ms: int) -> SignedItem:
+    """Sign ``new_root`` as the successor of ``current_item`` with the current admins in ``signers``.
+
+    The result is checked with ``verify_succession`` before it is returned, so
+    a rotation that nodes would refuse is refused here with the same reason.
+    """
+    signers = list(signers)
+    if not signers:
+        raise TrustError("a rotation needs at least one signing key")
+    current = decode_root_item(current_item)
+    cv = current_item.version
+    version = Version(now_ms, 0, signers[0].key_id) if now_ms > cv.wall_ms else Version(cv.wall_ms, cv.counter + 1, signers[0].key_id)
+    item = _sign(new_root, signers, version)
+    verify_succession(current, item, now_ms, current_item)
+    return item
+
+
+# -- files ---------------------------------------------------------------------------
+
+
+def read_item_file(path: str | os.PathLike, what: str = "item") -> SignedItem:
+    """Read a packed ``.gv`` file. Only the canonical encoding is accepted, so
+    any change to the file's bytes is a different (and refused) file."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise PolicyError(f"{what} file {p} does not exist") from None
+    except OSError as exc:
+        raise PolicyError(f"{what} file {p} cannot be read: {exc.strerror}") from None
+    try:
+        item = SignedItem.decode(data)
+    except GrapevineError as exc:
+        raise Refusal(MALFORMED, f"{p}: {exc}") from None
+    if item.encode() != data:
+        raise Refusal(MALFORMED, f"{p}: not the canonical encoding of an item")
+    return item
+
+
+def write_item_file(path: str | os.PathLike, item: SignedItem) -> None:
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_bytes(item.encode())
+    os.replace(tmp, p)
+
+
+def load_root_file(path: str | os.PathLike, pinned: str | None = None) -> tuple[SignedItem, TrustRoot]:
+    """Read a first root from a file (optionally pinned by fingerprint)."""
+    item = read_item_file(path, "trust root")
+    try:
+        return item, check_first_root(item, pinned)
+    except Refusal as exc:
+        raise Refusal(exc.reason, f"{path}: {exc.detail}") from None
