@@ -1,0 +1,199 @@
+"""The convergence engine: plan, then apply, in dependency order.
+
+``converge(bundles, root=..., facts=...)`` runs in three steps:
+
+1. select: bundles whose ``target`` matches the facts, then resources whose
+   ``when`` matches;
+2. validate and prepare everything (catalog, selectors, references, cycles,
+   templates rendered once with the facts). A ``PolicyError`` here stops the
+   converge before a single resource is read or changed;
+3. walk the catalog order: check each resource (read-only), apply the
+   planned change unless this is a dry run, then refresh it when a resource
+   that notifies it changed. A resource that fails makes everything that
+   requires it (or is notified by it) ``skipped``; the rest goes on.
+
+The engine is synchronous and single-threaded on purpose: resources are
+ordered, and a no-op converge of a thousand files is a few thousand system
+calls, which is faster than any thread pool would make it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from grapevine.gossip.errors import PolicyError
+
+from . import selectors
+from .catalog import Catalog, build_catalog
+from .report import Report, ResourceReport
+from .resources import Change, Context, Converged, ResourceError, entry_type
+
+log = logging.getLogger("grapevine.policy")
+
+__all__ = ["converge", "plan", "select_bundles"]
+
+
+def select_bundles(bundles: Sequence, facts: Mapping[str, Any]) -> tuple[list, list]:
+    """Split bundles into (targeting this node, not targeting it)."""
+    chosen, others = [], []
+    for b in bundles:
+        try:
+            target = selectors.parse(b.target)
+        except PolicyError as exc:
+            raise PolicyError(f"bundle {b.name!r}: target: {exc}") from None
+        (chosen if target.matches(facts) else others).append(b)
+    return chosen, others
+
+
+def _ids_of(bundles: Iterable) -> set[str]:
+    """Resource ids declared by bundles (leniently: broken entries are ignored)."""
+    out = set()
+    for b in bundles:
+        for raw in b.resources:
+            try:
+                rtype = entry_type(raw)
+            except PolicyError:
+                continue
+            out.add(f"{rtype}:{raw[rtype]}")
+    return out
+
+
+def plan(bundles: Sequence, *, root: Path, facts: Mapping[str, Any]) -> tuple[Catalog, list[str], Context]:
+    """Validate and prepare: the catalog, the selected ids in order, the context.
+
+    Raises PolicyError (naming bundle, resource and reason) for anything
+    wrong with the policy; touches nothing on disk.
+    """
+    chosen, others = select_bundles(bundles, facts)
+    catalog = build_catalog(chosen, known_elsewhere=_ids_of(others))
+    ctx = Context(root=Path(root), facts=facts)
+    selected: list[str] = []
+    for rid in catalog.order:
+        entry = catalog.entries[rid]
+        if not entry.when.matches(facts):
+            log.debug("%s not selected on this node (when: %s)", rid, entry.when.text)
+            continue
+        try:
+            entry.resource.prepare(ctx)
+        except PolicyError as exc:
+            raise PolicyError(f"bundle {entry.bundle!r}: resource {rid}: {exc}") from None
+        selected.append(rid)
+    return catalog, selected, ctx
+
+
+def converge(
+    bundles: Sequence,
+    *,
+    root: Path | str,
+    facts: Mapping[str, Any],
+    dry_run: bool = False,
+) -> Report:
+    """Converge this node to ``bundles``; returns the report (never raises for a
+    resource that fails, only PolicyError for a broken policy)."""
+    started_ms = int(time.time() * 1000)
+    t_start = time.perf_counter()
+    root = Path(root)
+    catalog, selected, ctx = plan(bundles, root=root, facts=facts)
+    ctx.dry_run = dry_run
+    results: list[ResourceReport] = []
+    status: dict[str, str] = {}
+    applied: dict[str, Change] = {}
+    selected_set = set(selected)
+    waits_for: dict[str, list[str]] = {}
+    for rid, nexts in catalog.dependents.items():
+        for n in nexts:
+            waits_for.setdefault(n, []).append(rid)
+    for rid in selected:
+        entry = catalog.entries[rid]
+        res = entry.resource
+        t0 = time.perf_counter()
+        blocked = [d for d in waits_for.get(rid, ()) if status.get(d) in ("failed", "skipped")]
+        if blocked:
+            why = ", ".join(f"{d} ({status[d]})" for d in blocked)
+            status[rid] = "skipped"
+            results.append(ResourceReport(id=rid, bundle=entry.bundle, status="skipped", reason=f"depends on {why}"))
+            log.warning("%s skipped: depends on %s", rid, why)
+            continue
+        changes: list[str] = []
+        diffs: list[str] = []
+        outputs: list[str] = []
+        reason = ""
+        try:
+            outcome = res.check(ctx)
+            change = None
+            if isinstance(outcome, Converged):
+                reason = outcome.reason
+            else:
+                change = outcome
+                changes.extend(change.summary)
+                diffs.append(change.diff)
+                if not dry_run:
+                    out = res.apply(ctx, change)
+                    if out:
+                        outputs.append(out)
+                applied[rid] = change
+            notifiers = [n for n in catalog.notified_by.get(rid, ()) if n in applied and n in selected_set]
+            if notifiers and res.REFRESHABLE:
+                refresh = res.refresh(ctx, just_changed=change)
+                if refresh is not None:
+                    changes.extend(f"{s} (notified by {', '.join(notifiers)})" for s in refresh.summary)
+                    diffs.append(refresh.diff)
+                    if not dry_run:
+                        out = res.apply_refresh(ctx, refresh)
+                        if out:
+                            outputs.append(out)
+                    applied.setdefault(rid, refresh)
+                elif change is None:
+                    reason += f"; notified by {', '.join(notifiers)}, nothing to refresh"
+        except (ResourceError, OSError, PolicyError) as exc:
+            status[rid] = "failed"
+            error = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+            results.append(_failed(rid, entry.bundle, error, changes, diffs, t0))
+            log.error("%s failed: %s", rid, error)
+            continue
+        except Exception as exc:  # a provider bug must not stop the converge
+            status[rid] = "failed"
+            log.exception("%s failed unexpectedly", rid)
+            results.append(_failed(rid, entry.bundle, f"{type(exc).__name__}: {exc}", changes, diffs, t0))
+            continue
+        st = "changed" if changes else "unchanged"
+        status[rid] = st
+        if st == "changed":
+            log.info("%s %s: %s", rid, "would change" if dry_run else "changed", "; ".join(changes))
+        results.append(
+            ResourceReport(
+                id=rid,
+                bundle=entry.bundle,
+                status=st,
+                changes=tuple(changes),
+                diff="".join(diffs),
+                reason=reason if st == "unchanged" else "",
+                output="\n".join(outputs),
+                duration_ms=(time.perf_counter() - t0) * 1000,
+            )
+        )
+    chosen = sorted(b.name for b in select_bundles(bundles, facts)[0])
+    return Report(
+        resources=tuple(results),
+        dry_run=dry_run,
+        node=str(facts.get("name", "")),
+        root=str(root),
+        bundles=tuple(chosen),
+        started_ms=started_ms,
+        duration_ms=(time.perf_counter() - t_start) * 1000,
+    )
+
+
+def _failed(rid: str, bundle: str, error: str, changes: list[str], diffs: list[str], t0: float) -> ResourceReport:
+    return ResourceReport(
+        id=rid,
+        bundle=bundle,
+        status="failed",
+        changes=tuple(changes),
+        diff="".join(diffs),
+        error=error,
+        duration_ms=(time.perf_counter() - t0) * 1000,
+    )

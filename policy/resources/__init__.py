@@ -1,0 +1,65 @@
+"""Resource types, one module per family, and the registry that reads an entry.
+
+An entry is a mapping such as ``{"file": "/etc/motd", "content": "hi"}``.
+Bundles store maps key-sorted, so the type is found by which key names a
+known type, never by position. Two type names can also be attributes
+(``group`` of a file, ``user`` nowhere yet): an entry's type is the type key
+whose remaining keys are all attributes of that type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from grapevine.gossip.errors import PolicyError
+
+from .accounts import GroupResource, UserResource
+from .base import COMMON_ATTRS, Attr, Change, Context, Converged, Resource, ResourceError, ref_list
+from .execs import ExecResource
+from .files import DirectoryResource, FileResource, SymlinkResource
+from .packages import PackageResource
+from .services import ServiceResource
+
+__all__ = [
+    "TYPES", "Attr", "Change", "Context", "Converged", "Resource", "ResourceError",
+    "entry_type", "build", "ref_list",
+]
+
+TYPES: dict[str, type[Resource]] = {
+    cls.TYPE: cls
+    for cls in (
+        FileResource, DirectoryResource, SymlinkResource, PackageResource,
+        ServiceResource, UserResource, GroupResource, ExecResource,
+    )
+}
+
+
+def entry_type(entry: Mapping[str, Any]) -> str:
+    """Which resource type an entry declares; PolicyError if none or unclear."""
+    candidates = [k for k in entry if k in TYPES]
+    if len(candidates) > 1:
+        fitting = [
+            t for t in candidates
+            if all(k == t or k in COMMON_ATTRS or k in TYPES[t].ATTRS for k in entry)
+        ]
+        if len(fitting) == 1:
+            return fitting[0]
+        raise PolicyError(f"entry names several resource types ({', '.join(sorted(candidates))}); give one per entry")
+    if candidates:
+        return candidates[0]
+    every_attr = set(COMMON_ATTRS).union(*(cls.ATTRS for cls in TYPES.values()))
+    unknown = sorted(k for k in entry if k not in every_attr)
+    if unknown:
+        raise PolicyError(f"unknown resource type {unknown[0]!r} (known: {', '.join(sorted(TYPES))})")
+    raise PolicyError(f"entry has no resource type (one of {', '.join(sorted(TYPES))})")
+
+
+def build(entry: Mapping[str, Any], *, bundle: str, files: Mapping[str, bytes]) -> Resource:
+    """Validate one entry and build its resource (PolicyError naming the reason)."""
+    rtype = entry_type(entry)
+    cls = TYPES[rtype]
+    name, attrs = cls.validate(entry[rtype], entry)
+    res = cls(name=name, attrs=attrs, bundle=bundle, files=files)
+    if isinstance(res, FileResource):
+        res.check_files(files)
+    return res

@@ -1,0 +1,332 @@
+"""What every resource type shares: attribute schema, check/apply contract,
+the converge context (root, facts, command runner, caches).
+
+A resource goes through three phases, in this order:
+
+1. ``prepare(ctx)`` — validate values against the node (render templates,
+   resolve attached files). Raises ``PolicyError``; runs for every selected
+   resource before anything is applied, so a broken policy changes nothing.
+2. ``check(ctx)`` — read-only. Returns a ``Change`` (what apply would do,
+   with a diff) or ``Converged(reason)``. Raises ``ResourceError`` when the
+   current state cannot be read or cannot be fixed.
+3. ``apply(ctx, change)`` — performs exactly the planned change.
+
+A resource that is the target of a ``notify`` from a changed resource also
+gets ``refresh(ctx)`` (restart a service, run a refresh-only exec).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from grapevine.gossip.errors import GrapevineError, PolicyError
+
+# Captured output of a command kept in a report: enough for an error message,
+# bounded so a chatty command cannot bloat the stored report.
+MAX_OUTPUT_BYTES = 8 * 1024
+# Default limit for commands run by providers (apt can be slow, never forever).
+DEFAULT_COMMAND_TIMEOUT_S = 600.0
+# Read-only probes (dpkg-query, systemctl is-active) should answer at once.
+PROBE_TIMEOUT_S = 60.0
+
+COMMON_ATTRS = ("require", "notify", "when")
+
+
+class ResourceError(GrapevineError):
+    """A resource could not be checked or applied on this node (not a policy error)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attr:
+    """Schema of one attribute: kind is str, bool, int, mode, list, dict, command, path."""
+
+    kind: str
+    required: bool = False
+    default: Any = None
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """A planned change: one summary line per difference and a diff to show."""
+
+    summary: tuple[str, ...]
+    diff: str = ""
+    data: Any = None  # provider-private details for apply
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Converged:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def output(self) -> str:
+        return (self.stdout + self.stderr).strip()
+
+
+def _tail(data: bytes) -> str:
+    if len(data) > MAX_OUTPUT_BYTES:
+        data = b"..." + data[-MAX_OUTPUT_BYTES:]
+    return data.decode("utf-8", errors="replace")
+
+
+def format_argv(argv: tuple[str, ...] | list[str]) -> str:
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+@dataclass(slots=True)
+class Context:
+    """Everything a provider may consult: root, facts, caches, the runner."""
+
+    root: Path
+    facts: Mapping[str, Any]
+    dry_run: bool = False
+    notified: set[str] = field(default_factory=set)  # ids that received a notify this run
+    cache: dict[str, Any] = field(default_factory=dict)  # provider caches, one converge long
+
+    @property
+    def rooted(self) -> bool:
+        return str(self.root) != "/"
+
+    def path(self, p: str) -> str:
+        """Map an absolute policy path onto the configured root."""
+        if not self.rooted:
+            return p
+        return str(self.root) + p if p.startswith("/") else os.path.join(str(self.root), p)
+
+    def run(
+        self,
+        argv: list[str] | tuple[str, ...],
+        *,
+        timeout: float = DEFAULT_COMMAND_TIMEOUT_S,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        shell: bool = False,
+    ) -> CommandResult:
+        """Run a command with a timeout; output is captured and bounded."""
+        full_env = None
+        if env:
+            full_env = dict(os.environ)
+            full_env.update(env)
+        args = tuple(argv)
+        try:
+            proc = subprocess.run(
+                args[0] if shell else list(args),
+                shell=shell,
+                capture_output=True,
+                timeout=timeout,
+                env=full_env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise ResourceError(f"command not found: {exc.filename or args[0]}") from None
+        except subprocess.TimeoutExpired:
+            raise ResourceError(f"command timed out after {timeout:g}s: {format_argv(args)}") from None
+        except OSError as exc:
+            raise ResourceError(f"cannot run {format_argv(args)}: {exc.strerror}") from None
+        return CommandResult(argv=args, returncode=proc.returncode, stdout=_tail(proc.stdout), stderr=_tail(proc.stderr))
+
+    def must(self, argv: list[str], **kw: Any) -> CommandResult:
+        """Run and raise ResourceError naming the command on a non-zero exit."""
+        res = self.run(argv, **kw)
+        if res.returncode != 0:
+            raise ResourceError(f"{format_argv(argv)} exited {res.returncode}: {res.output()[-500:]}")
+        return res
+
+
+class Resource:
+    """Base of every resource type. Subclasses set TYPE and ATTRS."""
+
+    TYPE: ClassVar[str] = ""
+    ATTRS: ClassVar[dict[str, Attr]] = {}
+    NAME_IS_PATH: ClassVar[bool] = False
+    REFRESHABLE: ClassVar[bool] = False
+
+    __slots__ = ("id", "name", "attrs", "bundle", "files")
+
+    def __init__(self, *, name: str, attrs: dict[str, Any], bundle: str, files: Mapping[str, bytes]) -> None:
+        self.id = f"{self.TYPE}:{name}"
+        self.name = name
+        self.attrs = attrs  # validated and with defaults filled in
+        self.bundle = bundle
+        self.files = files
+
+    # ---- schema ----------------------------------------------------------
+
+    @classmethod
+    def validate(cls, name: Any, raw: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Check the entry against ATTRS; returns (name, attrs with defaults)."""
+        if not isinstance(name, str) or not name:
+            raise PolicyError(f"the name of a {cls.TYPE} must be a non-empty string, not {name!r}")
+        if cls.NAME_IS_PATH and not (name.startswith("/") and "\0" not in name):
+            raise PolicyError(f"{cls.TYPE} path {name!r} must be absolute")
+        if cls.NAME_IS_PATH and any(part == ".." for part in name.split("/")):
+            raise PolicyError(f"{cls.TYPE} path {name!r} must not contain '..'")
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in COMMON_ATTRS or key == cls.TYPE:
+                continue
+            spec = cls.ATTRS.get(key)
+            if spec is None:
+                known = ", ".join(sorted(set(cls.ATTRS) | set(COMMON_ATTRS)))
+                raise PolicyError(f"unknown attribute {key!r} for {cls.TYPE} (known: {known})")
+            out[key] = _coerce(cls.TYPE, key, spec, value)
+        for key, spec in cls.ATTRS.items():
+            if key not in out:
+                if spec.required:
+                    raise PolicyError(f"missing attribute {key!r} (a {cls.TYPE} needs it)")
+                out[key] = spec.default
+        cls.validate_combination(name, out)
+        return name, out
+
+    @classmethod
+    def validate_combination(cls, name: str, attrs: dict[str, Any]) -> None:
+        """Rules across attributes (content and source together, ...)."""
+
+    # ---- phases ----------------------------------------------------------
+
+    def prepare(self, ctx: Context) -> None:
+        """Resolve what needs facts (templates); raise PolicyError."""
+
+    def check(self, ctx: Context) -> Change | Converged:
+        raise NotImplementedError
+
+    def apply(self, ctx: Context, change: Change) -> str:
+        """Carry out ``change``; return command output worth keeping ('' if none)."""
+        raise NotImplementedError
+
+    def refresh(self, ctx: Context, *, just_changed: Change | None = None) -> Change | None:
+        """What a notify does to this resource (None: nothing).
+
+        ``just_changed`` is the change this converge already applied to the
+        resource itself, if any (a service just started needs no restart).
+        """
+        return None
+
+    def apply_refresh(self, ctx: Context, change: Change) -> str:
+        return self.apply(ctx, change)
+
+    def __repr__(self) -> str:
+        return f"<{self.id} from {self.bundle}>"
+
+
+# ---------------------------------------------------------------- coercion
+
+
+def parse_mode(value: Any) -> int:
+    """'0644', '644', 0o644 or 420 -> 0o644; PolicyError otherwise."""
+    if isinstance(value, bool):
+        raise PolicyError(f"bad mode {value!r}: expected an octal string such as '0644'")
+    if isinstance(value, int):
+        # YAML reads `0644` as the int 420 and TOML `0o644` likewise, so an int
+        # is the numeric mode. `mode: 644` (decimal 644 = 0o1204) is almost
+        # certainly a forgotten leading zero: refuse it rather than guess.
+        text = str(value)
+        if value > 0o777 and set(text) <= set("01234567"):
+            raise PolicyError(f"bad mode {value!r}: ambiguous number; write it as a quoted string such as '0{text}'")
+        if not 0 <= value <= 0o7777:
+            raise PolicyError(f"bad mode {value!r}: expected an octal string such as '0644'")
+        mode = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.lower().startswith("0o"):
+            text = text[2:]
+        if not text or not set(text) <= set("01234567") or len(text) > 4:
+            raise PolicyError(f"bad mode {value!r}: expected 3 or 4 octal digits such as '0644'")
+        mode = int(text, 8)
+    else:
+        raise PolicyError(f"bad mode {value!r}: expected an octal string such as '0644'")
+    if mode > 0o7777:
+        raise PolicyError(f"bad mode {value!r}: more than 4 octal digits")
+    return mode
+
+
+def _coerce(rtype: str, key: str, spec: Attr, value: Any) -> Any:
+    where = f"attribute {key!r}"
+    kind = spec.kind
+    if value is None:
+        if spec.required:
+            raise PolicyError(f"{where} must not be empty")
+        return spec.default
+    if kind == "str":
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise PolicyError(f"{where} must be a string, not {type(value).__name__}")
+        value = str(value)
+        if spec.choices and value not in spec.choices:
+            raise PolicyError(f"{where} is {value!r}; expected one of {', '.join(spec.choices)}")
+        return value
+    if kind == "path":
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise PolicyError(f"{where} must be an absolute path, not {value!r}")
+        return value
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "false", "no", "off"):
+            return value.lower() in ("true", "yes", "on")
+        raise PolicyError(f"{where} must be true or false, not {value!r}")
+    if kind == "int":
+        if isinstance(value, bool):
+            raise PolicyError(f"{where} must be a number, not {value!r}")
+        if isinstance(value, (int, float)) and value >= 0:
+            return value
+        if isinstance(value, str):
+            try:
+                n = float(value) if "." in value else int(value)
+            except ValueError:
+                pass
+            else:
+                if n >= 0:
+                    return n
+        raise PolicyError(f"{where} must be a non-negative number, not {value!r}")
+    if kind == "mode":
+        return parse_mode(value)
+    if kind == "list":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            raise PolicyError(f"{where} must be a list of strings")
+        return tuple(str(v) for v in value)
+    if kind == "dict":
+        if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
+            raise PolicyError(f"{where} must be a mapping of names to strings")
+        return {str(k): str(v) for k, v in value.items()}
+    if kind == "command":
+        if isinstance(value, str):
+            if not value.strip():
+                raise PolicyError(f"{where} must not be empty")
+            return value
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            return tuple(str(v) for v in value)
+        raise PolicyError(f"{where} must be a shell string or a non-empty list of arguments")
+    raise AssertionError(f"unknown attribute kind {kind}")  # a bug in a schema, not in a policy
+
+
+def ref_list(value: Any, what: str) -> tuple[str, ...]:
+    """A require/notify value: one 'type:name' string or a list of them."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise PolicyError(f"{what} must be a resource id like 'package:nginx' or a list of them")
+    for v in value:
+        rtype, sep, rname = v.partition(":")
+        if not sep or not rtype or not rname:
+            raise PolicyError(f"{what} entry {v!r} is not a resource id like 'package:nginx'")
+    return tuple(value)
