@@ -1,0 +1,49 @@
+"""``grapevine agent``: run the daemon in the foreground (systemd, a terminal, a test)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+
+@click.command("agent")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="TOML config file.")
+@click.option("--name", help="Node name (unique in the fleet).")
+@click.option("--bind", help="HOST:PORT for peer traffic, /metrics and /health.")
+@click.option("--advertise", help="HOST:PORT other nodes reach this one at (default: --bind).")
+@click.option("--join", multiple=True, help="HOST:PORT of a node to join through (repeatable).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="State directory.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Root every managed path goes through.")
+@click.option("--trust", type=click.Path(dir_okay=False, path_type=Path), help="Trust root file (root.gv).")
+@click.option("--network-key", type=click.Path(dir_okay=False, path_type=Path), help="Fleet network key file.")
+@click.option("--tag", "tags", multiple=True, help="k=v fact for selectors (repeatable).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
+@click.option("--api-socket", type=click.Path(dir_okay=False, path_type=Path), help="Unix socket of the local API.")
+@click.option("--preset", "gossip_preset", type=click.Choice(["lan", "local"]), help="Gossip timing preset.")
+def agent(config_file: Path | None, **flags: object) -> None:
+    """Run the grapevine daemon until SIGTERM."""
+    from grapevine.node.config import load_config
+    from grapevine.node.logs import setup_logging
+
+    tags = flags.pop("tags")
+    if tags:
+        flags["tags"] = list(tags)  # type: ignore[assignment]
+    cfg = load_config(config_file=config_file, flags=flags)
+    setup_logging(cfg.name, cfg.log_format, cfg.log_level)
+    from grapevine.node.agent import Agent
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        uvloop = None
+
+    async def main() -> None:
+        await Agent(cfg).run()
+
+    if uvloop is not None:
+        uvloop.run(main())
+    else:  # pragma: no cover
+        asyncio.run(main())

@@ -1,0 +1,331 @@
+"""Commands that talk to the local agent: inject, status, members, bundles, history, rollback.
+
+The agent is found by ``--agent SOCKET``, else ``$GRAPEVINE_AGENT``, else
+``agent.sock`` in the default data directory. ``agent_client(socket)`` does
+HTTP over that Unix socket with the standard library only, so these commands
+start fast and need no event loop.
+
+Bundles are packed and signed here, with the operator's key; the agent never
+sees an author's private key. ``rollback`` fetches the old content from the
+agent's history and re-signs it as a new version, so it wins everywhere.
+
+Each command is a thin click wrapper over a plain function (``inject_items``,
+``fetch_status``, ...) so other commands can add flags around them.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from grapevine.cli.output import emit_json, json_option
+from grapevine.gossip.errors import GrapevineError
+
+CONNECT_TIMEOUT_S = 10.0  # the local agent answers at once or is not there
+CONVERGE_TIMEOUT_S = 3600.0  # a converge may install packages
+ENV_AGENT = "GRAPEVINE_AGENT"
+
+
+class AgentUnavailable(click.ClickException):
+    exit_code = 1
+
+
+class AgentRefused(GrapevineError):
+    """The agent answered with an error (bad input: exit status 2)."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(f"{error}: {detail}" if detail else error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def find_socket(explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    if os.environ.get(ENV_AGENT):
+        return os.environ[ENV_AGENT]
+    from grapevine.node.config import default_data_dir
+
+    return str(default_data_dir() / "agent.sock")
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self._path)
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+
+
+class AgentClient:
+    """JSON (and NDJSON streams) over the agent's Unix socket."""
+
+    def __init__(self, path: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _send(self, method: str, path: str, body: bytes | None, content_type: str, timeout: float | None):
+        conn = _UnixConnection(self.path, timeout or self.timeout)
+        try:
+            headers = {"Content-Type": content_type} if body is not None else {}
+            conn.request(method, path, body=body, headers=headers)
+            return conn, conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise AgentUnavailable(
+                f"cannot reach the agent at {self.path}: {exc} (is `grapevine agent` running? use --agent or ${ENV_AGENT})"
+            ) from None
+
+    def request(self, method: str, path: str, doc: Any = None, *, data: bytes | None = None,
+                timeout: float | None = None) -> Any:
+        body, ctype = (data, "application/octet-stream") if data is not None else (
+            (json.dumps(doc).encode(), "application/json") if doc is not None else (None, "application/json"))
+        conn, resp = self._send(method, path, body, ctype, timeout)
+        try:
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise AgentUnavailable(f"the agent at {self.path} closed the connection: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            out = json.loads(raw) if raw else {}
+        except ValueError:
+            raise AgentUnavailable(f"the agent answered {path} with something that is not JSON") from None
+        if resp.status >= 400:
+            if isinstance(out, dict):
+                raise AgentRefused(resp.status, str(out.get("error", resp.status)), str(out.get("detail", "")))
+            raise AgentRefused(resp.status, str(resp.status), "")
+        return out
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, doc: Any = None, **kw: Any) -> Any:
+        return self.request("POST", path, doc, **kw)
+
+    def stream(self, method: str, path: str, doc: Any = None, timeout: float | None = None) -> Iterator[dict]:
+        """One JSON document per line until the agent ends the response."""
+        body = json.dumps(doc).encode() if doc is not None else None
+        conn, resp = self._send(method, path, body, "application/json", timeout)
+        try:
+            if resp.status >= 400:
+                raw = resp.read()
+                try:
+                    err = json.loads(raw)
+                except ValueError:
+                    err = {}
+                raise AgentRefused(resp.status, str(err.get("error", resp.status)), str(err.get("detail", "")))
+            while True:
+                line = resp.readline()
+                if not line:
+                    return
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            conn.close()
+
+
+def agent_client(socket_path: str | None = None, timeout: float = CONNECT_TIMEOUT_S) -> AgentClient:
+    return AgentClient(find_socket(socket_path), timeout)
+
+
+agent_option = click.option("--agent", "agent_socket", default=None,
+                            help="Agent API socket (default: $GRAPEVINE_AGENT, then agent.sock in the data dir).")
+
+
+# -- inject ------------------------------------------------------------------
+def load_items(path: Path, key_path: Path | None, now_ms: int | None = None) -> list:
+    """Signed items from a packed .gv file, or a policy file packed and signed with ``key_path``."""
+    from grapevine.gossip.item import SignedItem
+
+    if path.suffix == ".gv":
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise click.UsageError(f"{path}: {exc.strerror}") from None
+        return [SignedItem.decode(data)]
+    if key_path is None:
+        raise click.UsageError(f"{path} is a policy file: give --key to sign it (or inject a packed .gv)")
+    from grapevine.policy.bundle import bundles_from_file, pack
+    from grapevine.policy.keys import SigningKey
+
+    key = SigningKey.load(key_path)
+    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    return [pack(b, key, now) for b in bundles_from_file(str(path))]
+
+
+def inject_items(client: AgentClient, items: list) -> list[dict]:
+    return [client.post("/v1/inject", data=item.encode()) for item in items]
+
+
+@click.command("inject")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", "key_path", type=click.Path(dir_okay=False, path_type=Path), help="Author key to sign a policy file.")
+@agent_option
+@json_option
+def inject(path: Path, key_path: Path | None, agent_socket: str | None, as_json: bool) -> None:
+    """Sign (if needed) and inject bundles through the local agent."""
+    client = agent_client(agent_socket)
+    results = inject_items(client, load_items(path, key_path))
+    if as_json:
+        emit_json({"injected": results})
+        return
+    for r in results:
+        click.echo(f"injected {r['key']} version {r['version']} via {r['node']}")
+
+
+# -- status, members, bundles, history ---------------------------------------
+def fetch_status(client: AgentClient) -> dict:
+    return client.get("/v1/status")
+
+
+@click.command("status")
+@agent_option
+@json_option
+def status(agent_socket: str | None, as_json: bool) -> None:
+    """State of the local agent."""
+    doc = fetch_status(agent_client(agent_socket))
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"{doc['node']}: {doc['status']}")
+    click.echo(f"  items {doc['items']} (bundles {doc['bundles']}), peers {doc['active']} active / {doc['passive']} passive")
+    click.echo(f"  trust root serial {doc['trust_root_serial']}, network key {doc['network_key'] or 'none (unencrypted)'}")
+    lc = doc.get("last_converge")
+    if lc:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(lc["at_ms"] / 1000))
+        click.echo(f"  last converge {when} UTC ({lc['trigger']}): {lc.get('changed')} changed, {lc.get('failed')} failed")
+    else:
+        click.echo("  no converge yet")
+
+
+@click.command("members")
+@agent_option
+@json_option
+def members(agent_socket: str | None, as_json: bool) -> None:
+    """Peers the local agent is linked to (active) and knows of (passive)."""
+    doc = agent_client(agent_socket).get("/v1/members")
+    if as_json:
+        emit_json(doc)
+        return
+    for p in doc["active"]:
+        click.echo(f"{p}  active")
+    for p in doc["passive"]:
+        click.echo(f"{p}  passive")
+
+
+@click.command("bundles")
+@agent_option
+@json_option
+def bundles(agent_socket: str | None, as_json: bool) -> None:
+    """Bundles the local agent holds, and whether they are applied here."""
+    doc = agent_client(agent_socket).get("/v1/bundles")
+    if as_json:
+        emit_json(doc)
+        return
+    if not doc["bundles"]:
+        click.echo("no bundles")
+    for b in doc["bundles"]:
+        state = "applied" if b["applied"] else ("pending" if b["targeted"] else "not targeted")
+        click.echo(f"{b['name']}  {b['version']}  target={b['target'] or '*'}  {state}")
+
+
+def fetch_history(client: AgentClient, name: str) -> dict:
+    from urllib.parse import quote
+
+    return client.get(f"/v1/history?name={quote(name, safe='')}")
+
+
+@click.command("history")
+@click.argument("name")
+@agent_option
+@json_option
+def history(name: str, agent_socket: str | None, as_json: bool) -> None:
+    """Every accepted version of bundle NAME (newest last)."""
+    doc = fetch_history(agent_client(agent_socket), name)
+    if as_json:
+        emit_json(doc)
+        return
+    for v in doc["versions"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v["wall_ms"] / 1000))
+        click.echo(f"#{v['index']}  {v['version']}  {when} UTC  by {v['author']}{'  (current)' if v['current'] else ''}")
+
+
+# -- rollback ----------------------------------------------------------------
+def resolve_version(doc: dict, wanted: str) -> str:
+    """VERSION as shown by history: the full text, '#N' / 'N' (index), or a unique prefix."""
+    versions = doc["versions"]
+    w = wanted.lstrip("#")
+    if w.isdigit() and 1 <= int(w) <= len(versions) and "." not in wanted:
+        return versions[int(w) - 1]["version"]
+    matches = [v["version"] for v in versions if v["version"] == wanted or v["version"].startswith(wanted)]
+    if len(matches) != 1:
+        raise click.UsageError(
+            f"{wanted!r} matches {len(matches)} versions of {doc['key']}; use the full text or #N from `grapevine history`"
+        )
+    return matches[0]
+
+
+def rollback_item(client: AgentClient, name: str, to: str, key_path: Path):
+    """A new version of bundle NAME carrying the content of version ``to``, signed with ``key_path``."""
+    from grapevine.gossip.item import SignedItem
+    from grapevine.policy.bundle import Bundle, pack
+    from grapevine.policy.keys import SigningKey
+
+    hist = fetch_history(client, name)
+    version = resolve_version(hist, to)
+    from urllib.parse import quote
+
+    got = client.get(f"/v1/item?key={quote(hist['key'], safe='')}&version={quote(version, safe='')}")
+    old = SignedItem.decode(base64.b64decode(got["item"]))
+    bundle = Bundle.decode(old.payload)
+    newest = max(v["wall_ms"] for v in hist["versions"])
+    now = max(time.time_ns() // 1_000_000, newest + 1)  # must win over every stored version
+    return pack(bundle, SigningKey.load(key_path), now), version
+
+
+@click.command("rollback")
+@click.argument("name")
+@click.option("--to", "to", required=True, help="Version to go back to (from `grapevine history`).")
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Author key.")
+@agent_option
+@json_option
+def rollback(name: str, to: str, key_path: Path, agent_socket: str | None, as_json: bool) -> None:
+    """Re-inject an old version's content as a new version."""
+    client = agent_client(agent_socket)
+    item, old = rollback_item(client, name, to, key_path)
+    result = inject_items(client, [item])[0]
+    if as_json:
+        emit_json({"rolled_back_to": old, **result})
+        return
+    click.echo(f"{result['key']} now carries the content of {old}, as version {result['version']}")
+
+
+# -- converge via the agent (used by `grapevine converge` without --local) ----
+def converge_via_agent(agent_socket: str | None = None, *, bundles: list[str] | None = None,
+                       dry_run: bool = False, target: str | None = None) -> dict:
+    """Converge the local agent's node now; returns the report JSON.
+
+    With ``target``, the local node converges only if it matches the selector
+    (otherwise the report says ``skipped_reason``); fleet-wide immediate
+    converges go through ``grapevine run --converge``.
+    """
+    client = agent_client(agent_socket, timeout=CONVERGE_TIMEOUT_S)
+    return client.post("/v1/converge", {"bundles": bundles, "dry_run": dry_run, "target": target or None})

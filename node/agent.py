@@ -1,0 +1,635 @@
+"""The daemon: one asyncio process that drives the gossip core over the network.
+
+``Agent`` wires the pieces together: the sans-I/O ``GossipNode`` (gossip/),
+the peer transport (node/transport.py), the SQLite state (node/state.py),
+admission and convergence (policy/), the local API (node/api.py).
+
+Effects from the core are applied in one place, ``_apply``: accepted items
+are committed to SQLite first, in one transaction, and only then are the
+``Send`` effects of the same step handed to the transport, so nothing is
+acknowledged or forwarded that a kill -9 could lose.
+
+Lifecycle (``run``): peer server and API server up, background loops entered
+as async context managers (ticker, joiner, periodic converge, housekeeping),
+wait for SIGTERM/SIGINT, then leave the mesh, drain in-flight sends within
+``drain_timeout_s``, leave the loops in reverse order, ``runner.cleanup()``
+in ``finally``.
+
+Extension API (used by node/runs.py; see the agent contract):
+``node_id``, ``node_key``, ``facts``, ``config``, ``state``, ``admission``,
+``broadcast``, ``on_broadcast``, ``add_peer_route``, ``send_direct``,
+``add_api_route``, ``converge_now``, ``bundles``, ``last_report``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import msgpack
+from aiohttp import web
+
+from grapevine.gossip.errors import ConfigError, GrapevineError, ProtocolError
+from grapevine.gossip.item import SignedItem, Version
+from grapevine.policy.keys import SigningKey
+
+from .config import AgentConfig
+from .metrics import AgentMetrics
+from .netkey import KeyRing, read_key_file
+from .state import State, version_text
+from .transport import FrameRefused, Transport, peer_address
+
+log = logging.getLogger("grapevine.node")
+
+BUNDLE_PREFIX = "bundle/"
+ROOT_KEY = "trust/root"
+NODE_KEY_FILE = "node.key"
+LOCK_FILE = "agent.lock"
+PEERS_SAVE_S = 15.0  # known peers are written back this often (they change slowly)
+MIN_TICK_S = 0.002  # never spin faster than this even if the core asks for "now"
+HELLO_ROUTE = "hello"
+BroadcastHandler = Callable[[str, Any, bytes], Awaitable[Any] | Any]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+class GracefulExit(Exception):
+    """SIGTERM or SIGINT arrived: leave the mesh and stop."""
+
+
+class Background:
+    """An async context manager around one long-running loop task."""
+
+    def __init__(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        self.name = name
+        self.fn = fn
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Background:
+        self.task = asyncio.get_running_loop().create_task(self._guard(), name=self.name)
+        return self
+
+    async def _guard(self) -> None:
+        try:
+            await self.fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background loop %s died", self.name)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task is None:
+            return
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, *, rng: random.Random | None = None) -> None:
+        from grapevine.gossip.config import GossipConfig
+        from grapevine.gossip.node import GossipNode
+        from grapevine.gossip.store import ItemStore
+        from grapevine.policy import facts as facts_mod
+        from grapevine.policy.admission import Admission
+        from grapevine.policy.trust import load_root_file
+
+        self.config = config
+        self.node_id = config.node_id
+        self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = self._take_lock(config.data_dir / LOCK_FILE)
+        self.state = State(config.data_dir, history_keep=config.history_keep, reports_keep=config.reports_keep)
+        self.metrics = AgentMetrics()
+        self.ring = KeyRing()
+        self._removed_keys: set[str] = set()
+        self._load_keys()
+        self.node_key = self._load_node_key(config.data_dir / NODE_KEY_FILE)
+        self.facts = facts_mod.gather(dict(config.tags), name=config.name)
+
+        if config.trust is None:
+            raise ConfigError("trust: the agent needs a trust root file (--trust root.gv)")
+        root_item, _ = load_root_file(config.trust)
+        self.admission = Admission(root_item, node=config.name)
+        stored = self.state.load_items()
+        self._install_stored_roots()
+
+        preset = GossipConfig.local() if config.gossip_preset == "local" else GossipConfig.lan()
+        store = ItemStore()
+        for item in stored:
+            if item.key == ROOT_KEY or self.admission.still_valid(item, now_ms()) is None:
+                store.put(item)
+            else:
+                log.warning("stored %s is no longer trusted by the current root; not served", item.key)
+        self.node = GossipNode(self.node_id, config=preset, rng=self.rng, validator=self.admission, store=store)
+        self.transport = Transport(
+            node_id=self.node_id, ring=self.ring, metrics=self.metrics,
+            on_message=self._on_peer_frame, on_send_failed=self._on_send_failed,
+            send_timeout_s=config.send_timeout_s, heartbeat_s=config.link_heartbeat_s,
+        )
+        self.transport.health = self.health
+        self.transport.routes[HELLO_ROUTE] = self._hello
+        self._broadcast_handlers: dict[str, BroadcastHandler] = {}
+        self.api_routes: dict[tuple[str, str], Callable] = {}
+        self.last_report: dict | None = None
+        self.started_ms = now_ms()
+        self.last_heard_ms = self.started_ms
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._converge_lock = asyncio.Lock()
+        self._converge_handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._join_ids: dict[str, str] = {}  # configured HOST:PORT -> node id learned by hello
+        self._isolated_since: int | None = None
+        self.metrics.items.set(len(self.node.store))
+        self.extensions: list[Any] = []
+        self._install_extensions()
+
+    # -- setup helpers --------------------------------------------------
+    @staticmethod
+    def _take_lock(path: Path) -> int:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"data_dir: another agent is running on {path.parent}") from None
+        return fd
+
+    def _load_keys(self) -> None:
+        keys, primary, removed = self.state.netkeys()
+        self._removed_keys = set(removed)
+        for k in keys:
+            self.ring.install(k)
+        if self.config.network_key is not None:
+            key = read_key_file(self.config.network_key)
+            from .netkey import key_id
+
+            kid = key_id(key)
+            if kid in self._removed_keys:
+                log.warning("network key %s from %s was removed from this node; not installed", kid, self.config.network_key)
+            elif kid not in {k.key_id for k in self.ring.keys()}:
+                self.ring.install(key)
+                log.info("network key %s installed from %s", kid, self.config.network_key)
+        if primary is not None and primary in {k.key_id for k in self.ring.keys()}:
+            self.ring.use(primary)
+        self._save_keys()
+        if not self.ring.sealed:
+            log.warning("no network key: peer traffic is neither encrypted nor authenticated")
+
+    def _save_keys(self) -> None:
+        keys = {k.key_id: self.ring.key_bytes(k.key_id) for k in self.ring.keys()}
+        self.state.save_netkeys(keys, self.ring.primary, self._removed_keys)
+
+    @staticmethod
+    def _load_node_key(path: Path) -> SigningKey:
+        if path.exists():
+            return SigningKey.load(path)
+        key = SigningKey.generate()
+        key.save(path)
+        log.info("created node key %s in %s", key.key_id, path)
+        return key
+
+    def _install_stored_roots(self) -> None:
+        """Replay stored trust/root versions so a restarted node runs on the newest root it accepted."""
+        for entry in self.state.history(ROOT_KEY):
+            item = self.state.get_version(ROOT_KEY, entry.version)
+            if item is None or item == self.admission.root_item:
+                continue
+            if self.admission(item, self.admission.root_item, now_ms()) is None:
+                self.admission.on_accepted(item)
+
+    def _install_extensions(self) -> None:
+        try:
+            from grapevine.node.runs import RunService
+        except ImportError as exc:
+            log.debug("push-style runs not available: %s", exc)
+            return
+        svc = RunService(self)
+        svc.install()
+        self.extensions.append(svc)
+
+    # -- extension API --------------------------------------------------
+    def broadcast(self, kind: str, body: object, ttl_ms: int) -> bytes:
+        """Ephemeral broadcast over the gossip tree (not delivered to this node)."""
+        payload = msgpack.packb([kind, body], use_bin_type=True)
+        now = now_ms()
+        msg_id, effects = self.node.broadcast(payload, now, ttl_ms)
+        self._apply(effects, now)
+        return msg_id
+
+    def on_broadcast(self, kind: str, handler: BroadcastHandler) -> None:
+        self._broadcast_handlers[kind] = handler
+
+    def add_peer_route(self, name: str, handler: Callable[[Any], Awaitable[Any] | Any]) -> None:
+        if name == HELLO_ROUTE:
+            raise ConfigError(f"peer route {name!r} is reserved")
+        self.transport.routes[name] = handler
+
+    async def send_direct(self, node_id: str, name: str, body: object, timeout_s: float | None = None) -> object:
+        _sender, answer = await self.transport.request(peer_address(node_id), name, body, timeout_s)
+        return answer
+
+    def add_api_route(self, method: str, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+        self.api_routes[(method.upper(), path)] = handler
+
+    def bundles(self) -> list[tuple[str, Version, bool]]:
+        applied = self.state.applied()
+        out = []
+        for item in self.node.store.items():
+            if not item.key.startswith(BUNDLE_PREFIX):
+                continue
+            name = item.key[len(BUNDLE_PREFIX):]
+            a = applied.get(name)
+            out.append((name, item.version, bool(a and a[0] == item.version and a[2])))
+        return sorted(out)
+
+    # -- the core -------------------------------------------------------
+    def _apply(self, effects: list, now: int) -> None:
+        from grapevine.gossip import codec
+        from grapevine.gossip.effects import Delivered, ItemAccepted, ItemRefused, PeerDown, PeerUp, Send
+
+        accepted = [e for e in effects if isinstance(e, ItemAccepted)]
+        if accepted:
+            # durable before anything below can acknowledge or forward it
+            self.state.put_items((e.item, now, e.source) for e in accepted)
+            for e in accepted:
+                self.admission.on_accepted(e.item)
+                self.metrics.admissions.labels("local" if e.source is None else "peer").inc()
+                log.info("accepted %s %s from %s (%d hops)", e.item.key, version_text(e.item.version), e.source or "local", e.hops)
+            self.metrics.items.set(len(self.node.store))
+            if any(e.item.key.startswith(BUNDLE_PREFIX) for e in accepted):
+                self.schedule_converge("bundle")
+        for e in effects:
+            if isinstance(e, Send):
+                try:
+                    body = codec.encode(e.msg)
+                except GrapevineError:
+                    log.exception("cannot encode %s for %s", type(e.msg).__name__, e.peer)
+                    continue
+                self.transport.send(e.peer, body, type(e.msg).__name__)
+            elif isinstance(e, ItemRefused):
+                self.metrics.refusals.labels(e.reason).inc()
+                if e.source is not None:
+                    log.debug("refused %s from %s: %s %s", e.key, e.source, e.reason, e.detail)
+            elif isinstance(e, Delivered):
+                if e.origin != self.node_id:
+                    self._dispatch_broadcast(e)
+            elif isinstance(e, PeerUp):
+                self.transport.open_link(e.peer)
+                log.info("peer up %s", e.peer)
+            elif isinstance(e, PeerDown):
+                self.transport.close_link(e.peer)
+                log.info("peer down %s", e.peer)
+        self.metrics.active_peers.set(len(self.node.active_view))
+        self.metrics.passive_peers.set(len(self.node.passive_view))
+        self._wake.set()
+
+    def _on_peer_frame(self, sender: str, body: bytes, size: int) -> None:
+        from grapevine.gossip import codec
+
+        try:
+            msg = codec.decode(body)
+        except ProtocolError as exc:
+            raise FrameRefused(400, "BadMessage", f"message from {sender}: {exc}") from None
+        name = type(msg).__name__
+        self.metrics.messages_in.labels(name).inc()
+        self.metrics.bytes_in.labels(name).inc(size)
+        now = now_ms()
+        self.last_heard_ms = now
+        self.metrics.last_heard.set(now / 1000)
+        self._apply(self.node.on_message(sender, msg, now), now)
+
+    def _on_send_failed(self, peer: str) -> None:
+        now = now_ms()
+        self._apply(self.node.on_send_failed(peer, now), now)
+
+    def _dispatch_broadcast(self, e: Any) -> None:
+        try:
+            kind, body = msgpack.unpackb(e.payload, raw=False, max_bin_len=1 << 20, max_str_len=1 << 20)
+        except Exception:
+            self.metrics.bad_frames.labels("BadBroadcast").inc()
+            log.warning("undecodable broadcast from %s dropped", e.origin)
+            return
+        handler = self._broadcast_handlers.get(kind)
+        if handler is None:
+            log.debug("broadcast of unknown kind %r from %s ignored", kind, e.origin)
+            return
+        try:
+            result = handler(e.origin, body, e.msg_id)
+        except Exception:
+            log.exception("broadcast handler %s failed", kind)
+            return
+        if asyncio.iscoroutine(result):
+            self._spawn(result, f"broadcast:{kind}")
+
+    def publish(self, item: SignedItem) -> tuple[bool, str, str]:
+        """Admit a locally injected item: (accepted, reason, detail). Durable when accepted."""
+        from grapevine.gossip.effects import ItemAccepted, ItemRefused
+
+        now = now_ms()
+        effects = self.node.publish(item, now)
+        self._apply(effects, now)
+        for e in effects:
+            if isinstance(e, ItemAccepted) and e.item.key == item.key:
+                return True, "", ""
+            if isinstance(e, ItemRefused) and e.key == item.key:
+                return False, e.reason, e.detail
+        return False, "NotAccepted", "the gossip core neither accepted nor refused the item"
+
+    async def _hello(self, body: Any) -> Any:
+        return {"id": self.node_id}
+
+    # -- convergence ----------------------------------------------------
+    def targeted_bundles(self) -> list[tuple[Any, Version]]:
+        from grapevine.policy import selectors
+        from grapevine.policy.bundle import Bundle
+
+        out = []
+        for item in self.node.store.items():
+            if not item.key.startswith(BUNDLE_PREFIX):
+                continue
+            try:
+                bundle = Bundle.decode(item.payload)
+                if selectors.matches(bundle.target or None, self.facts):
+                    out.append((bundle, item.version))
+            except GrapevineError as exc:
+                log.warning("stored %s cannot be used: %s", item.key, exc)
+        return sorted(out, key=lambda bv: bv[0].name)
+
+    def schedule_converge(self, trigger: str) -> None:
+        """Converge after the debounce delay; more arrivals within it join the same converge."""
+        if self._converge_handle is not None or self._stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._converge_handle = None
+            self._spawn(self._converge_quiet(trigger), "converge")
+
+        self._converge_handle = loop.call_later(self.config.converge_debounce_ms / 1000, fire)
+
+    async def _converge_quiet(self, trigger: str) -> None:
+        try:
+            await self.converge_now(trigger=trigger)
+        except Exception:
+            log.exception("converge (%s) failed", trigger)
+
+    async def converge_now(self, bundle_names: list[str] | None = None, dry_run: bool = False, trigger: str = "api") -> dict:
+        """Converge this node to the bundles that target it; returns the report JSON."""
+        from grapevine.policy import engine
+
+        async with self._converge_lock:
+            targeted = self.targeted_bundles()
+            if bundle_names:
+                wanted = set(bundle_names)
+                targeted = [bv for bv in targeted if bv[0].name in wanted]
+            bundles = [b for b, _ in targeted]
+            versions = {b.name: v for b, v in targeted}
+            t0 = time.monotonic()
+            at = now_ms()
+            try:
+                report = await asyncio.to_thread(
+                    engine.converge, bundles, root=self.config.root, facts=self.facts, dry_run=dry_run
+                )
+                doc = report.to_json()
+            except GrapevineError as exc:
+                doc = {"changed": 0, "unchanged": 0, "failed": 1, "skipped": 0, "resources": [], "error": str(exc)}
+            took = time.monotonic() - t0
+            ok = not doc.get("failed") and not doc.get("error")
+            doc.update(
+                node=self.node_id, at_ms=at, trigger=trigger, dry_run=dry_run,
+                bundles={n: version_text(v) for n, v in versions.items()}, duration_ms=int(took * 1000),
+            )
+            if not dry_run:
+                self.state.add_report(at_ms=at, trigger=trigger, bundles=sorted(versions), ok=ok, report=doc)
+                self.state.set_applied(versions, at, ok)
+                self.last_report = doc
+                self.metrics.converge_seconds.labels(trigger).observe(took)
+                if not ok:
+                    self.metrics.converge_failures.inc()
+            log.info(
+                "converge (%s%s): %d bundles, %s changed, %s failed in %d ms",
+                trigger, ", dry run" if dry_run else "", len(bundles), doc.get("changed"), doc.get("failed"), int(took * 1000),
+            )
+            return doc
+
+    # -- status ---------------------------------------------------------
+    def status(self) -> dict:
+        now = now_ms()
+        stale = now - self.last_heard_ms > self.config.stale_after_s * 1000
+        state = f"stale since {iso(self.last_heard_ms)}" if stale else "ok"
+        last = self.last_report
+        return {
+            "node": self.node_id,
+            "name": self.config.name,
+            "status": state,
+            "stale": stale,
+            "last_heard_ms": self.last_heard_ms,
+            "started_ms": self.started_ms,
+            "uptime_s": round((now - self.started_ms) / 1000, 1),
+            "items": len(self.node.store),
+            "bundles": len([1 for b in self.bundles()]),
+            "active": len(self.node.active_view),
+            "passive": len(self.node.passive_view),
+            "store_digest": self.node.store.store_digest().hex(),
+            "trust_root_serial": self.admission.root.serial,
+            "network_key": self.ring.primary,
+            "tags": dict(self.config.tags),
+            "last_converge": None if last is None else {
+                k: last.get(k) for k in ("at_ms", "trigger", "changed", "unchanged", "failed", "skipped", "bundles", "error")
+            },
+        }
+
+    def health(self) -> dict:
+        return {"ok": not self._stop.is_set(), "node": self.node_id}
+
+    def members(self) -> dict:
+        return {
+            "node": self.node_id,
+            "active": sorted(self.node.active_view),
+            "passive": sorted(self.node.passive_view),
+            "links": sorted(self.transport.links),
+        }
+
+    # -- background loops -----------------------------------------------
+    async def _ticker(self) -> None:
+        max_s = self.config.tick_max_ms / 1000
+        while True:
+            now = now_ms()
+            self._apply(self.node.on_tick(now), now)
+            self._wake.clear()
+            delay = (self.node.next_deadline() - now_ms()) / 1000
+            delay = min(max(delay, MIN_TICK_S), max_s)
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _resolve_joins(self) -> list[str]:
+        ids = []
+        for addr in self.config.join:
+            if addr in self._join_ids:
+                ids.append(self._join_ids[addr])
+                continue
+            try:
+                _sender, answer = await self.transport.request(addr, HELLO_ROUTE, {}, self.config.send_timeout_s)
+                nid = answer["id"] if isinstance(answer, dict) else None
+                if isinstance(nid, str) and nid != self.node_id:
+                    peer_address(nid)
+                    self._join_ids[addr] = nid
+                    ids.append(nid)
+            except (GrapevineError, OSError, asyncio.TimeoutError, KeyError, TypeError) as exc:
+                log.debug("join contact %s not reachable: %s", addr, exc or type(exc).__name__)
+            except Exception as exc:  # aiohttp client errors
+                log.debug("join contact %s not reachable: %s", addr, exc or type(exc).__name__)
+        return ids
+
+    async def _joiner(self) -> None:
+        """While isolated, (re)join through known peers and the join list, with backoff."""
+        delay = self.config.rejoin_min_s
+        while True:
+            if self.node.active_view:
+                delay = self.config.rejoin_min_s
+                self._isolated_since = None
+                await asyncio.sleep(self.config.rejoin_min_s)
+                continue
+            if self._isolated_since is None:
+                self._isolated_since = now_ms()
+            contacts = await self._resolve_joins()
+            known = [p for p in self.state.known_peers(16) if p != self.node_id and p not in contacts]
+            contacts += known[:8]
+            if contacts:
+                now = now_ms()
+                self._apply(self.node.join(contacts, now), now)
+            await asyncio.sleep(delay * (0.5 + self.rng.random()))
+            delay = min(delay * 2, self.config.rejoin_max_s)
+
+    async def _periodic_converge(self) -> None:
+        if self.config.converge_on_start and self.targeted_bundles():
+            self.schedule_converge("start")
+        while True:
+            await asyncio.sleep(self.config.converge_interval_s + self.rng.uniform(0, self.config.converge_splay_s))
+            self.schedule_converge("timer")
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(PEERS_SAVE_S)
+            peers = [p for p in list(self.node.active_view) + list(self.node.passive_view) if p != self.node_id]
+            self.state.touch_peers(peers, now_ms())
+            self.state.prune_runs(now_ms() - 3600 * 1000)
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- lifecycle ------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, ready: Callable[[], None] | None = None) -> None:
+        from .api import make_api_app
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        host, port = self.config.bind.rsplit(":", 1)
+        host = host.strip("[]")
+        peer_runner = web.AppRunner(self.transport.make_app(), access_log=None, handle_signals=False)
+        api_runner = web.AppRunner(make_api_app(self), access_log=None, handle_signals=False)
+        sock = self.config.socket_path
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(self.transport)
+                await peer_runner.setup()
+                await web.TCPSite(peer_runner, host, int(port), reuse_address=True).start()
+                await api_runner.setup()
+                with contextlib.suppress(FileNotFoundError):
+                    sock.unlink()
+                old = os.umask(0o177)
+                try:
+                    await web.UnixSite(api_runner, str(sock)).start()
+                finally:
+                    os.umask(old)
+                os.chmod(sock, 0o600)
+                self._publish_trust_root()
+                for loop_name, fn in (
+                    ("ticker", self._ticker), ("joiner", self._joiner),
+                    ("converge-timer", self._periodic_converge), ("housekeeping", self._housekeeping),
+                ):
+                    await stack.enter_async_context(Background(loop_name, fn))
+                log.info(
+                    "agent %s up: peers on %s, API on %s, %d items, trust root serial %d",
+                    self.node_id, self.config.bind, sock, len(self.node.store), self.admission.root.serial,
+                )
+                if ready is not None:
+                    ready()
+                await self._stop.wait()
+                log.info("stopping: leaving the mesh")
+                await self._shutdown()
+        finally:
+            await api_runner.cleanup()
+            await peer_runner.cleanup()
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+            self.state.close()
+            os.close(self._lock_fd)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            log.info("agent %s stopped", self.node_id)
+
+    def _publish_trust_root(self) -> None:
+        if self.node.store.get(ROOT_KEY) is None:
+            accepted, reason, detail = self.publish(self.admission.root_item)
+            if not accepted:
+                log.warning("trust root not published: %s %s", reason, detail)
+
+    async def _shutdown(self) -> None:
+        """Bounded drain: goodbyes and queued frames out, running work given drain_timeout_s."""
+        budget = self.config.drain_timeout_s
+        deadline = time.monotonic() + budget
+        if self._converge_handle is not None:
+            self._converge_handle.cancel()
+            self._converge_handle = None
+        try:
+            now = now_ms()
+            self._apply(self.node.leave(now), now)
+        except GrapevineError:
+            log.exception("leave failed")
+        await self.transport.drain(max(0.0, deadline - time.monotonic()))
+        for ext in self.extensions:
+            close = getattr(ext, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(close(), max(0.05, deadline - time.monotonic()))
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            done, still = await asyncio.wait(pending, timeout=max(0.05, deadline - time.monotonic()))
+            for t in still:
+                t.cancel()
+            results = await asyncio.gather(*still, return_exceptions=True)
+            for t, r in zip(still, results):
+                if isinstance(r, Exception):
+                    log.warning("task %s ended with %r during shutdown", t.get_name(), r)
+            if still:
+                log.warning("cancelled %d tasks still running after %.1f s", len(still), budget)
+        peers = [p for p in list(self.node.active_view) + list(self.node.passive_view) if p != self.node_id]
+        self.state.touch_peers(peers, now_ms())

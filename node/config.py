@@ -1,0 +1,267 @@
+"""Agent configuration: a TOML file, overridden by GRAPEVINE_* variables, overridden by flags.
+
+Every setting has one name used in all three places: ``data_dir`` in the
+TOML file, ``GRAPEVINE_DATA_DIR`` in the environment, ``--data-dir`` on the
+command line. Lists (``join``) and maps (``tags``) are comma separated in the
+environment (``GRAPEVINE_JOIN=10.0.0.1:7946,10.0.0.2:7946``,
+``GRAPEVINE_TAGS=role=web,env=prod``). A TOML file may put the settings at
+the top level or under an ``[agent]`` table, with tags in ``[tags]``.
+
+``AgentConfig`` is frozen; ``load_config`` is the only way the daemon builds
+one, so every setting is checked once, with a ``ConfigError`` naming the
+setting and where its bad value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from grapevine.gossip.errors import ConfigError
+
+ENV_PREFIX = "GRAPEVINE_"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # a DNS label or so: shows up in ids and logs
+TAG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")  # selector grammar identifiers
+PRESETS = ("lan", "local")
+
+
+def default_data_dir() -> Path:
+    """/var/lib/grapevine as root, ~/.local/share/grapevine otherwise."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/grapevine")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "grapevine"
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port); ConfigError naming ``what``."""
+    text = text.strip()
+    m = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$", text) or re.match(r"^([^:\s]+):(\d+)$", text)
+    if not m:
+        raise ConfigError(f"{what}: expected HOST:PORT, got {text!r}")
+    port = int(m.group(2))
+    if not 0 < port < 65536:
+        raise ConfigError(f"{what}: port {port} is out of range 1..65535")
+    return m.group(1), port
+
+
+def parse_tags(items: list[str] | tuple[str, ...], what: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for raw in items:
+        if "=" not in raw:
+            raise ConfigError(f"{what}: tag {raw!r} must look like key=value")
+        k, v = raw.split("=", 1)
+        k, v = k.strip(), v.strip()
+        if not TAG_KEY_RE.match(k):
+            raise ConfigError(f"{what}: tag key {k!r} is not a valid identifier")
+        tags[k] = v
+    return tags
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    name: str
+    bind: str  # HOST:PORT the peer HTTP server listens on
+    data_dir: Path
+    advertise: str = ""  # HOST:PORT other nodes use to reach us; defaults to bind
+    join: tuple[str, ...] = ()  # HOST:PORT contacts tried at start and whenever isolated
+    root: Path = Path("/")  # every provider path goes through this root
+    trust: Path | None = None  # the first trust root (a signed trust/root item)
+    network_key: Path | None = None  # seeds the fleet key ring on first start
+    tags: Mapping[str, str] = field(default_factory=dict)
+    log_format: str = "text"  # text | json
+    log_level: str = "info"
+    api_socket: Path | None = None  # defaults to <data_dir>/agent.sock
+    gossip_preset: str = "lan"  # lan | local (short intervals for tests and the demo)
+    tick_max_ms: int = 1000  # the core is ticked at least this often even when it asks for nothing
+    converge_debounce_ms: int = 200  # bundles arriving together converge once
+    converge_interval_s: float = 1800.0  # periodic converge corrects drift
+    converge_splay_s: float = 300.0  # random extra delay so a fleet does not converge in lockstep
+    converge_on_start: bool = True  # converge what the store holds once after start
+    stale_after_s: float = 120.0  # no valid frame from the mesh for this long -> status "stale"
+    rejoin_min_s: float = 0.5  # first retry delay when isolated; doubles up to rejoin_max_s
+    rejoin_max_s: float = 30.0
+    send_timeout_s: float = 5.0  # one POST or WebSocket connect to a peer
+    link_heartbeat_s: float = 5.0  # WebSocket ping period; a missing pong closes the link
+    drain_timeout_s: float = 5.0  # SIGTERM: in-flight work gets this long, then is cancelled
+    history_keep: int = 0  # 0 keeps every accepted version; N keeps the last N per key
+    reports_keep: int = 200  # converge reports kept in the store
+
+    @property
+    def socket_path(self) -> Path:
+        return self.api_socket or (self.data_dir / "agent.sock")
+
+    @property
+    def advertise_address(self) -> str:
+        if self.advertise:
+            return self.advertise
+        host, port = parse_hostport(self.bind, "bind")
+        if host in ("0.0.0.0", "::", ""):
+            raise ConfigError("bind: a wildcard address needs an explicit 'advertise' HOST:PORT")
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
+    def node_id(self) -> str:
+        return f"{self.name}@{self.advertise_address}"
+
+
+# setting -> (kind, environment-friendly) ; kind drives parsing of env/TOML values
+_KINDS: dict[str, str] = {}
+for _f in dataclasses.fields(AgentConfig):
+    _t = str(_f.type)
+    if _f.name in ("join",):
+        _KINDS[_f.name] = "list"
+    elif _f.name == "tags":
+        _KINDS[_f.name] = "tags"
+    elif _f.name in ("data_dir", "root", "trust", "network_key", "api_socket"):
+        _KINDS[_f.name] = "path"
+    elif _t == "int":
+        _KINDS[_f.name] = "int"
+    elif _t == "float":
+        _KINDS[_f.name] = "float"
+    elif _t == "bool":
+        _KINDS[_f.name] = "bool"
+    else:
+        _KINDS[_f.name] = "str"
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = _KINDS.get(name)
+    if kind is None:
+        raise ConfigError(f"{source}: unknown setting {name!r}")
+    try:
+        if kind == "list":
+            if isinstance(value, str):
+                value = [v for v in (p.strip() for p in value.split(",")) if v]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError("expected a list of HOST:PORT strings")
+            return tuple(value)
+        if kind == "tags":
+            if isinstance(value, str):
+                value = [p for p in (s.strip() for s in value.split(",")) if p]
+            if isinstance(value, (list, tuple)):
+                return parse_tags(list(value), f"{source}: tags")
+            if isinstance(value, Mapping):
+                return parse_tags([f"{k}={v}" for k, v in value.items()], f"{source}: tags")
+            raise ValueError("expected a table of key = value")
+        if kind == "path":
+            if not isinstance(value, (str, os.PathLike)) or not str(value):
+                raise ValueError("expected a path")
+            return Path(os.path.expanduser(str(value)))
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: setting {name!r}: {exc} (got {value!r})") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    flat: dict[str, Any] = {}
+    for k, v in doc.items():
+        if k == "agent" and isinstance(v, dict):
+            flat.update(v)
+        elif k == "tags" and isinstance(v, dict):
+            flat["tags"] = v
+        else:
+            flat[k] = v
+    return {k: _coerce(k, v, f"config file {path}") for k, v in flat.items()}
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _KINDS:
+        key = ENV_PREFIX + name.upper()
+        if key in environ and environ[key] != "":
+            out[name] = _coerce(name, environ[key], f"environment {key}")
+    return out
+
+
+def load_config(
+    *,
+    config_file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AgentConfig:
+    """Merge defaults < TOML file < GRAPEVINE_* environment < flags, then check."""
+    environ = os.environ if environ is None else environ
+    if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(environ[ENV_PREFIX + "CONFIG"])
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(read_toml(Path(config_file)))
+    merged.update(read_env(environ))
+    for k, v in (flags or {}).items():
+        if v is None or v == () or v == []:
+            continue  # a flag not given leaves the lower layers alone
+        merged[k] = _coerce(k, v, f"flag --{k.replace('_', '-')}")
+    if "data_dir" not in merged:
+        merged["data_dir"] = default_data_dir()
+    for required in ("name", "bind"):
+        if not merged.get(required):
+            raise ConfigError(f"setting {required!r} is required (--{required}, {ENV_PREFIX}{required.upper()} or the config file)")
+    cfg = AgentConfig(**merged)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: AgentConfig) -> None:
+    if not NAME_RE.match(cfg.name):
+        raise ConfigError(f"name: {cfg.name!r} must be 1..63 letters, digits, '.', '_' or '-'")
+    parse_hostport(cfg.bind, "bind")
+    _ = cfg.advertise_address
+    for j in cfg.join:
+        parse_hostport(j, "join")
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: {cfg.log_format!r} must be 'text' or 'json'")
+    if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level: {cfg.log_level!r} must be debug, info, warning or error")
+    if cfg.gossip_preset not in PRESETS:
+        raise ConfigError(f"gossip_preset: {cfg.gossip_preset!r} must be one of {', '.join(PRESETS)}")
+    positive = (
+        "tick_max_ms", "converge_interval_s", "stale_after_s", "rejoin_min_s", "rejoin_max_s",
+        "send_timeout_s", "link_heartbeat_s", "drain_timeout_s", "reports_keep",
+    )
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name}: must be greater than zero (got {getattr(cfg, name)})")
+    for name in ("converge_debounce_ms", "converge_splay_s", "history_keep"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}: must not be negative (got {getattr(cfg, name)})")
+    if cfg.rejoin_max_s < cfg.rejoin_min_s:
+        raise ConfigError("rejoin_max_s: must not be smaller than rejoin_min_s")
+    if cfg.trust is not None and not cfg.trust.is_file():
+        raise ConfigError(f"trust: trust root file {cfg.trust} does not exist")
+    if cfg.network_key is not None and not cfg.network_key.is_file():
+        raise ConfigError(f"network_key: key file {cfg.network_key} does not exist")

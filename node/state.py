@@ -1,0 +1,294 @@
+"""The agent's durable state: one SQLite database (WAL) in the data directory.
+
+What it holds: every accepted version of every item (the newest one per key
+is the live store the gossip core starts from), run-order ids already seen
+(so an order executes at most once, across restarts too), converge reports,
+which bundle version was last applied, known peers (rejoin after a restart),
+and the fleet network key ring.
+
+Every write is one committed transaction with ``synchronous=FULL``, so when a
+method returns, the data survives a kill -9 or a power cut. The daemon calls
+``put_items`` before it acknowledges or forwards what it accepted. The file
+is created with mode 0600 because it holds the network keys.
+
+All methods run on the event-loop thread; none of them is slow enough to
+matter (small rows, indexed lookups).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from grapevine.gossip.errors import ConfigError
+from grapevine.gossip.item import SignedItem, Version
+
+DB_NAME = "state.db"
+SCHEMA_VERSION = 1
+PEERS_KEEP = 512  # known peers kept for rejoining; far more than a passive view needs
+SEEN_RUNS_PRUNE_EVERY = 256  # prune expired run ids every so many inserts (cheap, bounded table)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT NOT NULL, wall INTEGER NOT NULL, counter INTEGER NOT NULL, author TEXT NOT NULL,
+    data BLOB NOT NULL, accepted_ms INTEGER NOT NULL, source TEXT,
+    PRIMARY KEY (key, wall, counter, author)
+);
+CREATE TABLE IF NOT EXISTS heads (
+    key TEXT PRIMARY KEY, wall INTEGER NOT NULL, counter INTEGER NOT NULL, author TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen_runs (run_id TEXT PRIMARY KEY, deadline_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, trigger TEXT NOT NULL,
+    bundles TEXT NOT NULL, ok INTEGER NOT NULL, report TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS applied (
+    bundle TEXT PRIMARY KEY, wall INTEGER NOT NULL, counter INTEGER NOT NULL, author TEXT NOT NULL,
+    at_ms INTEGER NOT NULL, ok INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peers (node_id TEXT PRIMARY KEY, last_seen_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS netkeys (
+    key_id TEXT PRIMARY KEY, key BLOB, is_primary INTEGER NOT NULL DEFAULT 0, removed INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryEntry:
+    version: Version
+    accepted_ms: int
+    source: str | None
+    size: int
+    current: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredReport:
+    id: int
+    at_ms: int
+    trigger: str
+    bundles: list[str]
+    ok: bool
+    report: dict
+
+
+def version_text(v: Version) -> str:
+    """The form operators see and type: ``wall_ms.counter.author``."""
+    return f"{v.wall_ms}.{v.counter}.{v.author}"
+
+
+class State:
+    def __init__(self, data_dir: Path, *, history_keep: int = 0, reports_keep: int = 200) -> None:
+        self.path = Path(data_dir) / DB_NAME
+        self.history_keep = history_keep
+        self.reports_keep = reports_keep
+        try:
+            Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"data_dir: cannot open state database {self.path}: {exc}") from None
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+        row = self.db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO meta (k, v) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise ConfigError(f"state database {self.path} has schema {row[0]}, this agent knows {SCHEMA_VERSION}")
+        self._run_inserts = 0
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- items ----------------------------------------------------------
+    def put_items(self, accepted: Iterable[tuple[SignedItem, int, str | None]]) -> int:
+        """Record accepted items (item, accepted_ms, source) in one transaction; returns how many."""
+        rows = list(accepted)
+        if not rows:
+            return 0
+        with self._tx():
+            for item, at_ms, source in rows:
+                v = item.version
+                self.db.execute(
+                    "INSERT OR IGNORE INTO items (key, wall, counter, author, data, accepted_ms, source) VALUES (?,?,?,?,?,?,?)",
+                    (item.key, v.wall_ms, v.counter, v.author, item.encode(), at_ms, source),
+                )
+                head = self.db.execute("SELECT wall, counter, author FROM heads WHERE key=?", (item.key,)).fetchone()
+                if head is None or Version(*head) < v:
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO heads (key, wall, counter, author) VALUES (?,?,?,?)",
+                        (item.key, v.wall_ms, v.counter, v.author),
+                    )
+                if self.history_keep > 0:
+                    self.db.execute(
+                        "DELETE FROM items WHERE key=? AND rowid NOT IN (SELECT rowid FROM items WHERE key=?"
+                        " ORDER BY wall DESC, counter DESC, author DESC LIMIT ?)",
+                        (item.key, item.key, self.history_keep),
+                    )
+        return len(rows)
+
+    def load_items(self) -> list[SignedItem]:
+        """The newest accepted version of every key."""
+        rows = self.db.execute(
+            "SELECT i.data FROM heads h JOIN items i ON i.key=h.key AND i.wall=h.wall"
+            " AND i.counter=h.counter AND i.author=h.author ORDER BY h.key"
+        ).fetchall()
+        return [SignedItem.decode(r[0]) for r in rows]
+
+    def item_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM heads").fetchone()[0]
+
+    def history(self, key: str) -> list[HistoryEntry]:
+        head = self.db.execute("SELECT wall, counter, author FROM heads WHERE key=?", (key,)).fetchone()
+        rows = self.db.execute(
+            "SELECT wall, counter, author, accepted_ms, source, length(data) FROM items WHERE key=?"
+            " ORDER BY wall, counter, author",
+            (key,),
+        ).fetchall()
+        return [
+            HistoryEntry(
+                version=Version(r[0], r[1], r[2]), accepted_ms=r[3], source=r[4], size=r[5],
+                current=head is not None and tuple(head) == (r[0], r[1], r[2]),
+            )
+            for r in rows
+        ]
+
+    def get_version(self, key: str, version: Version) -> SignedItem | None:
+        row = self.db.execute(
+            "SELECT data FROM items WHERE key=? AND wall=? AND counter=? AND author=?",
+            (key, version.wall_ms, version.counter, version.author),
+        ).fetchone()
+        return SignedItem.decode(row[0]) if row else None
+
+    # -- run orders -----------------------------------------------------
+    def mark_run_seen(self, run_id: str, deadline_ms: int) -> bool:
+        """Remember a run-order id until its deadline; True if it was new (durable on return)."""
+        with self._tx():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO seen_runs (run_id, deadline_ms) VALUES (?, ?)", (run_id, int(deadline_ms))
+            )
+            new = cur.rowcount == 1
+        self._run_inserts += 1
+        if self._run_inserts % SEEN_RUNS_PRUNE_EVERY == 0:
+            self.prune_runs(int(deadline_ms) - 24 * 3600 * 1000)
+        return new
+
+    def prune_runs(self, before_ms: int) -> int:
+        """Forget run ids whose deadline passed before ``before_ms`` (expired orders are refused anyway)."""
+        with self._tx():
+            return self.db.execute("DELETE FROM seen_runs WHERE deadline_ms < ?", (before_ms,)).rowcount
+
+    # -- converge reports and applied versions --------------------------
+    def add_report(self, *, at_ms: int, trigger: str, bundles: list[str], ok: bool, report: dict) -> int:
+        with self._tx():
+            cur = self.db.execute(
+                "INSERT INTO reports (at_ms, trigger, bundles, ok, report) VALUES (?,?,?,?,?)",
+                (at_ms, trigger, json.dumps(bundles), int(ok), json.dumps(report, sort_keys=True, default=str)),
+            )
+            self.db.execute(
+                "DELETE FROM reports WHERE id NOT IN (SELECT id FROM reports ORDER BY id DESC LIMIT ?)",
+                (self.reports_keep,),
+            )
+        return int(cur.lastrowid)
+
+    def reports(self, limit: int = 20) -> list[StoredReport]:
+        rows = self.db.execute(
+            "SELECT id, at_ms, trigger, bundles, ok, report FROM reports ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [
+            StoredReport(id=r[0], at_ms=r[1], trigger=r[2], bundles=json.loads(r[3]), ok=bool(r[4]), report=json.loads(r[5]))
+            for r in rows
+        ]
+
+    def set_applied(self, versions: dict[str, Version], at_ms: int, ok: bool) -> None:
+        with self._tx():
+            for name, v in versions.items():
+                self.db.execute(
+                    "INSERT OR REPLACE INTO applied (bundle, wall, counter, author, at_ms, ok) VALUES (?,?,?,?,?,?)",
+                    (name, v.wall_ms, v.counter, v.author, at_ms, int(ok)),
+                )
+
+    def applied(self) -> dict[str, tuple[Version, int, bool]]:
+        rows = self.db.execute("SELECT bundle, wall, counter, author, at_ms, ok FROM applied").fetchall()
+        return {r[0]: (Version(r[1], r[2], r[3]), r[4], bool(r[5])) for r in rows}
+
+    # -- peers ----------------------------------------------------------
+    def touch_peers(self, node_ids: Iterable[str], now_ms: int) -> None:
+        ids = list(node_ids)
+        if not ids:
+            return
+        with self._tx():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO peers (node_id, last_seen_ms) VALUES (?, ?)", [(n, now_ms) for n in ids]
+            )
+            self.db.execute(
+                "DELETE FROM peers WHERE node_id NOT IN (SELECT node_id FROM peers ORDER BY last_seen_ms DESC LIMIT ?)",
+                (PEERS_KEEP,),
+            )
+
+    def known_peers(self, limit: int = 64) -> list[str]:
+        rows = self.db.execute("SELECT node_id FROM peers ORDER BY last_seen_ms DESC LIMIT ?", (limit,)).fetchall()
+        return [r[0] for r in rows]
+
+    def forget_peer(self, node_id: str) -> None:
+        with self._tx():
+            self.db.execute("DELETE FROM peers WHERE node_id=?", (node_id,))
+
+    # -- network keys ---------------------------------------------------
+    def netkeys(self) -> tuple[list[bytes], str | None, set[str]]:
+        """(installed keys, primary key id, removed key ids)."""
+        rows = self.db.execute("SELECT key_id, key, is_primary, removed FROM netkeys").fetchall()
+        keys = [bytes(r[1]) for r in rows if not r[3] and r[1] is not None]
+        primary = next((r[0] for r in rows if r[2] and not r[3]), None)
+        removed = {r[0] for r in rows if r[3]}
+        return keys, primary, removed
+
+    def save_netkeys(self, keys: dict[str, bytes], primary: str | None, removed: Iterable[str] = ()) -> None:
+        with self._tx():
+            self.db.execute("DELETE FROM netkeys")
+            for kid, key in keys.items():
+                self.db.execute(
+                    "INSERT INTO netkeys (key_id, key, is_primary, removed) VALUES (?, ?, ?, 0)",
+                    (kid, key, int(kid == primary)),
+                )
+            for kid in removed:
+                if kid not in keys:
+                    self.db.execute("INSERT INTO netkeys (key_id, key, is_primary, removed) VALUES (?, NULL, 0, 1)", (kid,))
+
+    # -- meta -----------------------------------------------------------
+    def get_meta(self, k: str) -> str | None:
+        row = self.db.execute("SELECT v FROM meta WHERE k=?", (k,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, k: str, v: str) -> None:
+        with self._tx():
+            self.db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (k, v))
+
+    def _tx(self) -> "_Tx":
+        return _Tx(self.db)
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error (autocommit connection)."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        else:
+            self.db.execute("ROLLBACK")
