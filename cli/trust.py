@@ -22,6 +22,7 @@ from grapevine.policy.trust import (
     KNOWN_ACTIONS,
     OperatorScope,
     Refusal,
+    add_signature,
     build_root,
     check_first_root,
     decode_root_item,
@@ -143,12 +144,15 @@ def init(key_paths, admins, threshold, publishers, operators, expires_days, out,
     _report(item, root, out, as_json)
 
 
-def _report(item, root, out, as_json) -> None:
+def _report(item, root, out, as_json, needed: int | None = None) -> None:
+    have = len(item.signatures)
     if as_json:
-        emit_json({"ok": True, "out": out, **_describe(item, root)})
-    else:
-        click.echo(f"wrote {out}: serial {root.serial}, {len(root.admins)} admin(s), threshold {root.threshold}")
-        click.echo(f"fingerprint {fingerprint(item)}")
+        emit_json({"ok": True, "out": out, "signatures_needed": needed, **_describe(item, root)})
+        return
+    click.echo(f"wrote {out}: serial {root.serial}, {len(root.admins)} admin(s), threshold {root.threshold}")
+    click.echo(f"fingerprint {fingerprint(item)}")
+    if needed is not None and have < needed:
+        click.echo(f"signed by {have} of the {needed} admins required: add more with `grapevine trust sign {out} --key ...`")
 
 
 @trust.command("rotate")
@@ -156,9 +160,10 @@ def _report(item, root, out, as_json) -> None:
 @click.option("--key", "key_paths", multiple=True, required=True, help="Private key of a current admin (repeatable, up to the threshold).")
 @roles
 @click.option("--revoke", "revoked", multiple=True, help="Public key file or key id to drop from every role (repeatable).")
+@click.option("--partial", is_flag=True, help="Write the candidate even below the threshold; other admins add theirs with `trust sign`.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="New root file to write.")
 @json_option
-def rotate_cmd(current_path, key_paths, admins, threshold, publishers, operators, expires_days, revoked, out, as_json) -> None:
+def rotate_cmd(current_path, key_paths, admins, threshold, publishers, operators, expires_days, revoked, partial, out, as_json) -> None:
     """Sign a new root with a threshold of the current admins.
 
     Roles not given are carried over from the current root; a role option
@@ -196,9 +201,31 @@ def rotate_cmd(current_path, key_paths, admins, threshold, publishers, operators
             publishers=pubs,
             operators=ops,
         )
-        item = rotate(current_item, root, signers, now)
+        item = rotate(current_item, root, signers, now, partial=partial)
         write_item_file(out, item)
-    _report(item, root, out, as_json)
+    _report(item, root, out, as_json, needed=current.threshold)
+
+
+@trust.command("sign")
+@click.argument("candidate", type=click.Path(dir_okay=False))
+@click.option("--key", "key_paths", multiple=True, required=True, help="Private key of an admin adding a signature (repeatable).")
+@click.option("--current", "current_path", default=None, type=click.Path(dir_okay=False), help="The root it replaces: check the signers and report progress.")
+@json_option
+def sign(candidate, key_paths, current_path, as_json) -> None:
+    """Add admin signatures to a root candidate written with `trust rotate --partial`."""
+    with trust_errors(as_json):
+        item = read_item_file(candidate, "trust root")
+        for p in key_paths:
+            item = add_signature(item, SigningKey.load(p))
+        needed = None
+        if current_path is not None:
+            current_item = read_item_file(current_path, "trust root")
+            current = check_first_root(current_item)
+            verify_succession(current, item, wall_ms(), current_item, require_threshold=False)
+            needed = current.threshold
+        root = decode_root_item(item)
+        write_item_file(candidate, item)
+    _report(item, root, candidate, as_json, needed=needed)
 
 
 @trust.command("verify")

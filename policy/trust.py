@@ -257,10 +257,11 @@ def _distinct_signers(item: SignedItem) -> None:
         raise Refusal(BAD_SIGNATURE, f"item {item.key!r} carries no signature")
 
 
-def check_admin_signatures(item: SignedItem, signers_root: TrustRoot) -> int:
+def check_admin_signatures(item: SignedItem, signers_root: TrustRoot, require_threshold: bool = True) -> int:
     """Every signature must be a valid one by an admin of ``signers_root``; at least its threshold of them.
 
-    Returns the number of valid admin signatures.
+    Returns the number of valid admin signatures. With ``require_threshold``
+    false a shortfall is allowed (a candidate still collecting signatures).
     """
     _distinct_signers(item)
     data = item.signing_bytes()
@@ -273,25 +274,33 @@ def check_admin_signatures(item: SignedItem, signers_root: TrustRoot) -> int:
         if not pub.verify(data, sig):
             raise Refusal(BAD_SIGNATURE, f"{item.key}: the signature by {kid} does not verify")
     n = len(item.signatures)
-    if n < signers_root.threshold:
+    if require_threshold and n < signers_root.threshold:
         raise Refusal(
             OUT_OF_SCOPE, f"{item.key} carries {n} of the {signers_root.threshold} admin signatures the current root requires"
         )
     return n
 
 
-def verify_succession(current: TrustRoot, candidate: SignedItem, now_ms: int, current_item: SignedItem | None = None) -> TrustRoot:
+def verify_succession(
+    current: TrustRoot,
+    candidate: SignedItem,
+    now_ms: int,
+    current_item: SignedItem | None = None,
+    require_threshold: bool = True,
+) -> TrustRoot:
     """Return the new root if ``candidate`` may replace ``current``; else raise ``Refusal``.
 
     An expired current root may still be replaced by its admins: that is how a
-    fleet recovers from a root nobody renewed in time.
+    fleet recovers from a root nobody renewed in time. ``require_threshold``
+    false checks everything except the number of signatures (used while
+    admins add their signatures one by one).
     """
     new = decode_root_item(candidate)
     if new.serial <= current.serial:
         raise Refusal(STALE, f"trust root serial {new.serial} does not replace serial {current.serial}")
     if current_item is not None and candidate.version <= current_item.version:
         raise Refusal(STALE, f"trust root version {tuple(candidate.version)} is not newer than {tuple(current_item.version)}")
-    check_admin_signatures(candidate, current)
+    check_admin_signatures(candidate, current, require_threshold)
     if new.expired(now_ms):
         raise Refusal(EXPIRED, f"the new trust root (serial {new.serial}) has already expired")
     return new
@@ -373,11 +382,15 @@ def init_root(root: TrustRoot, signers: Iterable[SigningKey], now_ms: int) -> Si
     return _sign(root, signers, Version(now_ms, 0, signers[0].key_id))
 
 
-def rotate(current_item: SignedItem, new_root: TrustRoot, signers: Iterable[SigningKey], now_ms: int) -> SignedItem:
+def rotate(
+    current_item: SignedItem, new_root: TrustRoot, signers: Iterable[SigningKey], now_ms: int, partial: bool = False
+) -> SignedItem:
     """Sign ``new_root`` as the successor of ``current_item`` with the current admins in ``signers``.
 
     The result is checked with ``verify_succession`` before it is returned, so
     a rotation that nodes would refuse is refused here with the same reason.
+    With ``partial`` fewer signatures than the threshold are allowed: the
+    other admins add theirs with ``add_signature``.
     """
     signers = list(signers)
     if not signers:
@@ -386,8 +399,14 @@ def rotate(current_item: SignedItem, new_root: TrustRoot, signers: Iterable[Sign
     cv = current_item.version
     version = Version(now_ms, 0, signers[0].key_id) if now_ms > cv.wall_ms else Version(cv.wall_ms, cv.counter + 1, signers[0].key_id)
     item = _sign(new_root, signers, version)
-    verify_succession(current, item, now_ms, current_item)
+    verify_succession(current, item, now_ms, current_item, require_threshold=not partial)
     return item
+
+
+def add_signature(candidate: SignedItem, key: SigningKey) -> SignedItem:
+    """Add ``key``'s signature to a root candidate (one admin at a time, on their own machine)."""
+    decode_root_item(candidate)
+    return candidate.with_signature(key.key_id, key.sign(candidate.signing_bytes()))
 
 
 # -- files ---------------------------------------------------------------------------
@@ -403,12 +422,17 @@ def read_item_file(path: str | os.PathLike, what: str = "item") -> SignedItem:
         raise PolicyError(f"{what} file {p} does not exist") from None
     except OSError as exc:
         raise PolicyError(f"{what} file {p} cannot be read: {exc.strerror}") from None
+    return item_from_file_bytes(data, str(p))
+
+
+def item_from_file_bytes(data: bytes, source: str = "item") -> SignedItem:
+    """Decode the bytes of a ``.gv`` file; anything but the canonical encoding is ``Malformed``."""
     try:
         item = SignedItem.decode(data)
     except GrapevineError as exc:
-        raise Refusal(MALFORMED, f"{p}: {exc}") from None
+        raise Refusal(MALFORMED, f"{source}: {exc}") from None
     if item.encode() != data:
-        raise Refusal(MALFORMED, f"{p}: not the canonical encoding of an item")
+        raise Refusal(MALFORMED, f"{source}: not the canonical encoding of an item")
     return item
 
 
