@@ -1,0 +1,223 @@
+"""The simulated network: latency, loss, duplication, reordering, cuts.
+
+Every ``Send`` effect of a simulated node goes through ``Network.send``. The
+network decides whether the message arrives, when, and how often, and it
+reports a failed send back to the sender the way a real transport does:
+
+- the destination process is down (crashed, or never existed): the sender
+  learns it after ``refused_ms`` (a connection refused by the peer's host);
+- sender and destination are on two sides of a partition: the packets go
+  nowhere and the sender learns it after ``cut_timeout_ms`` (a connect or
+  request timeout);
+- a message lost to random loss is simply gone: nobody is told, as with a
+  dropped datagram or a frame that never made it before the link reset.
+
+Latencies come from a seeded log-normal distribution around a few
+milliseconds. Links are FIFO (a WebSocket per pair) unless a message is
+picked for reordering, which adds an extra delay and lets it overtake.
+
+The network owns no clock and no heap: it asks its ``Simulator`` to schedule
+deliveries and failures, and counts every message and byte per sender.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable
+
+from grapevine.gossip.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Host, Simulator
+
+log = logging.getLogger("grapevine.sim")
+
+# Size of the pre-drawn latency table: 4096 samples reproduce a log-normal
+# shape closely while a draw costs one getrandbits call instead of exp/gauss.
+LATENCY_TABLE_BITS = 12
+# A latency above this is cut off: links in one data centre, not satellites.
+MAX_LATENCY_MS = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetConfig:
+    """Fault and link settings of one simulated run (all printed first)."""
+
+    latency_median_ms: float = 3.0  # one-way latency median in a data centre
+    latency_sigma: float = 0.5  # log-normal spread: p99 about 3.2x the median
+    loss: float = 0.0  # probability that a message silently vanishes
+    duplicate: float = 0.0  # probability that a message arrives twice
+    reorder: float = 0.0  # probability that a message is delayed past later ones
+    reorder_extra_ms: int = 40  # the extra delay of a reordered message, at most
+    refused_ms: int = 5  # a send to a dead process fails after about one round trip
+    cut_timeout_ms: int = 2000  # a send across a partition fails after a connect timeout
+    link_close_notify: bool = True  # peers of a crashed process see its links close
+
+    def __post_init__(self) -> None:
+        for name in ("loss", "duplicate", "reorder"):
+            value = getattr(self, name)
+            if not (0.0 <= value < 1.0):
+                raise ConfigError(f"{name} must be a probability in [0, 1), got {value}")
+        if not (self.latency_median_ms > 0 and self.latency_sigma >= 0):
+            raise ConfigError("latency median must be > 0 and sigma >= 0")
+        if self.refused_ms < 1 or self.cut_timeout_ms < 1 or self.reorder_extra_ms < 1:
+            raise ConfigError("refused_ms, cut_timeout_ms and reorder_extra_ms must be >= 1")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "latency_median_ms": self.latency_median_ms,
+            "latency_sigma": self.latency_sigma,
+            "loss": self.loss,
+            "duplicate": self.duplicate,
+            "reorder": self.reorder,
+            "refused_ms": self.refused_ms,
+            "cut_timeout_ms": self.cut_timeout_ms,
+        }
+
+
+@dataclass(slots=True)
+class Traffic:
+    """Fleet-wide message counters, by message type and in total."""
+
+    messages: int = 0
+    bytes: int = 0
+    payload_copies: int = 0
+    lost: int = 0
+    failed: int = 0
+    by_type: dict[str, list[int]] = field(default_factory=dict)  # name -> [messages, bytes]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "payload_copies": self.payload_copies,
+            "lost": self.lost,
+            "failed": self.failed,
+            "by_type": {k: list(v) for k, v in self.by_type.items()},
+        }
+
+
+class Network:
+    """Links between simulated hosts, with faults, partitions and counters."""
+
+    def __init__(
+        self,
+        sim: Simulator,
+        config: NetConfig,
+        rng: random.Random,
+        *,
+        size_of: Callable[[Any], int],
+        carries_payload: Callable[[Any], bool],
+    ) -> None:
+        self.sim = sim
+        self.config = config
+        self.rng = rng
+        self.size_of = size_of
+        self.carries_payload = carries_payload
+        self.traffic = Traffic()
+        self._type_names: dict[type, str] = {}
+        self._groups: dict[int, int] | None = None  # host idx -> side; None: no partition
+        self._fifo: dict[int, int] = {}  # (src idx << 32 | dst idx) -> last delivery time
+        mu = math.log(config.latency_median_ms)
+        table_rng = random.Random(rng.getrandbits(64))
+        self._latency = [
+            max(1, min(MAX_LATENCY_MS, round(table_rng.lognormvariate(mu, config.latency_sigma))))
+            for _ in range(1 << LATENCY_TABLE_BITS)
+        ]
+
+    # -- faults that scenarios switch on and off ---------------------------
+
+    def set_faults(self, *, loss: float | None = None, duplicate: float | None = None,
+                   reorder: float | None = None) -> None:
+        """Change the random fault probabilities from now on."""
+        changes = {k: v for k, v in (("loss", loss), ("duplicate", duplicate), ("reorder", reorder)) if v is not None}
+        self.config = replace(self.config, **changes)
+        log.info("network faults now %s", changes)
+
+    def partition(self, sides: dict[int, int]) -> None:
+        """Cut the fleet: hosts (by index) on different sides cannot talk.
+
+        Hosts missing from ``sides`` (nodes that join later) are on side 0.
+        """
+        self._groups = dict(sides)
+        log.info("partition: %d hosts split into %d sides", len(sides), len(set(sides.values())))
+
+    def heal(self) -> None:
+        self._groups = None
+        log.info("partition healed")
+
+    def side_of(self, idx: int) -> int:
+        return 0 if self._groups is None else self._groups.get(idx, 0)
+
+    def reachable(self, a: int, b: int) -> bool:
+        g = self._groups
+        return g is None or g.get(a, 0) == g.get(b, 0)
+
+    def latency(self) -> int:
+        return self._latency[self.rng.getrandbits(LATENCY_TABLE_BITS)]
+
+    # -- the send path -----------------------------------------------------
+
+    def _count(self, src: Host, msg: Any) -> None:
+        size = self.size_of(msg)
+        t = self.traffic
+        t.messages += 1
+        t.bytes += size
+        src.sent_messages += 1
+        src.sent_bytes += size
+        cls = type(msg)
+        name = self._type_names.get(cls)
+        if name is None:
+            name = self._type_names[cls] = cls.__name__
+            t.by_type[name] = [0, 0]
+        row = t.by_type[name]
+        row[0] += 1
+        row[1] += size
+        if self.carries_payload(msg):
+            t.payload_copies += 1
+            src.payload_copies += 1
+
+    def send(self, src: Host, peer: str, msg: Any, now: int) -> None:
+        """Carry ``msg`` from ``src`` to the host named ``peer``, or fail."""
+        self._count(src, msg)
+        sim = self.sim
+        dst = sim.by_id.get(peer)
+        if dst is None or not dst.alive:
+            self.traffic.failed += 1
+            sim.schedule_failure(now + self.config.refused_ms, src, peer)
+            return
+        if self._groups is not None and not self.reachable(src.idx, dst.idx):
+            self.traffic.failed += 1
+            sim.schedule_failure(now + self.config.cut_timeout_ms, src, peer)
+            return
+        cfg = self.config
+        rng = self.rng
+        if cfg.loss and rng.random() < cfg.loss:
+            self.traffic.lost += 1
+            return
+        self._deliver_later(src, dst, msg, now)
+        if cfg.duplicate and rng.random() < cfg.duplicate:
+            self._deliver_later(src, dst, msg, now)
+
+    def _deliver_later(self, src: Host, dst: Host, msg: Any, now: int) -> None:
+        cfg = self.config
+        at = now + self._latency[self.rng.getrandbits(LATENCY_TABLE_BITS)]
+        if cfg.reorder and self.rng.random() < cfg.reorder:
+            at += 1 + self.rng.randrange(cfg.reorder_extra_ms)
+        else:
+            link = (src.idx << 32) | dst.idx
+            last = self._fifo.get(link, 0)
+            if at < last:
+                at = last
+            self._fifo[link] = at
+        self.sim.schedule_delivery(at, dst, src.node_id, msg)
+
+    def arrival_blocked(self, src_id: str, dst: Host) -> bool:
+        """True when a message in flight meets a cut installed after it left."""
+        if self._groups is None:
+            return False
+        src = self.sim.by_id.get(src_id)
+        return src is not None and not self.reachable(src.idx, dst.idx)
