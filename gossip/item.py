@@ -13,7 +13,7 @@ key, the version and the payload, so it covers exactly the bytes that travel.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import msgpack
@@ -48,6 +48,8 @@ class SignedItem:
     version: Version
     payload: bytes
     signatures: tuple[tuple[str, bytes], ...] = ()
+    # digest() result, computed once: the core hashes every item it handles.
+    _digest: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key or len(self.key) > MAX_KEY_LEN:
@@ -136,4 +138,8 @@ class SignedItem:
 
     def digest(self) -> bytes:
         """16-byte content hash: holders of the same key agree iff digests match."""
-        return hashlib.blake2b(self.encode(), digest_size=16).digest()
+        d = self._digest
+        if d is None:
+            d = hashlib.blake2b(self.encode(), digest_size=16).digest()
+            object.__setattr__(self, "_digest", d)
+        return d

@@ -1,0 +1,215 @@
+"""Epidemic broadcast tree over the active view (Plumtree), and its link states.
+
+Every active link is EAGER (full messages are pushed over it) or LAZY (only
+``IHave`` announcements travel). All state of the tree lives here:
+
+    new link                 -> EAGER
+    duplicate received on it -> LAZY, and a ``Prune`` tells the other side
+    ``Prune`` received       -> LAZY
+    ``Graft`` sent/received  -> EAGER
+    link gone                -> forgotten
+
+The first broadcast floods every link; every duplicate prunes a link, so what
+stays eager is a spanning tree and the next broadcast costs about one payload
+per node. Announcements for a message that does not arrive within
+``graft_timeout_ms`` trigger a ``Graft`` to the first announcer (then to the
+next one ``graft_retry_ms`` later), which repairs the tree where it broke.
+When an announcement shows a path ``hop_optimization_threshold`` hops shorter
+than the one the message came by, the node grafts the shorter link and prunes
+the longer one, so trees stay shallow whoever publishes.
+
+Announcements are queued per peer and leave as one ``IHave`` per peer at the
+end of each entry point (``flush``), so a burst of items costs one
+announcement message per link, not one per item.
+
+This module only knows message ids, hops and links; the node decides what a
+message is (an item to admit, an ephemeral broadcast to deliver) and hands a
+``resolve`` function to answer grafts.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from typing import Callable
+
+from .config import GossipConfig
+from .effects import Effect, Send
+from .messages import Graft, IHave, Message, Prune
+
+log = logging.getLogger("grapevine.gossip")
+
+NEVER = 1 << 62
+MAX_MISSING = 10_000  # announced-but-missing ids tracked at once; floods beyond that wait for anti-entropy
+MAX_IHAVE_ENTRIES = 1024  # per IHave message: codec.MAX_IDS
+_PRUNE = Prune()
+_GRAFT_LINK = Graft(msg_ids=())
+
+# resolve(msg_id, ref, hops) -> the message to send to a grafting peer, or None
+Resolver = Callable[[bytes, object, int], "Message | None"]
+
+
+class Broadcast:
+    """Plumtree link states, message-id cache and graft timers of one node."""
+
+    def __init__(self, node_id: str, config: GossipConfig, active: list[str], resolve: Resolver) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.active = active  # the membership's live list, read-only here
+        self.resolve = resolve
+        self.lazy: set[str] = set()
+        # msg_id -> [hops it arrived with, peer it came from (None: local), ref for grafts]
+        self.seen: dict[bytes, list] = {}
+        self._expiry: list[tuple[int, bytes]] = []  # heap of (forget_at, msg_id)
+        # msg_id -> [graft deadline, [(announcer, hops), ...]]
+        self.missing: dict[bytes, list] = {}
+        self._timers: list[tuple[int, bytes]] = []  # heap of (deadline, msg_id); stale entries skipped
+        self._queue: dict[str, list[tuple[bytes, int]]] = {}  # lazy announcements not yet sent
+
+    # --- links -----------------------------------------------------------
+
+    def peer_up(self, peer: str) -> None:
+        self.lazy.discard(peer)
+
+    def peer_down(self, peer: str) -> None:
+        self.lazy.discard(peer)
+        self._queue.pop(peer, None)
+
+    def eager_peers(self) -> list[str]:
+        lazy = self.lazy
+        return [p for p in self.active if p not in lazy]
+
+    def on_prune(self, peer: str, msg: Prune, now: int, out: list[Effect]) -> None:
+        if peer in self.active:
+            self.lazy.add(peer)
+
+    # --- messages ----------------------------------------------------------
+
+    def is_seen(self, msg_id: bytes) -> bool:
+        return msg_id in self.seen
+
+    def record(self, msg_id: bytes, peer: str | None, hops: int, ref: object, forget_at: int, now: int, out: list[Effect]) -> None:
+        """A message arrived (or was published) for the first time."""
+        self.seen[msg_id] = [hops, peer, ref]
+        heapq.heappush(self._expiry, (forget_at, msg_id))
+        if peer is not None:
+            self.lazy.discard(peer)
+        entry = self.missing.pop(msg_id, None)
+        if entry is not None and peer is not None and entry[1]:
+            best_peer, best_hops = min(entry[1], key=lambda a: a[1])
+            if hops - (best_hops + 1) >= self.config.hop_optimization_threshold:
+                self._reparent(msg_id, peer, best_peer, best_hops + 1, out)
+
+    def duplicate(self, msg_id: bytes | None, peer: str, out: list[Effect]) -> None:
+        """``peer`` pushed something this node already had: make the link lazy."""
+        if peer in self.active and peer not in self.lazy:
+            self.lazy.add(peer)
+            out.append(Send(peer=peer, msg=_PRUNE))
+
+    def forward(self, msg_id: bytes, msg: Message, hops: int, exclude: str | None, out: list[Effect]) -> None:
+        """Push ``msg`` on eager links and announce it on lazy ones (not back to ``exclude``)."""
+        lazy = self.lazy
+        for p in self.active:
+            if p == exclude:
+                continue
+            if p in lazy:
+                q = self._queue.get(p)
+                if q is None:
+                    self._queue[p] = [(msg_id, hops)]
+                else:
+                    q.append((msg_id, hops))
+            else:
+                out.append(Send(peer=p, msg=msg))
+
+    def flush(self, out: list[Effect]) -> None:
+        """Send the queued announcements, one ``IHave`` per peer."""
+        if not self._queue:
+            return
+        for peer, entries in self._queue.items():
+            for start in range(0, len(entries), MAX_IHAVE_ENTRIES):
+                out.append(Send(peer=peer, msg=IHave(entries=tuple(entries[start : start + MAX_IHAVE_ENTRIES]))))
+        self._queue.clear()
+
+    def on_ihave(self, peer: str, msg: IHave, now: int, out: list[Effect]) -> None:
+        seen = self.seen
+        missing = self.missing
+        threshold = self.config.hop_optimization_threshold
+        for msg_id, hops in msg.entries:
+            known = seen.get(msg_id)
+            if known is not None:
+                if known[0] - (hops + 1) >= threshold and known[1] is not None and known[1] != peer:
+                    self._reparent(msg_id, known[1], peer, hops + 1, out)
+                    known[0] = hops + 1
+                    known[1] = peer
+                continue
+            entry = missing.get(msg_id)
+            if entry is None:
+                if len(missing) >= MAX_MISSING:
+                    continue
+                deadline = now + self.config.graft_timeout_ms
+                missing[msg_id] = [deadline, [(peer, hops)]]
+                heapq.heappush(self._timers, (deadline, msg_id))
+            else:
+                entry[1].append((peer, hops))
+
+    def _reparent(self, msg_id: bytes, old: str, new: str, new_hops: int, out: list[Effect]) -> None:
+        """Take ``new`` (a shorter path) as the eager link instead of ``old``."""
+        active = self.active
+        if new not in active or old not in active or old == new:
+            return
+        if new in self.lazy:
+            self.lazy.discard(new)
+            out.append(Send(peer=new, msg=_GRAFT_LINK))
+        if old not in self.lazy:
+            self.lazy.add(old)
+            out.append(Send(peer=old, msg=_PRUNE))
+
+    def on_graft(self, peer: str, msg: Graft, now: int, out: list[Effect]) -> None:
+        if peer in self.active:
+            self.lazy.discard(peer)
+        for msg_id in msg.msg_ids:
+            known = self.seen.get(msg_id)
+            if known is None:
+                continue
+            reply = self.resolve(msg_id, known[2], known[0] + 1)
+            if reply is not None:
+                out.append(Send(peer=peer, msg=reply))
+
+    # --- timers -------------------------------------------------------------
+
+    def next_deadline(self) -> int:
+        timers = self._timers
+        missing = self.missing
+        while timers:
+            deadline, msg_id = timers[0]
+            entry = missing.get(msg_id)
+            if entry is not None and entry[0] == deadline:
+                return deadline
+            heapq.heappop(timers)
+        return NEVER
+
+    def tick(self, now: int, out: list[Effect]) -> None:
+        timers = self._timers
+        missing = self.missing
+        grafts: dict[str, list[bytes]] = {}
+        while timers and timers[0][0] <= now:
+            deadline, msg_id = heapq.heappop(timers)
+            entry = missing.get(msg_id)
+            if entry is None or entry[0] != deadline:
+                continue
+            announcers = entry[1]
+            peer, _hops = announcers.pop(0)
+            grafts.setdefault(peer, []).append(msg_id)
+            if peer in self.active:
+                self.lazy.discard(peer)
+            if announcers:
+                entry[0] = now + self.config.graft_retry_ms
+                heapq.heappush(timers, (entry[0], msg_id))
+            else:
+                del missing[msg_id]
+        for peer, ids in grafts.items():
+            for start in range(0, len(ids), MAX_IHAVE_ENTRIES):
+                out.append(Send(peer=peer, msg=Graft(msg_ids=tuple(ids[start : start + MAX_IHAVE_ENTRIES]))))
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            self.seen.pop(heapq.heappop(expiry)[1], None)

@@ -1,0 +1,339 @@
+"""Every message peers exchange, as frozen, slotted, keyword-only dataclasses.
+
+Three families travel between nodes:
+
+- membership (HyParView): ``Join``, ``ForwardJoin``, ``Welcome``,
+  ``Neighbor``, ``NeighborReply``, ``Disconnect``, ``Shuffle``,
+  ``ShuffleReply``, ``Ping``, ``Pong``;
+- broadcast (Plumtree): ``Push`` (an item), ``Ephemeral`` (a run order or
+  query), ``IHave``, ``Graft``, ``Prune``;
+- anti-entropy: ``SyncRoot``, ``SyncTop``, ``SyncLeaves``, ``SyncKeys``,
+  ``SyncItems``.
+
+Each class says with ``carries_payload`` whether it carries a full item or
+broadcast payload (the simulator counts those as payload copies). Messages
+check their own field types on construction, cheaply, because the core
+builds many of them per second in a large simulation; the codec
+(``codec.py``) adds the size limits for bytes that come from outside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Union
+
+from .errors import ProtocolError
+from .item import SignedItem
+
+DIGEST_LEN = 16  # blake2b-128: item digests, message ids and hash-tree nodes
+
+
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise ProtocolError(what)
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _is_digest(v: object) -> bool:
+    return type(v) is bytes and len(v) == DIGEST_LEN
+
+
+# --- membership -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Join:
+    """A new node asks a contact to adopt it into the overlay."""
+
+    carries_payload: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardJoin:
+    """Random walk announcing ``joiner``; ``ttl`` counts the hops left."""
+
+    joiner: str
+    ttl: int
+    carries_payload: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _need(type(self.joiner) is str and self.joiner != "", "ForwardJoin.joiner must be a node id")
+        _need(_is_int(self.ttl), "ForwardJoin.ttl must be a non-negative integer")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Welcome:
+    """The sender has put the receiver into its active view; add it back."""
+
+    carries_payload: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Neighbor:
+    """Ask to become an active neighbour; high priority when the asker is isolated."""
+
+    high_priority: bool
+    carries_payload: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _need(type(self.high_priority) is bool, "Neighbor.high_priority must be a bool")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NeighborReply:
+    carries_payload: ClassVar[bool] = False
+    accepted: bool
+
+    def __post_init__(self) -> None:
+        _need(type(self.accepted) is bool, "NeighborReply.accepted must be a bool")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disconnect:
+    """The sender dropped the receiver from its active view.
+
+    ``leaving`` means the sender shuts down: forget it entirely rather than
+    keeping it as a passive spare.
+    """
+
+    leaving: bool = False
+    carries_payload: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _need(type(self.leaving) is bool, "Disconnect.leaving must be a bool")
+
+
+def _check_peers(peers: object, name: str) -> None:
+    _need(type(peers) is tuple, f"{name} must be a tuple of node ids")
+    for p in peers:  # type: ignore[union-attr]
+        _need(type(p) is str and p != "", f"{name} must hold non-empty node ids")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shuffle:
+    """A sample of ``origin``'s views on a random walk; ``ttl`` hops left."""
+
+    origin: str
+    ttl: int
+    peers: tuple[str, ...]
+    carries_payload: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _need(type(self.origin) is str and self.origin != "", "Shuffle.origin must be a node id")
+        _need(_is_int(self.ttl), "Shuffle.ttl must be a non-negative integer")
+        _check_peers(self.peers, "Shuffle.peers")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShuffleReply:
+    peers: tuple[str, ...]
+    carries_payload: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _check_peers(self.peers, "ShuffleReply.peers")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping:
+    """Liveness probe of an active peer that has been silent for a while."""
+
+    carries_payload: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong:
+    carries_payload: ClassVar[bool] = False
+
+
+# --- broadcast ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Push:
+    """An item travelling down the broadcast tree; its id is ``item.digest()``.
+
+    ``hops`` counts the links travelled including this one (1 for the
+    publisher's own neighbours).
+    """
+
+    hops: int
+    item: SignedItem
+    carries_payload: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _need(_is_int(self.hops), "Push.hops must be a non-negative integer")
+        _need(isinstance(self.item, SignedItem), "Push.item must be a SignedItem")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ephemeral:
+    """A broadcast that is delivered once per node and never stored.
+
+    ``deadline_ms`` is the origin's clock at which the broadcast expires.
+    """
+
+    msg_id: bytes
+    origin: str
+    deadline_ms: int
+    hops: int
+    payload: bytes
+    carries_payload: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _need(_is_digest(self.msg_id), f"Ephemeral.msg_id must be {DIGEST_LEN} bytes")
+        _need(type(self.origin) is str and self.origin != "", "Ephemeral.origin must be a node id")
+        _need(_is_int(self.deadline_ms), "Ephemeral.deadline_ms must be a non-negative integer")
+        _need(_is_int(self.hops), "Ephemeral.hops must be a non-negative integer")
+        _need(type(self.payload) is bytes, "Ephemeral.payload must be bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IHave:
+    """Lazy announcement: (message id, hops at the announcer) pairs."""
+
+    entries: tuple[tuple[bytes, int], ...]
+    carries_payload: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _need(type(self.entries) is tuple, "IHave.entries must be a tuple")
+        for e in self.entries:
+            _need(
+                type(e) is tuple and len(e) == 2 and _is_digest(e[0]) and _is_int(e[1]),
+                "IHave.entries must hold (message id, hops) pairs",
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Graft:
+    """Make the link eager again and send these missing messages (may be empty)."""
+
+    msg_ids: tuple[bytes, ...]
+    carries_payload: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _need(type(self.msg_ids) is tuple, "Graft.msg_ids must be a tuple")
+        for m in self.msg_ids:
+            _need(_is_digest(m), f"Graft.msg_ids must hold {DIGEST_LEN}-byte ids")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prune:
+    """The sender got a duplicate over this link: announce lazily from now on."""
+
+    carries_payload: ClassVar[bool] = False
+
+
+# --- anti-entropy -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncRoot:
+    """Opens an exchange: the initiator's hash-tree root and item count."""
+
+    root: bytes
+    count: int
+    carries_payload: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _need(_is_digest(self.root), f"SyncRoot.root must be {DIGEST_LEN} bytes")
+        _need(_is_int(self.count), "SyncRoot.count must be a non-negative integer")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncTop:
+    """The responder's top-level digests; empty when the roots already agree."""
+
+    digests: tuple[bytes, ...]
+    carries_payload: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _need(type(self.digests) is tuple, "SyncTop.digests must be a tuple")
+        for d in self.digests:
+            _need(_is_digest(d), f"SyncTop.digests must hold {DIGEST_LEN}-byte digests")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncLeaves:
+    """For each differing top node: its index and the initiator's leaf digests."""
+
+    groups: tuple[tuple[int, tuple[bytes, ...]], ...]
+    carries_payload: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _need(type(self.groups) is tuple, "SyncLeaves.groups must be a tuple")
+        for g in self.groups:
+            _need(type(g) is tuple and len(g) == 2 and _is_int(g[0]) and type(g[1]) is tuple, "SyncLeaves group malformed")
+            for d in g[1]:
+                _need(_is_digest(d), f"SyncLeaves digests must be {DIGEST_LEN} bytes")
+
+
+# (key, wall_ms, counter, author, digest): one stored version, summarised.
+KeyEntry = tuple[str, int, int, str, bytes]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncKeys:
+    """The responder's versions for the leaves in ``leaves`` (each complete)."""
+
+    leaves: tuple[int, ...]
+    entries: tuple[KeyEntry, ...]
+    carries_payload: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _need(type(self.leaves) is tuple and all(_is_int(x) for x in self.leaves), "SyncKeys.leaves must be integers")
+        _need(type(self.entries) is tuple, "SyncKeys.entries must be a tuple")
+        for e in self.entries:
+            _need(
+                type(e) is tuple
+                and len(e) == 5
+                and type(e[0]) is str
+                and _is_int(e[1])
+                and _is_int(e[2])
+                and type(e[3]) is str
+                and _is_digest(e[4]),
+                "SyncKeys entries must be (key, wall_ms, counter, author, digest)",
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncItems:
+    """Items the receiver lacks, and keys the sender wants in return."""
+
+    items: tuple[SignedItem, ...]
+    want: tuple[str, ...] = ()
+    carries_payload: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _need(type(self.items) is tuple, "SyncItems.items must be a tuple")
+        for it in self.items:
+            _need(isinstance(it, SignedItem), "SyncItems.items must hold SignedItems")
+        _need(type(self.want) is tuple and all(type(k) is str for k in self.want), "SyncItems.want must hold keys")
+
+
+Message = Union[
+    Join,
+    ForwardJoin,
+    Welcome,
+    Neighbor,
+    NeighborReply,
+    Disconnect,
+    Shuffle,
+    ShuffleReply,
+    Ping,
+    Pong,
+    Push,
+    Ephemeral,
+    IHave,
+    Graft,
+    Prune,
+    SyncRoot,
+    SyncTop,
+    SyncLeaves,
+    SyncKeys,
+    SyncItems,
+]
+
+MESSAGE_TYPES: tuple[type, ...] = Message.__args__  # type: ignore[attr-defined]

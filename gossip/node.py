@@ -1,0 +1,341 @@
+"""``GossipNode``: one node of the mesh, composed of the three state machines.
+
+The node wires membership (``membership.py``), the broadcast tree
+(``broadcast.py``) and anti-entropy (``antientropy.py``) around one item
+store and one hybrid logical clock, and owns item admission:
+
+1. a version not newer than the stored one is refused as ``Stale``;
+2. a stamp more than ``config.max_skew_ms`` ahead of ``now`` is refused as
+   ``FromTheFuture``;
+3. the injected validator decides the rest (``None`` admits, a string is
+   the refusal reason).
+
+Entry points take ``now`` (ms) and return a list of effects; nothing else
+leaves the node. ``next_deadline()`` says when ``on_tick`` next has work, so
+a driver wakes a node only then. Logging is per event only at DEBUG level,
+decided once at construction so the hot path pays nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Callable, Sequence
+
+from .antientropy import AntiEntropy
+from .broadcast import Broadcast
+from .config import GossipConfig
+from .effects import Delivered, Effect, ItemAccepted, ItemRefused
+from .errors import ProtocolError
+from .hlc import HybridClock
+from .item import SignedItem
+from .membership import Membership
+from .messages import (
+    DIGEST_LEN,
+    Disconnect,
+    Ephemeral,
+    ForwardJoin,
+    Graft,
+    IHave,
+    Join,
+    Message,
+    Neighbor,
+    NeighborReply,
+    Ping,
+    Pong,
+    Prune,
+    Push,
+    Shuffle,
+    ShuffleReply,
+    SyncItems,
+    SyncKeys,
+    SyncLeaves,
+    SyncRoot,
+    SyncTop,
+    Welcome,
+)
+from .store import ItemStore, is_newer
+
+log = logging.getLogger("grapevine.gossip")
+
+# (candidate, currently stored or None, now) -> refusal reason, or None to admit
+Validator = Callable[[SignedItem, "SignedItem | None", int], "str | None"]
+
+
+class GossipNode:
+    """Sans-I/O gossip node: feed it messages and time, carry out its effects."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        config: GossipConfig,
+        rng: random.Random,
+        validator: Validator | None = None,
+        store: ItemStore | None = None,
+        clock: HybridClock | None = None,
+    ) -> None:
+        if not isinstance(node_id, str) or not node_id:
+            raise ProtocolError("node id must be a non-empty string")
+        self.node_id = node_id
+        self.config = config
+        self.rng = rng
+        self.validator = validator
+        self.store = store if store is not None else ItemStore()
+        self.clock = clock if clock is not None else HybridClock(max_drift_ms=config.max_skew_ms)
+        self.membership = Membership(
+            node_id, config, rng, on_up=self._peer_up, on_down=self._peer_down, on_revive=self._revived
+        )
+        self.tree = Broadcast(node_id, config, self.membership.active, self._resolve)
+        self.antientropy = AntiEntropy(node_id, config, rng, self.store, self._admit_synced)
+        self._started = False
+        self._now = 0
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        m, t, a = self.membership, self.tree, self.antientropy
+        self._handlers: dict[type, Callable[[str, object, int, list], None]] = {
+            Join: m.on_join,
+            ForwardJoin: m.on_forward_join,
+            Welcome: m.on_welcome,
+            Neighbor: m.on_neighbor,
+            NeighborReply: m.on_neighbor_reply,
+            Disconnect: m.on_disconnect,
+            Shuffle: m.on_shuffle,
+            ShuffleReply: m.on_shuffle_reply,
+            Ping: m.on_ping,
+            Pong: m.on_pong,
+            Push: self._on_push,
+            Ephemeral: self._on_ephemeral,
+            IHave: t.on_ihave,
+            Graft: t.on_graft,
+            Prune: t.on_prune,
+            SyncRoot: a.on_root,
+            SyncTop: a.on_top,
+            SyncLeaves: a.on_leaves,
+            SyncKeys: a.on_keys,
+            SyncItems: a.on_items,
+        }
+
+    # --- views -------------------------------------------------------------
+
+    @property
+    def active_view(self) -> list[str]:
+        return list(self.membership.active)
+
+    @property
+    def passive_view(self) -> list[str]:
+        return list(self.membership.passive)
+
+    @property
+    def eager_peers(self) -> list[str]:
+        return self.tree.eager_peers()
+
+    @property
+    def lazy_peers(self) -> list[str]:
+        return [p for p in self.membership.active if p in self.tree.lazy]
+
+    def __repr__(self) -> str:
+        return f"GossipNode({self.node_id!r}, active={self.membership.active}, items={len(self.store)})"
+
+    # --- entry points --------------------------------------------------------
+
+    def _begin(self, now: int) -> None:
+        self._now = now
+        if not self._started:
+            self._started = True
+            self.membership.start(now)
+            self.antientropy.start(now)
+
+    def join(self, contacts: Sequence[str], now: int) -> list[Effect]:
+        """Join through ``contacts``; they are remembered and retried while isolated."""
+        self._begin(now)
+        out: list[Effect] = []
+        self.membership.join(contacts, now, out)
+        return out
+
+    def on_message(self, peer: str, msg: Message, now: int) -> list[Effect]:
+        self._begin(now)
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            raise ProtocolError(f"not a gossip message: {type(msg).__name__}")
+        out: list[Effect] = []
+        if peer == self.node_id:
+            return out
+        if self._debug:
+            log.debug("%s <- %s %s", self.node_id, peer, type(msg).__name__)
+        if type(msg) is not Disconnect:
+            self.membership.heard(peer, now, out)
+        handler(peer, msg, now, out)
+        self.tree.flush(out)
+        return out
+
+    def on_send_failed(self, peer: str, now: int) -> list[Effect]:
+        """The transport could not deliver to ``peer``, or its link closed."""
+        self._begin(now)
+        out: list[Effect] = []
+        if self._debug:
+            log.debug("%s: send to %s failed", self.node_id, peer)
+        self.membership.failed(peer, now, out)
+        self.tree.flush(out)
+        return out
+
+    def on_tick(self, now: int) -> list[Effect]:
+        self._begin(now)
+        out: list[Effect] = []
+        self.membership.tick(now, out)
+        self.tree.tick(now, out)
+        self.antientropy.tick(now, self.membership.active, self.membership.passive, out)
+        self.tree.flush(out)
+        return out
+
+    def next_deadline(self) -> int:
+        if not self._started:
+            return 0
+        t = self.membership.next_deadline()
+        b = self.tree.next_deadline()
+        if b < t:
+            t = b
+        a = self.antientropy.next_deadline()
+        return a if a < t else t
+
+    def publish(self, item: SignedItem, now: int) -> list[Effect]:
+        """Admit ``item`` locally (version, skew, validator), then broadcast it."""
+        self._begin(now)
+        out: list[Effect] = []
+        if self._admit(item, None, 0, now, out):
+            msg_id = item.digest()
+            self.tree.record(msg_id, None, 0, item.key, now + self.config.message_cache_ms, now, out)
+            self.tree.forward(msg_id, Push(hops=1, item=item), 0, None, out)
+            self.tree.flush(out)
+        return out
+
+    def broadcast(self, payload: bytes, now: int, ttl_ms: int) -> tuple[bytes, list[Effect]]:
+        """Ephemeral broadcast: delivered once per node (here too, hops 0), never stored."""
+        self._begin(now)
+        if not isinstance(payload, bytes):
+            raise ProtocolError("broadcast payload must be bytes")
+        if not isinstance(ttl_ms, int) or ttl_ms <= 0:
+            raise ProtocolError("broadcast ttl_ms must be a positive integer")
+        ttl_ms = min(ttl_ms, self.config.max_ephemeral_ttl_ms)
+        msg_id = self.rng.getrandbits(8 * DIGEST_LEN).to_bytes(DIGEST_LEN, "big")
+        deadline = now + ttl_ms
+        msg = Ephemeral(msg_id=msg_id, origin=self.node_id, deadline_ms=deadline, hops=1, payload=payload)
+        out: list[Effect] = [Delivered(msg_id=msg_id, origin=self.node_id, payload=payload, hops=0)]
+        self.tree.record(msg_id, None, 0, msg, deadline, now, out)
+        self.tree.forward(msg_id, msg, 0, None, out)
+        self.tree.flush(out)
+        return msg_id, out
+
+    def leave(self, now: int) -> list[Effect]:
+        """Say goodbye to every active peer; the node is then isolated."""
+        self._begin(now)
+        out: list[Effect] = []
+        self.membership.leave(now, out)
+        return out
+
+    # --- items ---------------------------------------------------------------
+
+    def _admit(self, item: SignedItem, source: str | None, hops: int, now: int, out: list[Effect]) -> bool:
+        current = self.store.get(item.key)
+        if current is not None and not is_newer(item, current):
+            out.append(
+                ItemRefused(
+                    key=item.key,
+                    reason="Stale",
+                    source=source,
+                    detail=f"version {tuple(item.version)} is not newer than the stored {tuple(current.version)}",
+                )
+            )
+            return False
+        if item.version.wall_ms > now + self.config.max_skew_ms:
+            out.append(
+                ItemRefused(
+                    key=item.key,
+                    reason="FromTheFuture",
+                    source=source,
+                    detail=f"stamped {item.version.wall_ms - now} ms ahead of this clock (limit {self.config.max_skew_ms} ms)",
+                )
+            )
+            return False
+        if self.validator is not None:
+            try:
+                reason = self.validator(item, current, now)
+            except Exception as exc:  # a validator bug must not take the node down
+                log.warning("%s: validator failed on %s: %r", self.node_id, item.key, exc)
+                reason = "ValidatorError"
+            if reason is not None:
+                out.append(ItemRefused(key=item.key, reason=str(reason), source=source, detail="refused by the validator"))
+                return False
+        self.store.put(item)
+        v = item.version
+        self.clock.observe(v.wall_ms, v.counter, now)
+        out.append(ItemAccepted(item=item, previous=current.version if current is not None else None, source=source, hops=hops))
+        if self._debug:
+            log.debug("%s: accepted %s %s from %s", self.node_id, item.key, tuple(v), source or "local")
+        return True
+
+    def _admit_synced(self, item: SignedItem, peer: str, now: int, out: list[Effect]) -> bool:
+        """An item from anti-entropy: admit it, then spread it through the tree."""
+        if not self.store.would_accept(item):
+            return False
+        if not self._admit(item, peer, 1, now, out):
+            return False
+        msg_id = item.digest()
+        if msg_id not in self.tree.seen:
+            self.tree.record(msg_id, None, 1, item.key, now + self.config.message_cache_ms, now, out)
+        self.tree.forward(msg_id, Push(hops=2, item=item), 1, peer, out)
+        return True
+
+    def _on_push(self, peer: str, msg: Push, now: int, out: list[Effect]) -> None:
+        item = msg.item
+        msg_id = item.digest()
+        tree = self.tree
+        if msg_id in tree.seen or not self.store.would_accept(item):
+            tree.duplicate(msg_id, peer, out)
+            return
+        forget_at = now + self.config.message_cache_ms
+        if not self._admit(item, peer, msg.hops, now, out):
+            tree.record(msg_id, peer, msg.hops, None, forget_at, now, out)
+            return
+        tree.record(msg_id, peer, msg.hops, item.key, forget_at, now, out)
+        tree.forward(msg_id, Push(hops=msg.hops + 1, item=item), msg.hops, peer, out)
+
+    def _on_ephemeral(self, peer: str, msg: Ephemeral, now: int, out: list[Effect]) -> None:
+        tree = self.tree
+        msg_id = msg.msg_id
+        if msg_id in tree.seen:
+            tree.duplicate(msg_id, peer, out)
+            return
+        if msg.deadline_ms < now:
+            return  # expired: dropped, never delivered
+        if msg.deadline_ms > now + self.config.max_ephemeral_ttl_ms + self.config.max_skew_ms:
+            if self._debug:
+                log.debug("%s: ephemeral from %s lives too long, dropped", self.node_id, msg.origin)
+            return
+        tree.record(msg_id, peer, msg.hops, msg, msg.deadline_ms, now, out)
+        out.append(Delivered(msg_id=msg_id, origin=msg.origin, payload=msg.payload, hops=msg.hops))
+        fwd = Ephemeral(msg_id=msg_id, origin=msg.origin, deadline_ms=msg.deadline_ms, hops=msg.hops + 1, payload=msg.payload)
+        tree.forward(msg_id, fwd, msg.hops, peer, out)
+
+    def _resolve(self, msg_id: bytes, ref: object, hops: int) -> Message | None:
+        """The message a grafting peer asked for, with our hop count."""
+        if ref is None:
+            return None
+        if type(ref) is str:
+            item = self.store.get(ref)
+            return Push(hops=hops, item=item) if item is not None else None
+        if type(ref) is Ephemeral:
+            if ref.deadline_ms < self._now:
+                return None
+            return Ephemeral(msg_id=ref.msg_id, origin=ref.origin, deadline_ms=ref.deadline_ms, hops=hops, payload=ref.payload)
+        return None
+
+    # --- wiring --------------------------------------------------------------
+
+    def _peer_up(self, peer: str) -> None:
+        self.tree.peer_up(peer)
+
+    def _peer_down(self, peer: str) -> None:
+        self.tree.peer_down(peer)
+
+    def _revived(self, peer: str, now: int, out: list[Effect]) -> None:
+        self.antientropy.open(peer, out)

@@ -1,0 +1,166 @@
+"""The replicated map: a last-writer-wins register per key, plus a hash tree.
+
+``ItemStore.put`` keeps an item only if it is newer than the one held for its
+key. "Newer" is ``(version, digest)``: the version decides, and the content
+digest breaks the (rare) tie of two different items under one version, so
+every node keeps the same winner and two stores holding the same keys always
+end up byte-identical.
+
+The hash tree serves anti-entropy. Each key falls into one of ``LEAVES``
+(256) leaves by a hash of the key; 16 leaves make one of ``TOP`` (16) top
+nodes; the top nodes make the root. A node's digest is the XOR of the item
+digests below it, so ``put`` updates the leaf, its top node and the root in
+O(1) and the tree never needs rebuilding. Two stores have the same root iff
+they hold the same items (up to a 2**-128 accident). Only non-empty leaves
+take memory, so 100,000 simulated stores stay small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from typing import Iterator
+
+from .item import SignedItem, Version
+from .messages import DIGEST_LEN, KeyEntry
+
+TOP = 16  # top-level nodes: a SyncTop reply is 16 digests (~260 bytes)
+LEAVES_PER_TOP = 16  # leaves under each top node: a SyncLeaves group is 16 digests
+LEAVES = TOP * LEAVES_PER_TOP  # 256 leaves: ~4 keys each at 1,000 items, so a diff ships few entries
+_ZERO = bytes(DIGEST_LEN)
+
+
+@lru_cache(maxsize=1 << 16)
+def leaf_of(key: str) -> int:
+    """The leaf (0..255) that ``key`` belongs to; the same on every node."""
+    return hashlib.blake2b(key.encode(), digest_size=2).digest()[0]
+
+
+def _as_int(digest: bytes) -> int:
+    return int.from_bytes(digest, "big")
+
+
+def _as_bytes(value: int) -> bytes:
+    return value.to_bytes(DIGEST_LEN, "big") if value else _ZERO
+
+
+def is_newer(candidate: SignedItem, current: SignedItem | None) -> bool:
+    """Whether ``candidate`` wins over ``current`` for the same key."""
+    if current is None:
+        return True
+    cv, ov = candidate.version, current.version
+    if cv != ov:
+        return cv > ov
+    return candidate.digest() > current.digest()
+
+
+def entry_is_newer(entry: KeyEntry, current: SignedItem | None) -> bool:
+    """Like ``is_newer`` for a summarised version (a ``SyncKeys`` entry)."""
+    if current is None:
+        return True
+    _, wall, counter, author, digest = entry
+    ev = Version(wall, counter, author)
+    if ev != current.version:
+        return ev > current.version
+    return digest > current.digest()
+
+
+class ItemStore:
+    """In-memory LWW map ``key -> SignedItem`` with an incremental hash tree."""
+
+    __slots__ = ("_items", "_leaf", "_top", "_root", "_leaf_keys")
+
+    def __init__(self, items: Iterator[SignedItem] | list[SignedItem] | tuple[SignedItem, ...] = ()) -> None:
+        self._items: dict[str, SignedItem] = {}
+        self._leaf: dict[int, int] = {}  # leaf index -> XOR of item digests (absent: 0)
+        self._top: dict[int, int] = {}  # top index -> XOR of its leaves
+        self._root = 0
+        self._leaf_keys: dict[int, set[str]] = {}
+        for item in items:
+            self.put(item)
+
+    # --- the map ----------------------------------------------------------
+
+    def get(self, key: str) -> SignedItem | None:
+        return self._items.get(key)
+
+    def items(self) -> list[SignedItem]:
+        return list(self._items.values())
+
+    def keys(self) -> list[str]:
+        return list(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __iter__(self) -> Iterator[SignedItem]:
+        return iter(list(self._items.values()))
+
+    def would_accept(self, item: SignedItem) -> bool:
+        return is_newer(item, self._items.get(item.key))
+
+    def put(self, item: SignedItem) -> bool:
+        """Store ``item`` if it is newer than what the key holds; say whether it was."""
+        key = item.key
+        current = self._items.get(key)
+        if not is_newer(item, current):
+            return False
+        change = _as_int(item.digest())
+        leaf = leaf_of(key)
+        if current is not None:
+            change ^= _as_int(current.digest())
+        else:
+            keys = self._leaf_keys.get(leaf)
+            if keys is None:
+                keys = self._leaf_keys[leaf] = set()
+            keys.add(key)
+        self._items[key] = item
+        self._leaf[leaf] = self._leaf.get(leaf, 0) ^ change
+        top = leaf // LEAVES_PER_TOP
+        self._top[top] = self._top.get(top, 0) ^ change
+        self._root ^= change
+        return True
+
+    # --- the hash tree ----------------------------------------------------
+
+    def root_digest(self) -> bytes:
+        return _as_bytes(self._root)
+
+    def store_digest(self) -> bytes:
+        """Equal on two nodes iff they hold the same items."""
+        return _as_bytes(self._root)
+
+    def top_digests(self) -> tuple[bytes, ...]:
+        top = self._top
+        return tuple(_as_bytes(top.get(i, 0)) for i in range(TOP))
+
+    def leaf_digests(self, top: int) -> tuple[bytes, ...]:
+        """The 16 leaf digests under top node ``top``."""
+        base = top * LEAVES_PER_TOP
+        leaf = self._leaf
+        return tuple(_as_bytes(leaf.get(base + i, 0)) for i in range(LEAVES_PER_TOP))
+
+    def leaf_digest(self, leaf: int) -> bytes:
+        return _as_bytes(self._leaf.get(leaf, 0))
+
+    def leaf_keys(self, leaf: int) -> list[str]:
+        return sorted(self._leaf_keys.get(leaf, ()))
+
+    def leaf_entries(self, leaf: int) -> list[KeyEntry]:
+        """Summaries ``(key, wall_ms, counter, author, digest)`` of one leaf, sorted by key."""
+        out = []
+        items = self._items
+        for key in self.leaf_keys(leaf):
+            item = items[key]
+            v = item.version
+            out.append((key, v.wall_ms, v.counter, v.author, item.digest()))
+        return out
+
+    def leaf_size(self, leaf: int) -> int:
+        return len(self._leaf_keys.get(leaf, ()))
+
+    def __repr__(self) -> str:
+        return f"ItemStore({len(self._items)} items, root={self.root_digest().hex()[:12]})"
