@@ -98,6 +98,7 @@ class TrustRoot:
     admins: tuple[str, ...]
     publishers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key id -> name prefixes
     operators: dict[str, tuple[OperatorScope, ...]] = field(default_factory=dict)
+    _public: dict[str, PublicKey] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("serial", "created_ms", "expires_ms", "threshold"):
@@ -141,12 +142,12 @@ class TrustRoot:
         if unused:
             raise TrustError(f"trust root lists key(s) {unused} with no role")
         object.__setattr__(self, "keys", {k: self.keys[k] for k in sorted(self.keys)})
+        object.__setattr__(self, "_public", {k: PublicKey(raw) for k, raw in self.keys.items()})
 
     # -- questions asked by admission and runs ---------------------------------
 
     def public_key(self, kid: str) -> PublicKey | None:
-        raw = self.keys.get(kid)
-        return PublicKey(raw) if raw is not None else None
+        return self._public.get(kid)
 
     def expired(self, now_ms: int) -> bool:
         return now_ms >= self.expires_ms
