@@ -61,7 +61,7 @@ RESULT_RETRY_FIRST_S = 0.2  # result post retries back off from here...
 RESULT_RETRY_MAX_S = 5.0  # ...to here, until the deadline
 MAX_CONCURRENT_RUNS = 16  # commands one node runs at once; more wait their turn
 MAX_REPORT_BYTES = 64 * 1024  # a converge report attached to a result, diffs dropped past this
-MAX_QUERY_ANSWER_BYTES = 64 * 1024  # one node's status answer
+MAX_DETAIL_CHARS = 240  # refusal details in peer replies: the envelope decoder caps strings at 320
 
 
 def now_ms() -> int:
@@ -176,13 +176,13 @@ class RunService:
 
     async def _on_query(self, origin: str, body: Any, msg_id: bytes) -> None:
         if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("q", "o", "s", "k")):
-            log.info("%s: malformed query from %s ignored", self.agent.node_id, origin)
+            log.info("malformed query from %s ignored", origin)
             return
         try:
             if not selectors.matches(body["s"] or None, self.agent.facts):
                 return
         except selectors.SelectorSyntaxError as exc:
-            log.info("%s: query with a bad selector ignored: %s", self.agent.node_id, exc.reason)
+            log.info("query with a bad selector ignored: %s", exc.reason)
             return
         info = self.status_info() if body["k"] == "status" else {}
         answer = {"q": body["q"], "n": self.agent.node_id, "pk": self.agent.node_key.public.raw, "i": info}
@@ -195,7 +195,7 @@ class RunService:
         try:
             await self.agent.send_direct(node, route, body)
         except Exception as exc:  # the origin went away: nothing to do but note it
-            log.info("%s: %s to %s failed: %s", self.agent.node_id, route, node, exc)
+            log.info("%s to %s failed: %s", route, node, exc)
 
     async def _on_answer(self, body: Any, remote: bool = True) -> dict:
         if not isinstance(body, dict):
@@ -241,9 +241,9 @@ class RunService:
                 raise RunRefused("Replayed", f"run {order.run_id} was already received here")
         except RunRefused as exc:
             self.refusals[exc.reason] += 1
-            log.warning("%s: refused run order: %s", self.agent.node_id, exc)
-            return {"ok": False, "refused": exc.reason, "detail": exc.detail}
-        log.info("%s: run %s from %s accepted: %s", self.agent.node_id, order.run_id, order.operator,
+            log.warning("refused run order: %s", exc)
+            return {"ok": False, "refused": exc.reason, "detail": exc.detail[:MAX_DETAIL_CHARS]}
+        log.info("run %s from %s accepted: %s", order.run_id, order.operator,
                  order.action.describe())
         self._spawn(self._execute_and_report(order))
         return {"ok": True}
@@ -265,8 +265,8 @@ class RunService:
                 return
             except Exception as exc:
                 if now_ms() + delay * 1000 > order.deadline_ms:
-                    log.warning("%s: result of run %s could not reach %s before the deadline: %s",
-                                self.agent.node_id, order.run_id, order.origin, exc)
+                    log.warning("result of run %s could not reach %s before the deadline: %s",
+                                order.run_id, order.origin, exc)
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RESULT_RETRY_MAX_S)
@@ -294,7 +294,7 @@ class RunService:
                              duration_ms=int((time.monotonic() - started) * 1000),
                              error=f"converge did not finish within {timeout_s:g} s")
         except Exception as exc:  # a converge that blew up is a failed result, not a dead agent
-            log.exception("%s: converge for run %s failed", self.agent.node_id, order.run_id)
+            log.exception("converge for run %s failed", order.run_id)
             return RunResult(**base, exit_code=1, stdout=b"", stderr=b"", error=f"converge failed: {exc}",
                              duration_ms=int((time.monotonic() - started) * 1000))
         report = report if isinstance(report, dict) else {}
@@ -334,7 +334,7 @@ class RunService:
             signed = SignedResult.from_wire(body)
         except RunRefused as exc:
             self.refusals[exc.reason] += 1
-            log.warning("%s: refused malformed run result: %s", self.agent.node_id, exc)
+            log.warning("refused malformed run result: %s", exc)
             return {"ok": False, "refused": exc.reason}
         claimed = signed.result
         run = self._runs.get(claimed.run_id)
@@ -347,7 +347,7 @@ class RunService:
             result = signed.verify(key, run_id=claimed.run_id, node=claimed.node)
         except RunRefused as exc:
             self.refusals[exc.reason] += 1
-            log.warning("%s: refused run result: %s", self.agent.node_id, exc)
+            log.warning("refused run result: %s", exc)
             run.events.put_nowait({"event": "refused_result", "node": claimed.node, "reason": exc.reason,
                                    "detail": exc.detail})
             return {"ok": False, "refused": exc.reason}
@@ -460,7 +460,7 @@ class RunService:
             if signed.order.run_id in self._runs:
                 raise RunRefused("Replayed", f"run {signed.order.run_id} is already in progress")
         except (ValueError, KeyError, TypeError, RunRefused, runorder.ConfigError) as exc:
-            log.warning("%s: run request refused: %s", self.agent.node_id, exc)
+            log.warning("run request refused: %s", exc)
             return web.json_response({"error": str(exc)}, status=400)
         run = self._runs[signed.order.run_id] = _Run(signed=signed)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -483,12 +483,12 @@ class RunService:
             if not task.done():
                 task.cancel()
             elif not task.cancelled() and task.exception() is not None:
-                log.error("%s: run %s failed: %s", self.agent.node_id, signed.order.run_id, task.exception())
+                log.error("run %s failed: %s", signed.order.run_id, task.exception())
                 try:
                     await _write(resp, {"event": "error", "detail": str(task.exception())})
                 except Exception:
                     pass
-            log.info("%s: run %s stream ended early: %s", self.agent.node_id, signed.order.run_id, exc)
+            log.info("run %s stream ended early: %s", signed.order.run_id, exc)
         finally:
             # late results for this id are answered "gone" so nodes stop retrying
             self._runs.pop(signed.order.run_id, None)

@@ -1,0 +1,172 @@
+"""Push-style runs on real agent processes: results, refusals, forged results, batches."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from grapevine.cli.run import agent_json, build_order
+from grapevine.policy import runorder
+from grapevine.policy.keys import SigningKey
+from grapevine.policy.runorder import RunAction, RunOrder, RunResult, SignedOrder, SignedResult
+
+MESH_NODES = 4  # the session mesh in conftest.py
+
+
+def lines(path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def cli(mesh, *args, key=None, via=None):
+    via = via or mesh.agents[0]
+    cmd = [sys.executable, "-m", "grapevine.cli.main", "run", "--agent", via.socket,
+           "--key", str(key or mesh.m.key_path), "--json", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    return proc.returncode, (json.loads(proc.stdout) if proc.stdout.strip() else None), proc.stderr
+
+
+def marker_order(mesh, marker, *, key=None, selector="", deadline_ms=None, via=None):
+    """A signed order whose command appends one line to ``marker`` per execution."""
+    via = via or mesh.agents[0]
+    key = key or mesh.m.key
+    now = int(time.time() * 1000)
+    order = RunOrder(run_id=runorder.new_run_id(), origin=via.node_id, selector=selector,
+                     action=RunAction.shell_string(f"echo ran >> {marker}"), timeout_ms=5000, issued_ms=now - 2000,
+                     deadline_ms=deadline_ms or now + 60_000, operator=key.key_id)
+    return SignedOrder.sign(order, key)
+
+
+def wait_log(mesh, agent, text, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if text in mesh.m.log_text(agent):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_run_returns_a_result_from_every_target(mesh):
+    code, doc, err = cli(mesh, "--", "sh", "-c", "echo hello")
+    assert code == 0, err
+    ids = sorted(a.node_id for a in mesh.agents)
+    assert doc["targets"] == ids
+    assert sorted(r["node"] for r in doc["results"]) == ids
+    assert all(r["exit_code"] == 0 and r["stdout"] == "hello\n" for r in doc["results"])
+    assert doc["missing"] == [] and doc["failed"] == []
+    assert len(doc["batches"]) == 1
+
+
+def test_selector_picks_the_matching_nodes_only(mesh):
+    code, doc, err = cli(mesh, "--target", "idx in (1, 3)", "--shell", "echo $((40 + 2))")
+    assert code == 0, err
+    assert doc["targets"] == sorted(a.node_id for a in mesh.agents[1::2])
+    assert {r["stdout"] for r in doc["results"]} == {"42\n"}
+
+
+def test_failing_command_exits_1_and_is_listed(mesh):
+    code, doc, _ = cli(mesh, "--target", "idx=2", "--", "sh", "-c", "echo oops >&2; exit 3")
+    assert code == 1
+    assert doc["failed"] == [mesh.agents[2].node_id]
+    assert doc["results"][0]["exit_code"] == 3 and doc["results"][0]["stderr"] == "oops\n"
+
+
+def test_batches_stop_once_failures_pass_max_failures(mesh):
+    code, doc, _ = cli(mesh, "--batch", "2", "--max-failures", "1", "--", "false")
+    assert code == 1
+    assert len(doc["batches"]) == 1 and len(doc["batches"][0]["nodes"]) == 2
+    assert len(doc["results"]) == 2
+    assert "max-failures" in doc["stopped_reason"]
+    assert len(doc["not_started"]) == MESH_NODES - 2
+
+
+def test_batches_all_run_when_nothing_fails(mesh):
+    code, doc, _ = cli(mesh, "--batch", "50%", "--max-failures", "0", "--", "true")
+    assert code == 0
+    assert [len(b["nodes"]) for b in doc["batches"]] == [2, 2]
+    assert doc["stopped_reason"] is None and len(doc["results"]) == MESH_NODES
+
+
+def test_replayed_order_is_refused_and_does_not_run_again(mesh, tmp_path):
+    marker = tmp_path / "replay"
+    signed = marker_order(mesh, marker)
+    first = mesh.run_stream(mesh.agents[0], signed).summary()
+    assert len(first["results"]) == MESH_NODES and lines(marker) == MESH_NODES
+    # the same bytes again, through the origin, and straight to a node
+    again = mesh.run_stream(mesh.agents[0], SignedOrder.decode(signed.encode())).summary()
+    assert again["results"] == []
+    assert {r["reason"] for r in again["refused"]} == {"Replayed"}
+    reply = mesh.post_peer(mesh.agents[1], "run.order", {"order": signed.to_wire()})
+    assert reply["refused"] == "Replayed"
+    assert wait_log(mesh, mesh.agents[1], "Replayed")
+    time.sleep(0.3)
+    assert lines(marker) == MESH_NODES
+
+
+def test_expired_order_is_refused_by_the_node(mesh, tmp_path):
+    marker = tmp_path / "expired"
+    signed = marker_order(mesh, marker, deadline_ms=int(time.time() * 1000) - 1)
+    reply = mesh.post_peer(mesh.agents[2], "run.order", {"order": signed.to_wire()})
+    assert reply["refused"] == "Expired"
+    assert wait_log(mesh, mesh.agents[2], "Expired")
+    # the origin refuses it before discovery, too
+    with pytest.raises(Exception) as exc:
+        mesh.run_stream(mesh.agents[0], signed).summary()
+    assert "Expired" in str(exc.value)
+    time.sleep(0.3)
+    assert lines(marker) == 0
+
+
+def test_order_outside_the_operator_scope_is_refused(mesh, tmp_path):
+    marker = tmp_path / "scope"
+    code, doc, _ = cli(mesh, "--shell", f"echo ran >> {marker}", key=mesh.limited_path)
+    assert code == 1
+    assert doc["results"] == []
+    assert {r["reason"] for r in doc["refused"]} == {"OutOfScope"}
+    assert len(doc["refused"]) == MESH_NODES
+    assert wait_log(mesh, mesh.agents[3], "OutOfScope")
+    # a key the trust root does not know at all
+    stranger = SigningKey.generate()
+    reply = mesh.post_peer(mesh.agents[3], "run.order", {"order": marker_order(mesh, marker, key=stranger).to_wire()})
+    assert reply["refused"] == "UnknownKey"
+    time.sleep(0.3)
+    assert lines(marker) == 0
+
+
+def test_forged_result_is_refused_and_the_genuine_one_counts(mesh, tmp_path):
+    victim = mesh.agents[1]
+    origin = mesh.agents[0]
+    now = int(time.time() * 1000)
+    order = RunOrder(run_id=runorder.new_run_id(), origin=origin.node_id, selector="idx=1",
+                     action=RunAction.shell_string("sleep 1; echo genuine"), timeout_ms=10_000, issued_ms=now,
+                     deadline_ms=now + 60_000, operator=mesh.m.key.key_id)
+    stream = mesh.run_stream(origin, SignedOrder.sign(order, mesh.m.key))
+    stream.wait_for("batch")
+    fake = RunResult(run_id=order.run_id, node=victim.node_id, exit_code=0, stdout=b"forged\n", stderr=b"",
+                     duration_ms=1)
+    reply = mesh.post_peer(origin, "run.result", SignedResult.sign(fake, SigningKey.generate()).to_wire())
+    assert reply["refused"] == "BadSignature"
+    doc = stream.summary()
+    assert [r["stdout"] for r in doc["results"]] == ["genuine\n"]
+    assert any(e.get("event") == "refused_result" for e in stream.events)
+    assert wait_log(mesh, origin, "refused run result")
+
+
+def test_unknown_agent_socket_is_a_clear_error(mesh, tmp_path):
+    cmd = [sys.executable, "-m", "grapevine.cli.main", "run", "--agent", str(tmp_path / "none.sock"),
+           "--key", str(mesh.m.key_path), "--", "true"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "cannot reach the agent" in proc.stderr
+
+
+def test_origin_answers_with_its_node_id(mesh):
+    a = mesh.agents[2]
+    assert agent_json(a.socket, "GET", "/v1/run/origin")["node_id"] == a.node_id
+    signed = build_order(sock=a.socket, key=mesh.m.key, selector="", action=RunAction.command(["true"]),
+                         timeout_s=5, batched=False)
+    assert signed.order.origin == a.node_id
