@@ -169,3 +169,13 @@ def test_a_file_that_is_not_a_bundle_is_malformed(fleet):
     assert r.exit_code == 1 and r.stdout.strip() == "Malformed"
     r = run("bundle", "verify", "root.gv", "--trust", "root.gv")
     assert r.exit_code == 1 and r.stdout.strip() == "Malformed"
+
+
+def test_pack_validates_resources_with_the_catalog_and_writes_nothing_on_error(fleet):
+    (fleet / "bad.yaml").write_text("bundle: web/bad\nresources:\n  - flie: /etc/x\n")
+    r = run("bundle", "pack", "bad.yaml", "--key", "alice.key", "--out", "bad.gv")
+    assert r.exit_code == 2
+    assert "flie" in r.stderr
+    assert not (fleet / "bad.gv").exists()
+    ok = run("bundle", "pack", "site.yaml", "--key", "alice.key", "--out", "good.gv", "--json")
+    assert json.loads(ok.stdout)["validated"] is True

@@ -134,3 +134,13 @@ def test_bad_trust_init_arguments_exit_2_with_the_reason(keydir, args, message):
     r = run("trust", "init", "--key", "alice.key", "--admin", "alice.key.pub", *args, "--out", "root.gv")
     assert r.exit_code == 2
     assert message in r.stderr
+
+
+def test_trust_sign_by_a_non_admin_is_refused_and_leaves_the_candidate_unchanged(keydir):
+    run("trust", "init", "--key", "alice.key", "--admin", "alice.key.pub", "--admin", "bob.key.pub", "--out", "root.gv")
+    run("trust", "rotate", "--current", "root.gv", "--key", "alice.key", "--threshold", "2", "--out", "root2.gv")
+    run("trust", "rotate", "--current", "root2.gv", "--key", "alice.key", "--partial", "--out", "root3.gv")
+    before = (keydir / "root3.gv").read_bytes()
+    r = run("trust", "sign", "root3.gv", "--key", "carol.key", "--current", "root2.gv")
+    assert r.exit_code == 1 and r.stdout.strip() == "UnknownKey"
+    assert (keydir / "root3.gv").read_bytes() == before
