@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 
 from grapevine.gossip.errors import GrapevineError, PolicyError
-from grapevine.policy.admission import verify_bundle_file, wall_ms
+from grapevine.policy.admission import Admission, verify_bundle_file, wall_ms
 from grapevine.policy.bundle import Bundle, bundles_from_file, pack
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import Refusal, read_item_file, write_item_file
+from grapevine.policy.trust import Refusal, load_root_file, read_item_file, write_item_file
 
 from .output import emit_json, json_option
 from .trust import trust_errors
@@ -60,8 +60,9 @@ def bundle() -> None:
 @click.argument("policy_file", type=click.Path(dir_okay=False))
 @click.option("--key", "key_path", required=True, help="Private key of the publisher that signs.")
 @click.option("--out", "outs", multiple=True, required=True, help="Bundle file (.gv), or a directory for several bundles; repeat to name each.")
+@click.option("--trust", "trust_path", default=None, help="Also check the signed bundles would be admitted under this root (exit 1 if not).")
 @json_option
-def pack_cmd(policy_file, key_path, outs, as_json) -> None:
+def pack_cmd(policy_file, key_path, outs, trust_path, as_json) -> None:
     """Validate POLICY_FILE (.yaml/.toml/.py) and sign each bundle in it."""
     with trust_errors(as_json):
         key = SigningKey.load(key_path)
@@ -69,9 +70,13 @@ def pack_cmd(policy_file, key_path, outs, as_json) -> None:
         validated = validate_resources(bundles)
         paths = output_paths(bundles, outs)
         now = wall_ms()
+        items = [pack(b, key, now) for b in bundles]
+        if trust_path is not None:
+            admission = Admission(load_root_file(trust_path)[0])
+            for item in items:
+                admission.verify_bundle_item(item, now)
         written = []
-        for b, path in zip(bundles, paths):
-            item = pack(b, key, now)
+        for b, path, item in zip(bundles, paths, items):
             write_item_file(path, item)
             written.append({"name": b.name, "out": str(path), "version": list(item.version), "bytes": len(item.encode())})
     if as_json:

@@ -9,6 +9,7 @@ exits 1; a bad argument or file exits 2.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Iterator
 
 import click
@@ -80,6 +81,15 @@ def parse_operator(spec: str) -> tuple[PublicKey, OperatorScope]:
         else:
             parse(selector)
     return pub, OperatorScope(selector=selector, actions=acts)
+
+
+def revoked_id(spec: str, current) -> str:
+    """A ``--revoke`` value: a public key file, or the id of a key in the current root."""
+    if spec in current.keys:
+        return spec
+    if Path(spec).exists():
+        return PublicKey.load(spec).key_id
+    raise TrustError(f"--revoke {spec!r} is neither a public key file nor a key id in the current root")
 
 
 def _describe(item, root) -> dict:
@@ -174,7 +184,7 @@ def rotate_cmd(current_path, key_paths, admins, threshold, publishers, operators
         current = check_first_root(current_item)
         signers = [SigningKey.load(p) for p in key_paths]
         now = wall_ms()
-        gone = {PublicKey.load(r).key_id if "/" in r or r.endswith(".pub") else r for r in revoked}
+        gone = {revoked_id(r, current) for r in revoked}
         keep = lambda kid: kid not in gone  # noqa: E731
         pub_of = lambda kid: PublicKey(current.keys[kid])  # noqa: E731
         admin_keys = [PublicKey.load(p) for p in admins] if admins else [pub_of(k) for k in current.admins if keep(k)]

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from grapevine.gossip.errors import GrapevineError
+from grapevine.gossip.errors import GrapevineError, TrustError
 from grapevine.gossip.item import SignedItem
 
 from .bundle import BUNDLE_KEY_PREFIX, MAX_BUNDLE_BYTES, Bundle
@@ -70,17 +70,26 @@ class Admission:
 
     def __init__(
         self,
-        root_item: SignedItem,
+        root_item: SignedItem | None,
         *,
         pinned: str | None = None,
         limits: Limits = Limits(),
         node: str = "",
     ) -> None:
-        self.root: TrustRoot = check_first_root(root_item, pinned)
+        if root_item is None and pinned is None:
+            raise TrustError("admission needs a first trust root: a root item or its pinned fingerprint")
+        self.root: TrustRoot | None = check_first_root(root_item, pinned) if root_item is not None else None
         self.root_item = root_item
+        self.pinned = pinned
         self.limits = limits
         self.node = node
         self.refusals: Counter[str] = Counter()
+
+    @classmethod
+    def from_fingerprint(cls, pinned: str, **kwargs) -> Admission:
+        """An admission with no root yet: it admits only the ``trust/root`` whose
+        fingerprint is ``pinned`` (as gossiped by any peer), then works as usual."""
+        return cls(None, pinned=pinned, **kwargs)
 
     # -- the validator ---------------------------------------------------------------
 
@@ -111,6 +120,11 @@ class Admission:
     def _check_root(self, item: SignedItem, current: SignedItem | None, now_ms: int) -> TrustRoot:
         if len(item.payload) > self.limits.max_root_bytes:
             raise Refusal(TOO_LARGE, f"trust root of {len(item.payload)} bytes exceeds {self.limits.max_root_bytes}")
+        if self.root is None:
+            root = check_first_root(item, self.pinned)  # only the pinned root; anything else is refused
+            if root.expired(now_ms):
+                raise Refusal(EXPIRED, f"the pinned trust root (serial {root.serial}) has expired")
+            return root
         if item == self.root_item:
             return self.root  # the root this node already runs on (e.g. first seen from a peer)
         self._check_timing(item, current, now_ms)
@@ -124,6 +138,8 @@ class Admission:
 
     def _check_bundle_trust(self, item: SignedItem, now_ms: int) -> Bundle:
         root = self.root
+        if root is None:
+            raise Refusal(UNKNOWN_KEY, f"{item.key}: no trust root yet (waiting for the pinned root)")
         if root.expired(now_ms):
             raise Refusal(EXPIRED, f"the trust root (serial {root.serial}) expired; no bundle is admitted until it is replaced")
         author = item.version.author
@@ -153,6 +169,10 @@ class Admission:
         if item.key != ROOT_KEY or item == self.root_item:
             return
         new = TrustRoot.decode(item.payload)
+        if self.root is None:
+            log.info("%strust root serial %d installed (pinned)", f"[{self.node}] " if self.node else "", new.serial)
+            self.root, self.root_item = new, item
+            return
         if new.serial <= self.root.serial:
             return
         log.info(

@@ -185,3 +185,18 @@ def test_oversized_root_is_too_large(admission):
     adm = Admission(admission.root_item, limits=Limits(max_root_bytes=16))
     item2 = SignedItem(key="trust/root", version=Version(NOW + 1, 0, ADMIN.key_id), payload=b"x" * 17)
     assert adm(item2, None, NOW + 1) == "TooLarge"
+
+
+def test_a_node_with_only_a_pinned_fingerprint_accepts_just_that_root():
+    from grapevine.policy.trust import fingerprint
+
+    real = init_root(make_root(), [ADMIN], NOW)
+    other = init_root(make_root(now=NOW + 5), [ADMIN], NOW + 5)
+    adm = Admission.from_fingerprint(fingerprint(real), node="fresh")
+    assert adm.root is None
+    assert adm(pack(NGINX, WEB, NOW), None, NOW) == "UnknownKey"  # nothing is trusted before the root
+    assert adm(other, None, NOW + 10) == "BadSignature"
+    assert adm(real, None, NOW + 10) is None
+    adm.on_accepted(real)
+    assert adm.root == make_root() and adm.root_item == real
+    assert adm(pack(NGINX, WEB, NOW), None, NOW) is None

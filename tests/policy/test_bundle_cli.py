@@ -179,3 +179,19 @@ def test_pack_validates_resources_with_the_catalog_and_writes_nothing_on_error(f
     assert not (fleet / "bad.gv").exists()
     ok = run("bundle", "pack", "site.yaml", "--key", "alice.key", "--out", "good.gv", "--json")
     assert json.loads(ok.stdout)["validated"] is True
+
+
+def test_pack_with_trust_refuses_to_write_a_bundle_nodes_would_refuse(fleet):
+    r = run("bundle", "pack", "site.yaml", "--key", "carol.key", "--trust", "root.gv", "--out", "c2.gv")
+    assert r.exit_code == 1 and r.stdout.strip() == "OutOfScope"
+    assert not (fleet / "c2.gv").exists()
+    assert run("bundle", "pack", "site.yaml", "--key", "alice.key", "--trust", "root.gv", "--out", "a2.gv").exit_code == 0
+
+
+def test_revoke_by_key_id_and_unknown_revoke_is_bad_input(fleet):
+    bob = SigningKey.load("bob.key").key_id
+    assert run("trust", "rotate", "--current", "root.gv", "--key", "alice.key", "--revoke", bob,
+               "--out", "r.gv").exit_code == 0
+    assert run("bundle", "verify", "bob.gv", "--trust", "r.gv").stdout.strip() == "UnknownKey"
+    r = run("trust", "rotate", "--current", "root.gv", "--key", "alice.key", "--revoke", "nobody", "--out", "r2.gv")
+    assert r.exit_code == 2 and "neither" in r.stderr
