@@ -365,6 +365,7 @@ def run_demo(nodes: int, as_json: bool) -> dict:
     doc: dict[str, Any] = {"nodes": nodes, "converged": 0, "healed": False, "run_results": [], "run_failed": 0,
                            "run_missing": 0, "ok": False}
     with local_mesh() as mesh:
+        doc["dir"] = str(mesh.base)
         show.step(f"starting {nodes} agents on loopback in {mesh.base}")
         for i in range(nodes):
             mesh.add(f"node{i}", tags={"role": "web" if i % 2 == 0 else "db"})

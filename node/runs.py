@@ -260,7 +260,7 @@ class RunService:
                 else:
                     reply = await self.agent.send_direct(order.origin, RESULT_ROUTE, signed.to_wire())
                 if isinstance(reply, dict) and not reply.get("ok") and not reply.get("gone"):
-                    log.warning("%s: origin %s refused the result of run %s: %s", self.agent.node_id,
+                    log.warning("origin %s refused the result of run %s: %s",
                                 order.origin, order.run_id, reply.get("refused"))
                 return
             except Exception as exc:
