@@ -18,7 +18,9 @@ gets ``refresh(ctx)`` (restart a service, run a refresh-only exec).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -75,10 +77,21 @@ class CommandResult:
         return (self.stdout + self.stderr).strip()
 
 
-def _tail(data: bytes) -> str:
-    if len(data) > MAX_OUTPUT_BYTES:
-        data = b"..." + data[-MAX_OUTPUT_BYTES:]
-    return data.decode("utf-8", errors="replace")
+def _tail_file(fh: Any) -> str:
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(max(0, size - MAX_OUTPUT_BYTES))
+    data = fh.read()
+    prefix = "..." if size > MAX_OUTPUT_BYTES else ""
+    return prefix + data.decode("utf-8", errors="replace")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill a command that overran, with every process it started, and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
 
 
 def format_argv(argv: tuple[str, ...] | list[str]) -> str:
@@ -94,7 +107,6 @@ class Context:
     root: Path
     facts: Mapping[str, Any]
     dry_run: bool = False
-    notified: set[str] = field(default_factory=set)  # ids that received a notify this run
     cache: dict[str, Any] = field(default_factory=dict)  # provider caches, one converge long
 
     @property
@@ -122,24 +134,34 @@ class Context:
             full_env = dict(os.environ)
             full_env.update(env)
         args = tuple(argv)
-        try:
-            proc = subprocess.run(
-                args[0] if shell else list(args),
-                shell=shell,
-                capture_output=True,
-                timeout=timeout,
-                env=full_env,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            raise ResourceError(f"command not found: {exc.filename or args[0]}") from None
-        except subprocess.TimeoutExpired:
-            raise ResourceError(f"command timed out after {timeout:g}s: {format_argv(args)}") from None
-        except OSError as exc:
-            raise ResourceError(f"cannot run {format_argv(args)}: {exc.strerror}") from None
-        return CommandResult(argv=args, returncode=proc.returncode, stdout=_tail(proc.stdout), stderr=_tail(proc.stderr))
+        # Output goes to unnamed temporary files, not pipes: memory stays
+        # bounded whatever a command prints, and a killed command's children
+        # cannot keep us waiting on a pipe they inherited.
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen(
+                    args[0] if shell else list(args),
+                    shell=shell,
+                    stdout=out,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                    env=full_env,
+                    cwd=cwd,
+                    start_new_session=True,  # its own process group, killed as a whole on timeout
+                )
+            except FileNotFoundError as exc:
+                raise ResourceError(f"command not found: {exc.filename or args[0]}") from None
+            except OSError as exc:
+                raise ResourceError(f"cannot run {format_argv(args)}: {exc.strerror}") from None
+            try:
+                returncode = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                raise ResourceError(f"command timed out after {timeout:g}s: {format_argv(args)}") from None
+            except BaseException:
+                _kill_group(proc)
+                raise
+            return CommandResult(argv=args, returncode=returncode, stdout=_tail_file(out), stderr=_tail_file(err))
 
     def must(self, argv: list[str], **kw: Any) -> CommandResult:
         """Run and raise ResourceError naming the command on a non-zero exit."""
