@@ -272,6 +272,7 @@ class Simulator:
         seq = self._seq
         apply = self._apply
         progress = self.progress
+        watchers = self.observer.delivery_watchers
         if stop is not None and stop():
             return True
         while heap and heap[0][0] <= until:
@@ -290,6 +291,9 @@ class Simulator:
                     src = self.by_id[a]
                     push(heap, (t + net.config.cut_timeout_ms, next(seq), FAIL, src, src.incarnation, host.node_id, None))
                     continue
+                if watchers:
+                    for watch in watchers:
+                        watch(t, a, host, b)
                 effects = host.core.on_message(a, b, t)
             elif kind == WAKE:
                 if host.incarnation != inc or host.wake_at != t or not host.alive:
@@ -299,6 +303,8 @@ class Simulator:
             elif kind == FAIL:
                 if not host.alive or host.incarnation != inc:
                     continue
+                for watch in self.observer.failure_watchers:
+                    watch(t, host, a)
                 effects = host.core.on_send_failed(a, t)
             else:
                 a(*b)

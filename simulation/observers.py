@@ -80,6 +80,11 @@ class Observer:
         self._held: dict[int, dict[str, Any]] = {}  # host idx -> key -> version accepted
         self._digests: dict[tuple[str, Any], tuple[Any, bytes]] = {}
         self._fp_counts: dict[int, int] = {}  # fingerprint -> live hosts with it
+        # Callables (time, source id, destination host, message) that see every
+        # delivered message; empty in normal runs, so delivery costs nothing extra.
+        self.delivery_watchers: list[Any] = []
+        # Callables (time, host, peer id) that see every failed send reported.
+        self.failure_watchers: list[Any] = []
 
     # -- host lifecycle ------------------------------------------------------
 
