@@ -87,6 +87,8 @@ class Traffic:
     payload_copies: int = 0
     lost: int = 0
     failed: int = 0
+    duplicated: int = 0  # messages delivered a second time by the duplicate fault
+    reordered: int = 0  # messages delayed past later ones by the reorder fault
     by_type: dict[str, list[int]] = field(default_factory=dict)  # name -> [messages, bytes]
 
     def snapshot(self) -> dict[str, Any]:
@@ -96,6 +98,8 @@ class Traffic:
             "payload_copies": self.payload_copies,
             "lost": self.lost,
             "failed": self.failed,
+            "duplicated": self.duplicated,
+            "reordered": self.reordered,
             "by_type": {k: list(v) for k, v in self.by_type.items()},
         }
 
@@ -200,12 +204,14 @@ class Network:
             return
         self._deliver_later(src, dst, msg, now)
         if cfg.duplicate and rng.random() < cfg.duplicate:
+            self.traffic.duplicated += 1
             self._deliver_later(src, dst, msg, now)
 
     def _deliver_later(self, src: Host, dst: Host, msg: Any, now: int) -> None:
         cfg = self.config
         at = now + self._latency[self.rng.getrandbits(LATENCY_TABLE_BITS)]
         if cfg.reorder and self.rng.random() < cfg.reorder:
+            self.traffic.reordered += 1
             at += 1 + self.rng.randrange(cfg.reorder_extra_ms)
         else:
             link = (src.idx << 32) | dst.idx
