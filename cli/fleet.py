@@ -178,17 +178,26 @@ def inject_items(client: AgentClient, items: list) -> list[dict]:
 @click.command("inject")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--key", "key_path", type=click.Path(dir_okay=False, path_type=Path), help="Author key to sign a policy file.")
+@click.option("--now", is_flag=True, help="Also converge the targets now (a converge run order signed with --key).")
+@click.option("--wait", is_flag=True, help="With --now: wait for every target's converge result and show it.")
 @agent_option
 @json_option
-def inject(path: Path, key_path: Path | None, agent_socket: str | None, as_json: bool) -> None:
+def inject(path: Path, key_path: Path | None, now: bool, wait: bool, agent_socket: str | None, as_json: bool) -> int:
     """Sign (if needed) and inject bundles through the local agent."""
+    if now and key_path is None:
+        raise click.UsageError("--now needs --key: the converge order is signed with an operator key")
+    if wait and not now:
+        raise click.UsageError("--wait follows the converge that --now starts; give both")
     client = agent_client(agent_socket)
-    results = inject_items(client, load_items(path, key_path))
+    items = load_items(path, key_path)
+    results = inject_items(client, items)
+    if not as_json:
+        for r in results:
+            click.echo(f"injected {r['key']} version {r['version']} via {r['node']}")
+    run = converge_injected(client.path, items, key_path, wait=wait, as_json=as_json) if now else None
     if as_json:
-        emit_json({"injected": results})
-        return
-    for r in results:
-        click.echo(f"injected {r['key']} version {r['version']} via {r['node']}")
+        emit_json({"injected": results, **({"run": run} if run is not None else {})})
+    return 0 if run is None or run.get("ok", True) else 1
 
 
 # -- status, members, bundles, history ---------------------------------------
@@ -197,10 +206,15 @@ def fetch_status(client: AgentClient) -> dict:
 
 
 @click.command("status")
+@click.option("--fleet", is_flag=True, help="Ask every node (discovery query): versions applied, last converge, drift.")
+@click.option("--target", "selector", default="", help="With --fleet: only the nodes matching this selector.")
 @agent_option
 @json_option
-def status(agent_socket: str | None, as_json: bool) -> None:
-    """State of the local agent."""
+def status(fleet: bool, selector: str, agent_socket: str | None, as_json: bool) -> None:
+    """State of the local agent (or, with --fleet, of every node)."""
+    if fleet:
+        show_fleet_status(agent_client(agent_socket), selector, as_json)
+        return
     doc = fetch_status(agent_client(agent_socket))
     if as_json:
         emit_json(doc)
@@ -329,3 +343,113 @@ def converge_via_agent(agent_socket: str | None = None, *, bundles: list[str] | 
     """
     client = agent_client(agent_socket, timeout=CONVERGE_TIMEOUT_S)
     return client.post("/v1/converge", {"bundles": bundles, "dry_run": dry_run, "target": target or None})
+
+
+# -- push-style additions: inject --now --wait, status --fleet ------------------
+# (maintained with node/runs.py; they reuse the run machinery of cli/run.py)
+FLEET_STALE_CONVERGE_S = 3600.0  # a node whose last converge is older than this is flagged stale
+
+
+def converge_injected(sock: str, items: list, key_path: Path, *, wait: bool, as_json: bool) -> dict:
+    """Send a converge run order for the injected bundles to the nodes they target.
+
+    Each bundle is named as ``name@wall.counter``, so a node converges only
+    once it holds that version or a newer one (gossip may still be carrying
+    it there). Without ``wait`` the order is handed over and the command
+    returns once the targets are known; the nodes still converge and report.
+    """
+    from grapevine.policy.bundle import Bundle
+    from grapevine.policy.keys import SigningKey
+    from grapevine.policy.runorder import RunAction
+
+    from .run import DEFAULT_TIMEOUT_S, agent_stream, build_order, follow_run
+
+    bundles = [i for i in items if i.key.startswith("bundle/")]
+    if not bundles:
+        raise click.UsageError("--now: nothing to converge (no bundle among the injected items)")
+    targets = {Bundle.decode(i.payload).target or "" for i in bundles}
+    selector = targets.pop() if len(targets) == 1 else ""  # several targets: ask everyone, each checks its bundles
+    specs = [f"{i.key[len('bundle/'):]}@{i.version.wall_ms}.{i.version.counter}" for i in bundles]
+    signed = build_order(sock=sock, key=SigningKey.load(key_path), selector=selector,
+                         action=RunAction.converge(specs), timeout_s=DEFAULT_TIMEOUT_S, batched=False)
+    if wait:
+        return follow_run(sock, signed, batch=None, max_failures=None, as_json=as_json, title="converge")
+    body = {"order": signed.encode().hex(), "batch": None, "max_failures": None}
+    started: dict = {"run_id": signed.order.run_id, "targets": [], "ok": True, "waited": False}
+    for ev in agent_stream(sock, "/v1/run", body):
+        if ev.get("event") == "targets":
+            started["targets"] = ev["targets"]
+        if ev.get("event") in ("batch", "done"):
+            break
+    if not as_json:
+        click.echo(f"converge order {signed.order.run_id} sent to {len(started['targets'])} node(s)")
+    return started
+
+
+def fleet_status(client: AgentClient, selector: str = "") -> dict:
+    """Every matching node's bundles, last converge and staleness, and what is not converged."""
+    answer = client.post("/v1/fleet/query", {"kind": "status", "selector": selector})
+    nodes: dict = answer["answers"]
+    newest: dict[str, str] = {}
+    for info in nodes.values():
+        for b in info.get("bundles", []):
+            if b["name"] not in newest or _stamp_key(b["version"]) > _stamp_key(newest[b["name"]]):
+                newest[b["name"]] = b["version"]
+    bundles = {name: {"version": v, "targeted": 0, "applied": 0} for name, v in sorted(newest.items())}
+    details = []
+    for node, info in sorted(nodes.items()):
+        problems = []
+        for b in info.get("bundles", []):
+            if not b.get("targeted"):
+                continue
+            row = bundles[b["name"]]
+            row["targeted"] += 1
+            if b.get("applied") and b["version"] == newest[b["name"]]:
+                row["applied"] += 1
+            elif b["version"] != newest[b["name"]]:
+                problems.append(f"{b['name']}: holds {b['version']}, newest is {newest[b['name']]}")
+            else:
+                problems.append(f"{b['name']}: {b['version']} not applied"
+                                + (f" (applied {b['applied_version']})" if b.get("applied_version") else ""))
+        last = info.get("last_report")
+        if last and (last.get("failed") or last.get("error")):
+            problems.append(f"last converge failed: {last.get('failed')} resource(s) {last.get('error') or ''}".strip())
+        now = info.get("now_ms") or 0
+        if info.get("stale"):
+            problems.append("stale: no gossip heard recently")
+        elif last and last.get("at_ms") and now - last["at_ms"] > FLEET_STALE_CONVERGE_S * 1000:
+            problems.append(f"stale: last converge {int((now - last['at_ms']) / 1000)} s ago")
+        if problems:
+            details.append({"node": node, "problems": problems, "last_report": last})
+    return {
+        "nodes": len(nodes),
+        "converged": len(nodes) - len(details),
+        "not_converged": details,
+        "bundles": bundles,
+        "members": nodes,
+        "discovery_ms": answer.get("discovery_ms"),
+        "origin": answer.get("origin"),
+    }
+
+
+def _stamp_key(text: str) -> tuple:
+    parts = (text or "").split(".", 2)
+    try:
+        return int(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else ""
+    except (ValueError, IndexError):
+        return (0, 0, text or "")
+
+
+def show_fleet_status(client: AgentClient, selector: str, as_json: bool) -> None:
+    doc = fleet_status(client, selector)
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"{doc['nodes']} node(s) answered in {doc['discovery_ms']} ms: {doc['converged']} converged, "
+               f"{len(doc['not_converged'])} not converged")
+    for name, b in doc["bundles"].items():
+        click.echo(f"  {name}  {b['version']}  applied on {b['applied']}/{b['targeted']} targeted node(s)")
+    for d in doc["not_converged"]:
+        click.echo(f"{d['node']}:")
+        for p in d["problems"]:
+            click.echo(f"  - {p}")

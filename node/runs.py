@@ -216,20 +216,22 @@ class RunService:
     def status_info(self) -> dict:
         """What this node reports to a fleet status query."""
         a = self.agent
+        targeted = {b.name for b, _ in a.targeted_bundles()}
+        applied = a.state.applied()
         bundles = []
-        for entry in a.bundles():
-            name, version, applied = (tuple(entry) + (None, None, None))[:3]
-            bundles.append({"name": name, "version": _version_text(version), "applied": _version_text(applied)
-                            if not isinstance(applied, bool) else applied})
+        for name, version, is_applied in a.bundles():
+            done = applied.get(name)
+            bundles.append({"name": name, "version": _version_text(version), "targeted": name in targeted,
+                            "applied": bool(is_applied),
+                            "applied_version": _version_text(done[0]) if done else None})
         rep = a.last_report
         last = None
-        if rep is not None:
-            doc = rep if isinstance(rep, dict) else getattr(rep, "report", None) or {}
-            last = {k: doc.get(k) for k in ("changed", "unchanged", "failed", "skipped")}
-            at = getattr(rep, "at_ms", None) or (doc.get("at_ms") if isinstance(doc, dict) else None)
-            last["at_ms"] = at
-        return {"bundles": bundles, "last_report": last, "now_ms": now_ms(),
-                "stale": bool(getattr(a, "stale", False))}
+        if isinstance(rep, dict):
+            last = {k: rep.get(k) for k in ("changed", "unchanged", "failed", "skipped", "at_ms", "trigger")}
+            last["error"] = str(rep.get("error") or "")[:MAX_DETAIL_CHARS]
+        st = a.status()
+        return {"bundles": bundles, "last_report": last, "now_ms": now_ms(), "stale": bool(st.get("stale")),
+                "last_heard_ms": st.get("last_heard_ms"), "active": st.get("active")}
 
     # ------------------------------------------------------------- node side
     async def _on_order(self, body: Any) -> dict:
