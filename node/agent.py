@@ -103,7 +103,6 @@ class Background:
 
 class Agent:
     def __init__(self, config: AgentConfig, *, rng: random.Random | None = None) -> None:
-        from grapevine.gossip.config import GossipConfig
         from grapevine.gossip.node import GossipNode
         from grapevine.gossip.store import ItemStore
         from grapevine.policy import facts as facts_mod
@@ -130,7 +129,7 @@ class Agent:
         stored = self.state.load_items()
         self._install_stored_roots()
 
-        preset = GossipConfig.local() if config.gossip_preset == "local" else GossipConfig.lan()
+        preset = config.gossip_config()
         store = ItemStore()
         for item in stored:
             if item.key == ROOT_KEY or self.admission.still_valid(item, now_ms()) is None:
@@ -482,39 +481,51 @@ class Agent:
             except asyncio.TimeoutError:
                 pass
 
-    async def _resolve_joins(self) -> list[str]:
+    async def _resolve_joins(self, only_new: bool = False) -> list[str]:
+        """Node ids behind the configured join addresses (asked with a sealed hello)."""
         ids = []
         for addr in self.config.join:
             if addr in self._join_ids:
-                ids.append(self._join_ids[addr])
+                if not only_new:
+                    ids.append(self._join_ids[addr])
                 continue
             try:
                 _sender, answer = await self.transport.request(addr, HELLO_ROUTE, {}, self.config.send_timeout_s)
-                nid = answer["id"] if isinstance(answer, dict) else None
+                nid = answer.get("id") if isinstance(answer, dict) else None
                 if isinstance(nid, str) and nid != self.node_id:
                     peer_address(nid)
                     self._join_ids[addr] = nid
                     ids.append(nid)
-            except (GrapevineError, OSError, asyncio.TimeoutError, KeyError, TypeError) as exc:
-                log.debug("join contact %s not reachable: %s", addr, exc or type(exc).__name__)
-            except Exception as exc:  # aiohttp client errors
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # unreachable, refused, timed out, not a grapevine node
                 log.debug("join contact %s not reachable: %s", addr, exc or type(exc).__name__)
         return ids
 
     async def _joiner(self) -> None:
-        """While isolated, (re)join through known peers and the join list, with backoff."""
+        """Join through every configured address once it answers, and rejoin whenever isolated.
+
+        A node whose contacts were down when it started may already have been
+        found by others; it still joins through each configured address as
+        soon as that one answers, so two groups that formed apart merge.
+        Retries back off from rejoin_min_s to rejoin_max_s, for as long as the
+        agent runs.
+        """
         delay = self.config.rejoin_min_s
         while True:
-            if self.node.active_view:
+            pending = len(self._join_ids) < len(set(self.config.join))
+            if self.node.active_view and not pending:
                 delay = self.config.rejoin_min_s
                 self._isolated_since = None
                 await asyncio.sleep(self.config.rejoin_min_s)
                 continue
-            if self._isolated_since is None:
+            isolated = not self.node.active_view
+            if isolated and self._isolated_since is None:
                 self._isolated_since = now_ms()
-            contacts = await self._resolve_joins()
-            known = [p for p in self.state.known_peers(16) if p != self.node_id and p not in contacts]
-            contacts += known[:8]
+            contacts = await self._resolve_joins(only_new=not isolated)
+            if isolated:
+                known = [p for p in self.state.known_peers(16) if p != self.node_id and p not in contacts]
+                contacts += known[:8]
             if contacts:
                 now = now_ms()
                 self._apply(self.node.join(contacts, now), now)

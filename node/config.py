@@ -63,6 +63,26 @@ def parse_tags(items: list[str] | tuple[str, ...], what: str) -> dict[str, str]:
     return tags
 
 
+def parse_gossip_overrides(value: Any) -> dict[str, float]:
+    """'name=value,...' or a table -> overrides of GossipConfig fields (checked by name and kind)."""
+    from grapevine.gossip.config import GossipConfig
+
+    if isinstance(value, str):
+        pairs = [p.split("=", 1) for p in (s.strip() for s in value.split(",")) if p]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError("expected name=value pairs")
+        value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of gossip settings")
+    known = {f.name: f.type for f in dataclasses.fields(GossipConfig)}
+    out: dict[str, float] = {}
+    for k, v in value.items():
+        if k not in known:
+            raise ValueError(f"unknown gossip setting {k!r}")
+        out[k] = float(v) if str(known[k]) == "float" else int(v)
+    return out
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig:
     name: str
@@ -78,6 +98,7 @@ class AgentConfig:
     log_level: str = "info"
     api_socket: Path | None = None  # defaults to <data_dir>/agent.sock
     gossip_preset: str = "lan"  # lan | local (short intervals for tests and the demo)
+    gossip: Mapping[str, float] = field(default_factory=dict)  # GossipConfig fields overriding the preset
     tick_max_ms: int = 1000  # the core is ticked at least this often even when it asks for nothing
     converge_debounce_ms: int = 200  # bundles arriving together converge once
     converge_interval_s: float = 1800.0  # periodic converge corrects drift
@@ -109,6 +130,16 @@ class AgentConfig:
     def node_id(self) -> str:
         return f"{self.name}@{self.advertise_address}"
 
+    def gossip_config(self):
+        """The core's GossipConfig: the preset with the ``gossip`` overrides applied."""
+        from grapevine.gossip.config import GossipConfig
+
+        base = GossipConfig.local() if self.gossip_preset == "local" else GossipConfig.lan()
+        try:
+            return base.replace(**dict(self.gossip))
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"gossip: {exc}") from None
+
 
 # setting -> (kind, environment-friendly) ; kind drives parsing of env/TOML values
 _KINDS: dict[str, str] = {}
@@ -118,6 +149,8 @@ for _f in dataclasses.fields(AgentConfig):
         _KINDS[_f.name] = "list"
     elif _f.name == "tags":
         _KINDS[_f.name] = "tags"
+    elif _f.name == "gossip":
+        _KINDS[_f.name] = "gossip"
     elif _f.name in ("data_dir", "root", "trust", "network_key", "api_socket"):
         _KINDS[_f.name] = "path"
     elif _t == "int":
@@ -149,6 +182,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if isinstance(value, Mapping):
                 return parse_tags([f"{k}={v}" for k, v in value.items()], f"{source}: tags")
             raise ValueError("expected a table of key = value")
+        if kind == "gossip":
+            return parse_gossip_overrides(value)
         if kind == "path":
             if not isinstance(value, (str, os.PathLike)) or not str(value):
                 raise ValueError("expected a path")
@@ -192,8 +227,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     for k, v in doc.items():
         if k == "agent" and isinstance(v, dict):
             flat.update(v)
-        elif k == "tags" and isinstance(v, dict):
-            flat["tags"] = v
+        elif k in ("tags", "gossip") and isinstance(v, dict):
+            flat[k] = v
         else:
             flat[k] = v
     return {k: _coerce(k, v, f"config file {path}") for k, v in flat.items()}
@@ -249,6 +284,7 @@ def check_config(cfg: AgentConfig) -> None:
         raise ConfigError(f"log_level: {cfg.log_level!r} must be debug, info, warning or error")
     if cfg.gossip_preset not in PRESETS:
         raise ConfigError(f"gossip_preset: {cfg.gossip_preset!r} must be one of {', '.join(PRESETS)}")
+    cfg.gossip_config()
     positive = (
         "tick_max_ms", "converge_interval_s", "stale_after_s", "rejoin_min_s", "rejoin_max_s",
         "send_timeout_s", "link_heartbeat_s", "drain_timeout_s", "reports_keep",

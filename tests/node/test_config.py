@@ -33,6 +33,17 @@ def test_agent_table_and_join_list_from_environment(tmp_path):
                       flags={"data_dir": str(tmp_path)})
     assert cfg.join == ("127.0.0.1:1", "127.0.0.1:2")
     assert cfg.gossip_preset == "local"
+    assert cfg.gossip_config().antientropy_interval_ms == 500  # the local preset
+
+
+def test_gossip_settings_override_the_preset(tmp_path):
+    cfg_file = _write(tmp_path, 'name = "a"\nbind = "127.0.0.1:1"\ngossip_preset = "local"\n[gossip]\nantientropy_interval_ms = 900\n')
+    cfg = load_config(config_file=cfg_file, environ={"GRAPEVINE_GOSSIP": "jitter=0.1"}, flags={"data_dir": str(tmp_path)})
+    g = cfg.gossip_config()
+    assert g.jitter == 0.1  # the environment replaces the whole table
+    assert g.antientropy_interval_ms == 500
+    cfg = load_config(config_file=cfg_file, environ={}, flags={"data_dir": str(tmp_path)})
+    assert cfg.gossip_config().antientropy_interval_ms == 900 and cfg.gossip_config().probe_interval_ms == 300
     assert cfg.socket_path == tmp_path / "agent.sock"
 
 
@@ -61,6 +72,8 @@ def test_flags_not_given_leave_lower_layers_alone(tmp_path):
         ({"name": "a", "bind": "127.0.0.1:1", "gossip_preset": "wan"}, {}, "", "gossip_preset"),
         ({"name": "a", "bind": "127.0.0.1:1", "trust": "/nonexistent/root.gv"}, {}, "", "trust root file"),
         ({"name": "a", "bind": "127.0.0.1:1", "join": ["nowhere"]}, {}, "", "join: expected HOST:PORT"),
+        ({"name": "a", "bind": "127.0.0.1:1"}, {"GRAPEVINE_GOSSIP": "speed=11"}, "", "unknown gossip setting 'speed'"),
+        ({"name": "a", "bind": "127.0.0.1:1"}, {"GRAPEVINE_GOSSIP": "jitter=2"}, "", "gossip: jitter"),
     ],
 )
 def test_bad_settings_are_refused_with_their_name(tmp_path, flags, env, toml, message):

@@ -1,0 +1,265 @@
+"""Real agents on loopback: dissemination, targeting, durability, network keys, bad input."""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import stat
+import threading
+import time
+
+import msgpack
+import pytest
+
+from agentproc import free_ports, pack_bundle, wait_until, write_bundle
+
+from grapevine.cli.fleet import AgentRefused
+from grapevine.node.netkey import KeyRing, read_key_file
+from grapevine.node.state import State
+
+pytestmark = pytest.mark.slow
+
+
+def _digests(agents) -> set[str]:
+    return {a.status()["store_digest"] for a in agents}
+
+
+def _holds(agent, name: str) -> bool:
+    return any(b["name"] == name for b in agent.client().get("/v1/bundles")["bundles"])
+
+
+def test_bundle_injected_anywhere_is_applied_on_every_targeted_node_and_only_there(fleet, tmp_path):
+    ports = free_ports(10)
+    agents = []
+    for i, port in enumerate(ports):
+        join = [f"127.0.0.1:{ports[0]}"] if i else []
+        if i > 1:
+            join.append(f"127.0.0.1:{ports[random.Random(i).randrange(1, i)]}")
+        role = "web" if i % 2 == 0 else "db"
+        agents.append(fleet.make(f"n{i}", port, join=join, tags={"role": role}))
+    fleet.start(*agents)
+    web = [a for i, a in enumerate(agents) if i % 2 == 0]
+    db = [a for i, a in enumerate(agents) if i % 2 == 1]
+
+    # inject through the CLI on a db node: it carries the bundle but does not apply it
+    site = write_bundle(tmp_path / "site.yaml", "web/motd", "role=web", {"/etc/motd": "hello web\n"})
+    out = fleet.cli_json("inject", str(site), "--key", str(fleet.keys.author), agent=agents[7])
+    assert out["injected"][0]["key"] == "bundle/web/motd"
+
+    for a in web:
+        wait_until(lambda a=a: (a.root / "etc/motd").is_file(), 30, what=f"/etc/motd on {a.name}")
+        assert (a.root / "etc/motd").read_text() == "hello web\n"
+    wait_until(lambda: all(_holds(a, "web/motd") for a in agents), 20, what="every node to hold web/motd")
+
+    # the other way round, injected on a web node
+    fleet.cli("inject", str(write_bundle(tmp_path / "db.yaml", "db/conf", "role=db", {"/etc/db.conf": "db\n"})),
+              "--key", str(fleet.keys.author), agent=agents[2])
+    for a in db:
+        wait_until(lambda a=a: (a.root / "etc/db.conf").is_file(), 30, what=f"/etc/db.conf on {a.name}")
+    wait_until(lambda: len(_digests(agents)) == 1, 20, what="identical stores")
+    for a in db:
+        assert not (a.root / "etc/motd").exists(), f"{a.name} is not targeted by web/motd"
+    for a in web:
+        assert not (a.root / "etc/db.conf").exists(), f"{a.name} is not targeted by db/conf"
+    rows = {b["name"]: b for b in fleet.cli_json("bundles", agent=db[0])["bundles"]}
+    assert rows["web/motd"]["targeted"] is False and rows["db/conf"]["applied"] is True
+    st = fleet.cli_json("status", agent=web[0])
+    assert st["status"] == "ok" and st["last_converge"]["failed"] == 0
+
+
+def test_killed_agent_keeps_every_acknowledged_item_then_catches_up_and_converges(fleet):
+    ports = free_ports(4)
+    agents = [fleet.make(f"k{i}", p, join=[f"127.0.0.1:{ports[0]}"] if i else [f"127.0.0.1:{ports[1]}"])
+              for i, p in enumerate(ports)]
+    fleet.start(*agents)
+    victim, other = agents[2], agents[1]
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def inject_loop() -> None:
+        n = 0
+        while not stop.is_set() and n < 400:
+            item = pack_bundle(fleet.keys, f"app/b{n}", None, {f"/srv/b{n}": f"{n}\n"})
+            try:
+                victim.client(2).post("/v1/inject", data=item.encode())
+            except Exception:
+                return  # the agent died under us: this one was not acknowledged
+            acked.append(f"bundle/app/b{n}")
+            n += 1
+
+    t = threading.Thread(target=inject_loop)
+    t.start()
+    try:
+        wait_until(lambda: len(acked) >= 25, 30, 0.02, what="25 acknowledged injections")
+        victim.kill()  # SIGKILL while injections are still arriving
+    finally:
+        stop.set()
+        t.join(10)
+    assert not victim.alive()
+
+    st = State(victim.data_dir)  # straight from the file the dead agent left
+    held = {i.key for i in st.load_items()}
+    st.close()
+    missing = [k for k in acked if k not in held]
+    assert not missing, f"acknowledged but lost: {missing}"
+
+    # while it is down the rest of the mesh moves on
+    for n in range(3):
+        other.client().post("/v1/inject", data=pack_bundle(fleet.keys, f"late/l{n}", None, {f"/srv/late{n}": "x\n"}).encode())
+    victim.start()
+    victim.wait_ready()
+    live = [a for a in agents]
+    wait_until(lambda: len(_digests(live)) == 1, 30, what="the restarted agent to catch up")
+    for n in range(3):
+        wait_until(lambda n=n: (victim.root / f"srv/late{n}").is_file(), 20, what=f"late{n} applied after restart")
+    for key in acked:
+        name = key.removeprefix("bundle/app/")
+        wait_until(lambda name=name: (victim.root / "srv" / name).is_file(), 20, what=f"{key} applied after restart")
+
+
+def test_node_with_the_wrong_network_key_is_never_admitted_and_learns_nothing(fleet, tmp_path):
+    from grapevine.node.netkey import generate_key, write_key_file
+
+    ports = free_ports(4)
+    good = [fleet.make(f"g{i}", p, join=[f"127.0.0.1:{ports[0]}"] if i else []) for i, p in enumerate(ports[:3])]
+    wrong_key = tmp_path / "wrong.netkey"
+    write_key_file(wrong_key, generate_key())
+    intruder = fleet.make("intruder", ports[3], join=[f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"], netkey=wrong_key)
+    no_key = fleet.make("nokey", free_ports(1)[0], join=[f"127.0.0.1:{ports[0]}"], netkey=None)
+    fleet.start(*good, intruder, no_key)
+    good[1].client().post("/v1/inject", data=pack_bundle(fleet.keys, "secret/cfg", None, {"/etc/secret": "s\n"}).encode())
+    wait_until(lambda: all((a.root / "etc/secret").is_file() for a in good), 30, what="the bundle on the keyed nodes")
+    time.sleep(2.0)  # several join retries and anti-entropy rounds of the outsiders
+    for outsider in (intruder, no_key):
+        st = outsider.status()
+        assert st["active"] == 0 and st["passive"] == 0
+        assert not _holds(outsider, "secret/cfg")
+        assert not (outsider.root / "etc/secret").exists()
+        assert outsider.metric("grapevine_messages_received_total") == 0
+    for a in good:
+        members = a.client().get("/v1/members")
+        assert not any(p.startswith(("intruder@", "nokey@")) for p in members["active"] + members["passive"])
+    refused = sum(a.metric("grapevine_bad_frames_total", 'reason="UnknownNetworkKey"') for a in good)
+    unsealed = sum(a.metric("grapevine_bad_frames_total", 'reason="Unsealed"') for a in good)
+    assert refused > 0 and unsealed > 0
+
+
+def test_malformed_oversized_and_garbage_frames_get_4xx_are_counted_and_the_daemon_keeps_serving(fleet):
+    import urllib.request
+
+    port = free_ports(1)[0]
+    a = fleet.make("solo", port)
+    fleet.start(a)
+    ring = KeyRing()
+    ring.install(read_key_file(fleet.keys.netkey))
+    env = lambda body: ring.seal(msgpack.packb([1, "x@127.0.0.1:1", body], use_bin_type=True))  # noqa: E731
+    cases = [
+        (b"", 400, "Empty"),
+        (b'{"hello": "json"}', 400, "NotAFrame"),
+        (b"G\x01" + os.urandom(64), 403, "UnknownNetworkKey"),
+        (b"G\x00" + msgpack.packb([1, "x@127.0.0.1:1", b"\x01"]), 403, "Unsealed"),
+        (ring.seal(b"\xc1\xc1 not msgpack"), 400, "BadEnvelope"),
+        (ring.seal(msgpack.packb({"not": "a list"})), 400, "BadEnvelope"),
+        (env(b"\x92\xff\xff garbage msgpack"), 400, "BadMessage"),
+        (env(msgpack.packb([1, 999, "no such message type"])), 400, "BadMessage"),
+        (b"G\x01" + b"\0" * (10 * 1024 * 1024), 413, "TooLarge"),
+    ]
+    for body, status, reason in cases:
+        req = urllib.request.Request(f"http://{a.address}/v1/gossip", data=body, method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                got = r.status
+        except urllib.error.HTTPError as e:
+            got = e.code
+        assert got == status, f"{reason}: got HTTP {got}"
+    for _, _, reason in cases:
+        assert a.metric("grapevine_bad_frames_total", f'reason="{reason}"') >= 1, reason
+    # peer routes refuse the same way
+    req = urllib.request.Request(f"http://{a.address}/v1/peer/hello", data=b"junk", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=5)
+    assert err.value.code == 400
+    # still serving, nothing stored from any of it
+    assert a.http_get("/health")[0] == 200
+    assert a.alive() and a.status()["items"] == 1  # only its trust root
+    assert b"grapevine_bad_frames_total" in a.http_get("/metrics")[1]
+
+
+def test_network_key_rotates_on_running_agents_without_restart(fleet, tmp_path):
+    ports = free_ports(2)
+    a = fleet.make("ra", ports[0])
+    b = fleet.make("rb", ports[1], join=[f"127.0.0.1:{ports[0]}"])
+    fleet.start(a, b)
+    wait_until(lambda: a.status()["active"] == 1 and b.status()["active"] == 1, 20, what="a and b linked")
+    new = tmp_path / "new.netkey"
+    new_id = fleet.cli("netkey", "gen", "--out", str(new)).stdout.strip()
+    old_id = a.status()["network_key"]
+    for x in (a, b):
+        fleet.cli("netkey", "install", str(new), agent=x)
+    fleet.cli("netkey", "use", new_id, agent=a)  # a now seals with the new key, b still with the old one
+    a.client().post("/v1/inject", data=pack_bundle(fleet.keys, "rot/one", None, {"/etc/one": "1\n"}).encode())
+    wait_until(lambda: (b.root / "etc/one").is_file(), 20, what="delivery during rotation")
+    fleet.cli("netkey", "use", new_id, agent=b)
+    for x in (a, b):
+        res = fleet.cli("netkey", "remove", old_id, agent=x)
+        assert old_id not in res.stdout
+        keys = fleet.cli_json("netkey", "list", agent=x)["keys"]
+        assert keys == [{"key_id": new_id, "primary": True}]
+    b.client().post("/v1/inject", data=pack_bundle(fleet.keys, "rot/two", None, {"/etc/two": "2\n"}).encode())
+    wait_until(lambda: (a.root / "etc/two").is_file(), 20, what="delivery after rotation")
+    bad = fleet.cli("netkey", "remove", new_id, agent=a, check=False)
+    assert bad.returncode == 2 and "KeyInUse" in bad.stderr
+
+
+def test_rollback_reinjects_old_content_as_a_new_version(fleet, tmp_path):
+    ports = free_ports(2)
+    a = fleet.make("ha", ports[0])
+    b = fleet.make("hb", ports[1], join=[f"127.0.0.1:{ports[0]}"])
+    fleet.start(a, b)
+    site = tmp_path / "site.yaml"
+    for text in ("one\n", "two\n"):
+        write_bundle(site, "app/conf", None, {"/etc/app.conf": text})
+        fleet.cli("inject", str(site), "--key", str(fleet.keys.author), agent=a)
+        wait_until(lambda text=text: (b.root / "etc/app.conf").is_file() and (b.root / "etc/app.conf").read_text() == text,
+                   20, what=f"app.conf = {text!r} on b")
+    hist = fleet.cli_json("history", "app/conf", agent=b)["versions"]
+    assert len(hist) == 2 and hist[1]["current"]
+    out = fleet.cli_json("rollback", "app/conf", "--to", "#1", "--key", str(fleet.keys.author), agent=b)
+    assert out["rolled_back_to"] == hist[0]["version"]
+    for x in (a, b):
+        wait_until(lambda x=x: (x.root / "etc/app.conf").read_text() == "one\n", 20, what=f"rolled back on {x.name}")
+    hist = fleet.cli_json("history", "app/conf", agent=a)["versions"]
+    assert len(hist) == 3 and hist[2]["current"]
+    refused = fleet.cli("rollback", "app/conf", "--to", "99.0.x", "--key", str(fleet.keys.author), agent=a, check=False)
+    assert refused.returncode == 2
+
+
+def test_lone_agent_reports_stale_serves_private_api_and_exits_cleanly_on_sigterm(fleet, tmp_path):
+    port = free_ports(1)[0]
+    a = fleet.make("lone", port, env={"GRAPEVINE_STALE_AFTER_S": "0.5", "GRAPEVINE_DRAIN_TIMEOUT_S": "1"},
+                   extra=["--log-format", "json"])
+    fleet.start(a)
+    assert stat.S_IMODE(os.stat(a.sock).st_mode) == 0o600
+    st = wait_until(lambda: (s := a.status())["stale"] and s, 10, what="stale status")
+    assert st["status"].startswith("stale since ")
+    # a refused injection: signed by a key the trust root does not know
+    from grapevine.policy.bundle import Bundle, pack
+    from grapevine.policy.keys import SigningKey
+
+    stranger = pack(Bundle.from_document({"bundle": "x/y", "resources": []}, "t"), SigningKey.generate(), time.time_ns() // 10**6)
+    with pytest.raises(AgentRefused) as err:
+        a.client().post("/v1/inject", data=stranger.encode())
+    assert err.value.error == "UnknownKey"
+    assert a.metric("grapevine_refusals_total", 'reason="UnknownKey"') == 1
+    t0 = time.monotonic()
+    assert a.stop(grace=10) == 0
+    assert time.monotonic() - t0 < 5
+    lines = a.log_path.read_text().splitlines()
+    import json
+
+    docs = [json.loads(line) for line in lines if line.startswith("{")]
+    assert docs and all(d["node"] == "lone" for d in docs)
+    assert any("stopped" in d["msg"] for d in docs)
+    assert not os.path.exists(a.sock)
