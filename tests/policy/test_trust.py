@@ -203,3 +203,28 @@ def test_non_canonical_root_file_is_malformed(tmp_path, first):
     with pytest.raises(Refusal) as info:
         load_root_file(path)
     assert info.value.reason == "Malformed"
+
+
+def test_decoding_arbitrary_root_maps_either_works_or_raises_a_grapevine_error():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from grapevine.gossip.errors import GrapevineError
+
+    value = st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(-5, 2**64 - 1), st.text(max_size=6), st.binary(max_size=40)),
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+        max_leaves=8,
+    )
+    good = root_of([ALICE], publishers=[(CAROL, "web/")]).to_plain()
+
+    @settings(max_examples=300, deadline=None)
+    @given(field=st.sampled_from(sorted(good)), replacement=value)
+    def check(field, replacement):
+        data = msgpack.packb({**good, field: replacement}, use_bin_type=True)
+        try:
+            TrustRoot.decode(data)
+        except GrapevineError:
+            pass
+
+    check()
