@@ -267,7 +267,7 @@ def bundles_from_file(path: str) -> list[Bundle]:
     """Load a policy file and build its bundles (shape checks only; secrets get sealed)."""
     from pathlib import Path
 
-    from .authoring import load_policy_file
+    from .authoring import attach_files, load_policy_file
     from .secrets import seal_document
 
     docs = load_policy_file(path)
@@ -275,7 +275,8 @@ def bundles_from_file(path: str) -> list[Bundle]:
     seen: set[str] = set()
     for i, doc in enumerate(docs):
         source = f"{path} (bundle #{i + 1})" if len(docs) > 1 else str(path)
-        b = Bundle.from_document(seal_document(doc, Path(path).parent, source), source)
+        base = Path(path).parent
+        b = Bundle.from_document(seal_document(attach_files(doc, base, source), base, source), source)
         if b.name in seen:
             raise PolicyError(f"{path}: bundle {b.name!r} is defined twice")
         seen.add(b.name)

@@ -143,3 +143,23 @@ def test_yaml_dates_must_be_quoted(tmp_path):
 def test_from_document_reports_unknown_keys():
     with pytest.raises(PolicyError, match="unknown top-level key"):
         Bundle.from_document({"bundle": "a", "resource": []}, "x.yaml")
+
+
+def test_attached_files_may_be_read_from_disk_relative_to_the_policy_file(tmp_path):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "nginx.conf.j2").write_bytes(b"worker_processes 4;\n")
+    path = tmp_path / "site.yaml"
+    path.write_text("bundle: web/nginx\nfiles:\n  nginx.conf.j2: {path: templates/nginx.conf.j2}\n  motd: hi\n")
+    [bundle] = bundles_from_file(str(path))
+    assert bundle.files == {"motd": b"hi", "nginx.conf.j2": b"worker_processes 4;\n"}
+
+
+@pytest.mark.parametrize(
+    "entry,message",
+    [("{path: nope.txt}", "cannot read"), ("{path: a, mode: x}", "either the content"), ("{path: 3}", "either the content")],
+)
+def test_bad_attached_file_references_are_refused(tmp_path, entry, message):
+    path = tmp_path / "site.yaml"
+    path.write_text(f"bundle: a\nfiles:\n  f: {entry}\n")
+    with pytest.raises(PolicyError, match=message):
+        bundles_from_file(str(path))
