@@ -132,3 +132,40 @@ def test_non_string_selector_is_a_policy_error():
 
 def test_keys_lists_every_fact_read():
     assert parse("role=web and (env!=prod or not name~=x*) or os in (a)").keys() == {"role", "env", "name", "os"}
+
+
+# ---------------------------------------------------------------- property: canonical text round-trips
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+_KEYS = st.sampled_from(["role", "env", "name", "os", "zone"])
+_VALUES = st.sampled_from(["web", "db", "prod", "web-01", "eu west", "a*", "x?y", "debian"])
+_FACTS = st.fixed_dictionaries({}, optional={k: _VALUES for k in ["role", "env", "name", "os", "zone"]})
+
+
+def _compare():
+    return st.one_of(
+        st.builds(lambda k, v: selectors.Compare(key=k, op="=", values=(v,)), _KEYS, _VALUES),
+        st.builds(lambda k, v: selectors.Compare(key=k, op="!=", values=(v,)), _KEYS, _VALUES),
+        st.builds(lambda k, v: selectors.Compare(key=k, op="~=", values=(v,)), _KEYS, _VALUES),
+        st.builds(lambda k, vs: selectors.Compare(key=k, op="in", values=tuple(vs)), _KEYS, st.lists(_VALUES, min_size=1, max_size=3)),
+    )
+
+
+_TREES = st.recursive(
+    _compare(),
+    lambda inner: st.one_of(
+        st.builds(lambda t: selectors.Not(inner=t), inner),
+        st.builds(lambda ts: selectors.And(parts=tuple(ts)), st.lists(inner, min_size=2, max_size=3)),
+        st.builds(lambda ts: selectors.Or(parts=tuple(ts)), st.lists(inner, min_size=2, max_size=3)),
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tree=_TREES, facts=_FACTS)
+def test_printed_selector_parses_back_to_the_same_decision(tree, facts):
+    parsed = parse(str(tree))
+    assert parsed.matches(facts) == tree.matches(facts)
