@@ -86,7 +86,7 @@ def pack_cmd(policy_file, key_path, outs, trust_path, as_json) -> None:
             click.echo(f"{w['out']}: bundle {w['name']} signed by {key.key_id} ({w['bytes']} bytes)")
 
 
-@bundle.command("verify")
+@bundle.command("verify", short_help="Check a bundle file against a trust root.")
 @click.argument("bundle_file", type=click.Path(dir_okay=False))
 @click.option("--trust", "trust_path", required=True, help="Trust root file to verify against.")
 @click.option("--pin", default=None, help="Expected fingerprint of the trust root file.")

@@ -216,7 +216,7 @@ def rotate_cmd(current_path, key_paths, admins, threshold, publishers, operators
     _report(item, root, out, as_json, needed=current.threshold)
 
 
-@trust.command("sign")
+@trust.command("sign", short_help="Add admin signatures to a partial root candidate.")
 @click.argument("candidate", type=click.Path(dir_okay=False))
 @click.option("--key", "key_paths", multiple=True, required=True, help="Private key of an admin adding a signature (repeatable).")
 @click.option("--current", "current_path", default=None, type=click.Path(dir_okay=False), help="The root it replaces: check the signers and report progress.")
@@ -238,7 +238,7 @@ def sign(candidate, key_paths, current_path, as_json) -> None:
     _report(item, root, candidate, as_json, needed=needed)
 
 
-@trust.command("verify")
+@trust.command("verify", short_help="Check that a root may replace the current one.")
 @click.argument("candidate", type=click.Path(dir_okay=False))
 @click.option("--current", "current_path", required=True, type=click.Path(dir_okay=False), help="The root it should replace.")
 @json_option
