@@ -18,9 +18,6 @@ gets ``refresh(ctx)`` (restart a service, run a refresh-only exec).
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -85,8 +82,10 @@ def _tail_file(fh: Any) -> str:
     return prefix + data.decode("utf-8", errors="replace")
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: Any) -> None:
     """Kill a command that overran, with every process it started, and reap it."""
+    import signal
+
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -129,6 +128,9 @@ class Context:
         shell: bool = False,
     ) -> CommandResult:
         """Run a command with a timeout; output is captured and bounded."""
+        import subprocess  # imported here: a converge of files only never pays for it
+        import tempfile
+
         full_env = None
         if env:
             full_env = dict(os.environ)

@@ -9,11 +9,8 @@ reader never sees a half-written file or a moment with the wrong mode.
 
 from __future__ import annotations
 
-import difflib
 import os
-import shutil
 import stat
-import tempfile
 from typing import Any, Mapping
 
 from grapevine.gossip.errors import PolicyError
@@ -37,6 +34,8 @@ def text_diff(old: bytes | None, new: bytes | None, path: str) -> str:
     """Unified diff of two contents (None = the file does not exist)."""
     if old == new:
         return ""
+    import difflib  # only when something differs
+
     a, b = old or b"", new or b""
     if b"\0" in a[:8192] or b"\0" in b[:8192]:
         return f"binary content differs ({len(a)} -> {len(b)} bytes)\n"
@@ -106,6 +105,8 @@ def _meta_changes(st: os.stat_result, mode: int | None, uid: int, gid: int, defa
 
 def atomic_write(path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
+    import tempfile
+
     directory, base = os.path.split(path)
     os.makedirs(directory, mode=DEFAULT_DIR_MODE, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".gv-tmp", dir=directory)
@@ -289,6 +290,8 @@ class DirectoryResource(Resource):
         path = ctx.path(self.name)
         if change.data == "remove":
             if self.attrs["force"]:
+                import shutil
+
                 shutil.rmtree(path)
             else:
                 os.rmdir(path)
@@ -352,6 +355,8 @@ class SymlinkResource(Resource):
             os.unlink(path)
             return ""
         if change.data == "replace-dir":
+            import shutil
+
             shutil.rmtree(path)
         directory, base = os.path.split(path)
         os.makedirs(directory, mode=DEFAULT_DIR_MODE, exist_ok=True)
