@@ -438,10 +438,16 @@ def item_from_file_bytes(data: bytes, source: str = "item") -> SignedItem:
 
 
 def write_item_file(path: str | os.PathLike, item: SignedItem) -> None:
+    """Write a ``.gv`` file atomically (a reader never sees half a file)."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_bytes(item.encode())
-    os.replace(tmp, p)
+    try:
+        tmp.write_bytes(item.encode())
+        os.replace(tmp, p)
+    except OSError as exc:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise PolicyError(f"cannot write {p}: {exc.strerror}") from None
 
 
 def load_root_file(path: str | os.PathLike, pinned: str | None = None) -> tuple[SignedItem, TrustRoot]:

@@ -195,3 +195,10 @@ def test_revoke_by_key_id_and_unknown_revoke_is_bad_input(fleet):
     assert run("bundle", "verify", "bob.gv", "--trust", "r.gv").stdout.strip() == "UnknownKey"
     r = run("trust", "rotate", "--current", "root.gv", "--key", "alice.key", "--revoke", "nobody", "--out", "r2.gv")
     assert r.exit_code == 2 and "neither" in r.stderr
+
+
+def test_output_into_a_missing_directory_is_bad_input(fleet):
+    r = run("bundle", "pack", "site.yaml", "--key", "alice.key", "--out", "no/such/dir/x.gv")
+    assert r.exit_code == 2 and "cannot write" in r.stderr
+    r = run("trust", "init", "--key", "alice.key", "--admin", "alice.key.pub", "--out", "no/such/root.gv")
+    assert r.exit_code == 2 and "cannot write" in r.stderr
