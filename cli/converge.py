@@ -100,12 +100,17 @@ def converge(policy_file, root, dry_run, check, tags, name, target, agent, verbo
     from grapevine.policy.bundle import bundles_from_file
     from grapevine.policy.catalog import validate_bundles
     from grapevine.policy.engine import converge as run_converge
+    from grapevine.policy.engine import select_bundles
     from grapevine.policy.selectors import parse
 
     node_facts = facts_mod.gather(facts_mod.parse_tags(tags), name)
     bundles = bundles_from_file(str(policy_file))
     try:
-        validate_bundles(bundles)
+        # The engine validates the bundles that target this node before it
+        # changes anything; the others are checked here so that a broken
+        # policy is refused whichever node reads it.
+        if select_bundles(bundles, node_facts)[1]:
+            validate_bundles(bundles)
     except PolicyError as exc:
         raise PolicyError(f"{policy_file}: {exc}") from None
     if target is not None and not parse(target).matches(node_facts):

@@ -199,7 +199,7 @@ class Resource:
             raise PolicyError(f"the name of a {cls.TYPE} must be a non-empty string, not {name!r}")
         if cls.NAME_IS_PATH and not (name.startswith("/") and "\0" not in name):
             raise PolicyError(f"{cls.TYPE} path {name!r} must be absolute")
-        if cls.NAME_IS_PATH and any(part == ".." for part in name.split("/")):
+        if cls.NAME_IS_PATH and "/../" in name + "/":
             raise PolicyError(f"{cls.TYPE} path {name!r} must not contain '..'")
         out: dict[str, Any] = {}
         for key, value in raw.items():

@@ -146,6 +146,17 @@ BROKEN = [
         ["file:/etc/t", "template t.j2", "no_such_fact"],
     ),
     ("yaml syntax", "bundle: b\nresources: [\n", ["not valid YAML"]),
+    (
+        "cycle through a bundle for other nodes",
+        "- bundle: a\n  target: role=web\n  resources:\n    - file: /x\n      require: file:/y\n"
+        "- bundle: b\n  target: role=db\n  resources:\n    - file: /y\n      require: file:/x\n",
+        ["dependency cycle in bundle(s) a, b", "file:/x -> file:/y -> file:/x"],
+    ),
+    (
+        "broken bundle for other nodes",
+        "- bundle: a\n  resources:\n    - file: /ok\n- bundle: b\n  target: role=db\n  resources:\n    - file: /y\n      mode: '0999'\n",
+        ["bundle 'b'", "file:/y", "bad mode"],
+    ),
 ]
 
 
