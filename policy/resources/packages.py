@@ -23,7 +23,10 @@ from grapevine.gossip.errors import PolicyError
 
 from .base import DEFAULT_COMMAND_TIMEOUT_S, PROBE_TIMEOUT_S, Attr, Change, Context, Converged, Resource, ResourceError, format_argv
 
-ENSURE = ("present", "absent", "latest")
+# No "latest": checking it needs the repository's candidate version, and a
+# check that always plans an upgrade would break "a second converge changes
+# nothing". Pin `version` to move a package forward.
+ENSURE = ("present", "absent")
 PROVIDERS = ("apt", "pip")
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # Files dpkg needs in an admin dir before it will install into a fresh root.
@@ -91,8 +94,8 @@ def apt_commands(ctx: Context, res: "PackageResource", action: str, deb: str | N
         return [["dpkg", *root_opts, "--force-script-chrootless", "-i", deb] if ctx.rooted else ["dpkg", "-i", deb]]
     spec = f"{name}={version}" if version else name
     argv = ["apt-get", "install", "-y", "-q", "--no-install-recommends"]
-    if action == "upgrade":
-        argv.append("--only-upgrade")
+    if version:
+        argv.append("--allow-downgrades")  # a pinned version may be older than the installed one
     if ctx.rooted:
         admin = _admindir(ctx)
         argv += [
@@ -158,8 +161,6 @@ def pip_commands(ctx: Context, res: "PackageResource", action: str) -> list[list
     if action == "remove":
         return [base + ["uninstall", "-y", res.name]]
     argv = base + ["install", "--quiet"]
-    if action == "upgrade":
-        argv.append("--upgrade")
     if res.attrs["source"] is not None:
         argv += ["--no-index", "--no-deps", ctx.path(res.attrs["source"])] if res.attrs["source"].startswith("/") else [res.attrs["source"]]
     else:
@@ -218,8 +219,6 @@ class PackageResource(Resource):
             return self._plan(ctx, "install", f"install {want or 'latest'}")
         if want is not None and current != want:
             return self._plan(ctx, "install", f"version {current} -> {want}")
-        if a["ensure"] == "latest":
-            return self._plan(ctx, "upgrade", f"upgrade from {current} if newer")
         return Converged(reason=f"installed ({current})")
 
     def _plan(self, ctx: Context, action: str, summary: str) -> Change:

@@ -264,7 +264,7 @@ def test_named_apt_package_under_a_root_plans_these_commands(tmp_path):
     report = run([{"package": "nginx", "version": "1.22.1-9"}], tmp_path, dry_run=True)
     admin = f"{tmp_path}/var/lib/dpkg"
     assert report.by_id()["package:nginx"].diff == (
-        "apt-get install -y -q --no-install-recommends"
+        "apt-get install -y -q --no-install-recommends --allow-downgrades"
         f" -o Dir::State::status={admin}/status -o DPkg::Options::=--root={tmp_path}"
         " -o DPkg::Options::=--force-script-chrootless nginx=1.22.1-9\n"
     )
