@@ -239,6 +239,7 @@ class ChaosRun:
             "clock_reskews": 0, "inject_waves": 0, "injections": 0, "forbidden_published": 0,
             "forged_pushes": 0, "forged_syncs": 0, "future_stamped": 0,
         }
+        self.cut = False  # a partition is in place
         self.permanent: set[int] = set()
         self.down_until_heal: set[int] = set()
         self.doc: dict[str, Any] = {}
@@ -333,10 +334,12 @@ class ChaosRun:
         rng = self.faults
         groups = {h.idx: rng.randrange(sides) for h in self.sim.hosts}
         self.sim.network.partition(groups)
+        self.cut = True
         self.counts["partitions"] += 1
 
     def _heal_cut(self) -> None:
-        if self.sim.network._groups is not None:
+        if self.cut:
+            self.cut = False
             self.sim.network.heal()
             self.counts["heals"] += 1
 
