@@ -85,6 +85,8 @@ def _load_toml(path: Path, text: str) -> Any:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise PolicyError(f"{path}: arrays or tables nested too deeply") from None
 
 
 def _load_python(path: Path) -> Any:
