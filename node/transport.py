@@ -264,8 +264,10 @@ class Transport:
                             break
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     exc = ws.exception()
-                    reason = "TooLarge" if "too big" in str(exc).lower() or "size" in str(exc).lower() else "LinkError"
-                    self._refuse(FrameRefused(400, reason, str(exc)), "link", request.remote)
+                    if getattr(exc, "code", None) == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+                        self._refuse(FrameRefused(413, "TooLarge", str(exc)), "link", request.remote)
+                    else:  # the dialling side went away (missed pongs, reset): not a bad frame
+                        log.debug("incoming link from %s ended: %s", request.remote, exc)
                     break
                 else:
                     self._refuse(FrameRefused(400, "NotAFrame", f"{msg.type.name} message on a link"), "link", request.remote)
