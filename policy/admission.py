@@ -84,6 +84,7 @@ class Admission:
         self.limits = limits
         self.node = node
         self.refusals: Counter[str] = Counter()
+        self.last_refusal: Refusal | None = None  # the most recent refusal, with its detail
 
     @classmethod
     def from_fingerprint(cls, pinned: str, **kwargs) -> Admission:
@@ -98,6 +99,7 @@ class Admission:
             self.check(item, current, now_ms)
         except Refusal as exc:
             self.refusals[exc.reason] += 1
+            self.last_refusal = exc
             log.info("%srefused %s %s: %s", f"[{self.node}] " if self.node else "", item.key, exc.reason, exc.detail)
             return exc.reason
         return None

@@ -137,6 +137,7 @@ def test_refusals_are_counted_and_logged_with_their_reason(admission, caplog):
     admission(pack(NGINX, DB, NOW), None, NOW)
     admission(pack(NGINX, WEB, NOW), None, NOW)
     assert admission.refusals == {"UnknownKey": 1, "OutOfScope": 2}
+    assert admission.last_refusal.reason == "OutOfScope" and "db/" in admission.last_refusal.detail
     lines = [r.getMessage() for r in caplog.records if r.name == "grapevine.policy"]
     assert len(lines) == 3
     assert "UnknownKey" in lines[0] and "bundle/web/nginx" in lines[0] and "[n1]" in lines[0]
