@@ -78,6 +78,8 @@ class OperatorScope:
     def __post_init__(self) -> None:
         if self.selector is not None and (not isinstance(self.selector, str) or not self.selector.strip()):
             object.__setattr__(self, "selector", None)
+        if not isinstance(self.actions, (tuple, list)):
+            raise TrustError("operator actions must be a list")
         acts = tuple(sorted(set(self.actions)))
         unknown = [a for a in acts if a not in KNOWN_ACTIONS]
         if not acts or unknown:
@@ -114,6 +116,8 @@ class TrustRoot:
         for kid, raw in self.keys.items():
             if not isinstance(raw, bytes) or len(raw) != KEY_BYTES or key_id(raw) != kid:
                 raise TrustError(f"trust root key {kid!r} does not match its public key")
+        if not isinstance(self.admins, (tuple, list)) or not all(isinstance(a, str) for a in self.admins):
+            raise TrustError("trust root admins must be a list of key ids")
         admins = tuple(sorted(set(self.admins)))
         if not admins or len(admins) > MAX_ADMINS:
             raise TrustError(f"a trust root needs 1..{MAX_ADMINS} admins")
@@ -122,6 +126,8 @@ class TrustRoot:
         object.__setattr__(self, "admins", admins)
         pubs = {}
         for kid in sorted(self.publishers):
+            if not isinstance(self.publishers[kid], (tuple, list)):
+                raise TrustError(f"publisher {kid}: prefixes must be a list")
             prefixes = tuple(sorted(set(self.publishers[kid])))
             if not prefixes or len(prefixes) > MAX_PREFIXES or not all(isinstance(p, str) and p for p in prefixes):
                 raise TrustError(f"publisher {kid}: 1..{MAX_PREFIXES} non-empty name prefixes needed")

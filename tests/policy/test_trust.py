@@ -228,3 +228,19 @@ def test_decoding_arbitrary_root_maps_either_works_or_raises_a_grapevine_error()
             pass
 
     check()
+
+
+@pytest.mark.parametrize("field,value", [("publishers", "web/"), ("admins", "abc"), ("operators", [])])
+def test_roots_with_fields_of_the_wrong_shape_are_refused(field, value):
+    from grapevine.gossip.errors import GrapevineError
+
+    plain = root_of([ALICE], publishers=[(CAROL, "web/")]).to_plain()
+    if field == "publishers":
+        plain["publishers"] = {CAROL.key_id: value}
+    elif field == "operators":
+        plain["operators"] = {CAROL.key_id: [{"selector": None, "actions": "run"}]}
+        plain["keys"][CAROL.key_id] = plain["keys"][CAROL.key_id]
+    else:
+        plain[field] = value
+    with pytest.raises(GrapevineError):
+        TrustRoot.decode(msgpack.packb(plain, use_bin_type=True))
