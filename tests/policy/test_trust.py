@@ -239,7 +239,6 @@ def test_roots_with_fields_of_the_wrong_shape_are_refused(field, value):
         plain["publishers"] = {CAROL.key_id: value}
     elif field == "operators":
         plain["operators"] = {CAROL.key_id: [{"selector": None, "actions": "run"}]}
-        plain["keys"][CAROL.key_id] = plain["keys"][CAROL.key_id]
     else:
         plain[field] = value
     with pytest.raises(GrapevineError):
