@@ -44,21 +44,30 @@ MAX_DEPTH = 32  # nesting of resource values; real entries are 2-3 levels deep
 MAX_TARGET_LEN = 4096  # a selector expression, not a program
 MAX_CONTAINER_LEN = 100_000  # any one list or map while decoding
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what msgpack can carry
+# Values in one bundle's resources: each packs to at least one byte, so a bundle
+# holding more could never be packed. Bounds the walk when YAML aliases repeat
+# one list many times (a few hundred bytes can name billions of values).
+MAX_VALUES = MAX_BUNDLE_BYTES
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 DOC_KEYS = {"bundle", "target", "files", "resources", "secrets"}
 ENCODED_KEYS = {"format", "name", "target", "resources", "files", "secrets"}
 
 
-def canonical(value: Any, where: str, depth: int = 0) -> Any:
+def canonical(value: Any, where: str, depth: int = 0, budget: list[int] | None = None) -> Any:
     """Return ``value`` as canonical plain data (dicts key-sorted, tuples as lists).
 
     Allowed: None, bool, int (64-bit), finite float, str, bytes, lists and
     string-keyed maps of those. Anything else is a ``PolicyError`` naming
-    where it was found.
+    where it was found. ``budget`` (a one-element list) is the number of
+    values still allowed; it is shared by the calls for one bundle.
     """
     if depth > MAX_DEPTH:
         raise PolicyError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+    if budget is not None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise PolicyError(f"{where}: more than {MAX_VALUES} values in one bundle")
     if value is None or isinstance(value, (bool, str, bytes)):
         return value
     if isinstance(value, int):
@@ -72,13 +81,13 @@ def canonical(value: Any, where: str, depth: int = 0) -> Any:
     if isinstance(value, bytearray):
         return bytes(value)
     if isinstance(value, (list, tuple)):
-        return [canonical(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return [canonical(v, f"{where}[{i}]", depth + 1, budget) for i, v in enumerate(value)]
     if isinstance(value, dict):
         out = {}
         for k in sorted(value, key=lambda k: (not isinstance(k, str), str(k))):
             if not isinstance(k, str):
                 raise PolicyError(f"{where}: map key {k!r} is not a string")
-            out[k] = canonical(value[k], f"{where}.{k}", depth + 1)
+            out[k] = canonical(value[k], f"{where}.{k}", depth + 1, budget)
         return out
     raise PolicyError(f"{where}: a {type(value).__name__} cannot be part of a bundle (use a string)")
 
@@ -145,10 +154,11 @@ class Bundle:
         if len(self.resources) > MAX_RESOURCES:
             raise PolicyError(f"{src}: {len(self.resources)} resources, at most {MAX_RESOURCES} allowed")
         res = []
+        budget = [MAX_VALUES]
         for i, r in enumerate(self.resources):
             if not isinstance(r, dict) or not r:
                 raise PolicyError(f"{src}: resource #{i + 1} must be a non-empty mapping such as `file: /etc/motd`")
-            res.append(canonical(r, f"{src} resource #{i + 1}"))
+            res.append(canonical(r, f"{src} resource #{i + 1}", budget=budget))
         object.__setattr__(self, "resources", tuple(res))
         if not isinstance(self.files, dict) or len(self.files) > MAX_FILES:
             raise PolicyError(f"{src}: files must be a mapping of at most {MAX_FILES} names to contents")
