@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -45,14 +46,47 @@ CONVERGE_TIMEOUT_S = 20.0  # a bundle spread and applied everywhere (normally we
 HEAL_TIMEOUT_S = 20.0  # a restarted node caught up (join + anti-entropy)
 STOP_TIMEOUT_S = 5.0  # SIGTERM to exit; then SIGKILL
 POLL_S = 0.05  # status polling period while waiting
+PORT_FLOOR = 10_000  # listening ports are picked above this and below the ephemeral range
+PORT_TRIES = 200  # random picks before giving up (a busy machine has few ports in use down there)
 DEMO_BUNDLE = "demo/motd"
 MOTD = "/etc/motd"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port outside the ephemeral range.
+
+    Agents open many outgoing connections while a mesh starts; a listening
+    port picked from the ephemeral range could be taken by one of them
+    between the pick and the agent's bind.
+    """
+    lo, hi = _ephemeral_range()
+    below = (PORT_FLOOR, lo) if lo - PORT_FLOOR > 1000 else None
+    above = (hi + 1, 65535) if 65535 - hi > 1000 else None
+    span = below or above
+    if span is None:  # the whole range is ephemeral: let the kernel pick
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    for _ in range(PORT_TRIES):
+        port = _port_rng.randrange(*span)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port found in {span[0]}..{span[1]}")
+
+
+_port_rng = random.Random()  # port picks only; nothing here needs to be reproducible
 
 
 @dataclass(slots=True)
@@ -85,6 +119,7 @@ class LocalMesh:
     agents: list[Agent] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_operators: list[tuple[Any, Any]] = field(default_factory=list)  # (PublicKey, OperatorScope)
+    preset: str = "local"  # gossip timing: "local" reacts fast (demo, tests); "lan" is the production default
 
     def __post_init__(self) -> None:
         from grapevine.node import netkey
@@ -110,7 +145,11 @@ class LocalMesh:
     # -- processes ------------------------------------------------------
     def add(self, name: str, tags: dict[str, str] | None = None) -> Agent:
         d = self.base / name
-        agent = Agent(name=name, port=free_port(), data_dir=d / "data", root=d / "root", tags=dict(tags or {}),
+        used = {a.port for a in self.agents}
+        port = free_port()
+        while port in used:  # picks are not reserved until the agent binds
+            port = free_port()
+        agent = Agent(name=name, port=port, data_dir=d / "data", root=d / "root", tags=dict(tags or {}),
                       log_path=d / "agent.log")
         agent.root.mkdir(parents=True, exist_ok=True)
         self.agents.append(agent)
@@ -120,7 +159,7 @@ class LocalMesh:
         joins = [a for a in self.agents[:2] if a is not agent]
         cmd = [sys.executable, "-m", "grapevine.cli.main", "agent", "--name", agent.name,
                "--bind", f"127.0.0.1:{agent.port}", "--data-dir", str(agent.data_dir), "--root", str(agent.root),
-               "--trust", str(self.trust_path), "--network-key", str(self.netkey_path), "--preset", "local"]
+               "--trust", str(self.trust_path), "--network-key", str(self.netkey_path), "--preset", self.preset]
         for j in joins:
             cmd += ["--join", f"127.0.0.1:{j.port}"]
         for k, v in agent.tags.items():

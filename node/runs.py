@@ -18,8 +18,10 @@ Two roles live here; every agent plays both.
 
 *Node* (every target): checks the order (``policy.runorder.check_order``,
 then that the id is new via the durable seen-run table), executes it with a
-timeout and bounded output as the configured user, signs the result with its
-node key and posts it to the origin, retrying until the deadline.
+timeout and bounded output as the configured user and signs the result with
+its node key. A command done within ``INLINE_RESULT_S`` answers in the reply
+to the order itself; a longer one is posted to the origin when it ends,
+retried until the deadline. Either way the origin verifies the signature.
 
 The same discovery serves fleet queries (``grapevine status --fleet``): each
 matching node answers with what it has applied and how its last converge went.
@@ -56,6 +58,7 @@ QUIET_STRETCH = 0.5  # ...or half the time the answers took so far, when a busy 
 FIRST_ANSWER_MS = 2000  # with no remote answer this long after the broadcast, nobody else matches
 DISCOVERY_MAX_MS = 8000  # discovery never takes longer, however answers trickle in
 QUERY_TTL_MS = 10_000  # a query broadcast is dropped from seen-sets after this
+INLINE_RESULT_S = 0.25  # a command done this soon rides back in the order's reply (one request, not two)
 RESULT_GRACE_MS = 5000  # beyond the command timeout, for the result to travel back
 RESULT_RETRY_FIRST_S = 0.2  # result post retries back off from here...
 RESULT_RETRY_MAX_S = 5.0  # ...to here, until the deadline
@@ -247,13 +250,21 @@ class RunService:
             return {"ok": False, "refused": exc.reason, "detail": exc.detail[:MAX_DETAIL_CHARS]}
         log.info("run %s from %s accepted: %s", order.run_id, order.operator,
                  order.action.describe())
-        self._spawn(self._execute_and_report(order))
+        task = self._spawn(self._execute_and_sign(order))
+        done, _ = await asyncio.wait({task}, timeout=INLINE_RESULT_S)
+        if task in done and task.exception() is None:
+            return {"ok": True, "result": task.result().to_wire()}  # a quick command: the reply carries it
+        self._spawn(self._report_later(order, task))
         return {"ok": True}
 
-    async def _execute_and_report(self, order: runorder.RunOrder) -> None:
+    async def _execute_and_sign(self, order: runorder.RunOrder) -> SignedResult:
         async with self._slots:
             result = await self._execute(order)
-        signed = SignedResult.sign(result, self.agent.node_key)
+        return SignedResult.sign(result, self.agent.node_key)
+
+    async def _report_later(self, order: runorder.RunOrder, task: asyncio.Task) -> None:
+        """Post the result to the origin once the command is done, retrying until the deadline."""
+        signed = await task
         delay = RESULT_RETRY_FIRST_S
         while True:
             try:
@@ -371,7 +382,9 @@ class RunService:
             run.events.put_nowait({"event": "unreachable", "node": node, "detail": run.unreachable[node]})
             run.changed.set()
             return
-        if isinstance(reply, dict) and not reply.get("ok"):
+        if isinstance(reply, dict) and reply.get("ok") and reply.get("result") is not None:
+            await self._on_result(reply["result"])
+        elif isinstance(reply, dict) and not reply.get("ok"):
             reason, detail = str(reply.get("refused") or "Refused"), str(reply.get("detail") or "")
             run.refused[node] = (reason, detail)
             run.events.put_nowait({"event": "refused", "node": node, "reason": reason, "detail": detail})
