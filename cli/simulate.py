@@ -117,6 +117,8 @@ def _print_table(doc: dict[str, Any]) -> None:
 @click.option("--duplicate", type=float, default=0.0, show_default=True, help="Duplication probability.")
 @click.option("--reorder", type=float, default=0.0, show_default=True, help="Reordering probability.")
 @click.option("--latency-ms", type=float, default=3.0, show_default=True, help="Median one-way latency.")
+@click.option("--join-window-ms", type=int, default=None,
+              help="Joins spread over this window (default: 1 ms per node, within 1-10 s).")
 @click.option("--settle-ms", type=int, default=5_000, show_default=True, help="Settling time after the joins.")
 @click.option("--idle-ms", type=int, default=10_000, show_default=True, help="Idle window measuring background cost.")
 @click.option("--partition-ms", type=int, default=20_000, show_default=True, help="How long the cut lasts.")

@@ -94,8 +94,7 @@ class Host:
     """One machine of the simulated fleet: the node process and its disk."""
 
     __slots__ = (
-        "idx", "node_id", "core", "store", "alive", "incarnation", "wake_at",
-        "sent_messages", "sent_bytes", "payload_copies", "fp", "started_at",
+        "idx", "node_id", "core", "store", "alive", "incarnation", "wake_at", "fp", "started_at",
     )
 
     def __init__(self, idx: int, store: Any) -> None:
@@ -106,9 +105,6 @@ class Host:
         self.alive = False
         self.incarnation = 0
         self.wake_at = INF
-        self.sent_messages = 0
-        self.sent_bytes = 0
-        self.payload_copies = 0
         self.fp = 0  # observer's fingerprint of the store content
         self.started_at = -1
 

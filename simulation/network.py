@@ -25,13 +25,16 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from heapq import heappush
 from typing import TYPE_CHECKING, Any, Callable
 
 from grapevine.gossip.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Host, Simulator
+
+DELIVER = 0  # the engine's event kind for a delivery (engine.DELIVER)
 
 log = logging.getLogger("grapevine.sim")
 
@@ -78,18 +81,39 @@ class NetConfig:
         }
 
 
-@dataclass(slots=True)
 class Traffic:
-    """Fleet-wide message counters, by message type and in total."""
+    """Fleet-wide message counters, by message class and in total.
 
-    messages: int = 0
-    bytes: int = 0
-    payload_copies: int = 0
-    lost: int = 0
-    failed: int = 0
-    duplicated: int = 0  # messages delivered a second time by the duplicate fault
-    reordered: int = 0  # messages delayed past later ones by the reorder fault
-    by_type: dict[str, list[int]] = field(default_factory=dict)  # name -> [messages, bytes]
+    The send path only bumps one row per message class ([messages, bytes,
+    payload copies]); totals are summed from the rows when asked for.
+    """
+
+    __slots__ = ("rows", "lost", "failed", "duplicated", "reordered")
+
+    def __init__(self) -> None:
+        # class -> [messages, bytes, payload copies, 1 if the class carries a payload]
+        self.rows: dict[type, list[int]] = {}
+        self.lost = 0  # messages dropped by the loss fault
+        self.failed = 0  # sends reported failed (dead destination or a cut)
+        self.duplicated = 0  # messages delivered a second time by the duplicate fault
+        self.reordered = 0  # messages delayed past later ones by the reorder fault
+
+    @property
+    def messages(self) -> int:
+        return sum(r[0] for r in self.rows.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(r[1] for r in self.rows.values())
+
+    @property
+    def payload_copies(self) -> int:
+        return sum(r[2] for r in self.rows.values())
+
+    @property
+    def by_type(self) -> dict[str, list[int]]:
+        """Message class name -> [messages, bytes]."""
+        return {cls.__name__: [r[0], r[1]] for cls, r in self.rows.items()}
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -100,8 +124,11 @@ class Traffic:
             "failed": self.failed,
             "duplicated": self.duplicated,
             "reordered": self.reordered,
-            "by_type": {k: list(v) for k, v in self.by_type.items()},
+            "by_type": self.by_type,
         }
+
+    def __repr__(self) -> str:
+        return f"Traffic({self.snapshot()})"
 
 
 class Network:
@@ -122,7 +149,12 @@ class Network:
         self.size_of = size_of
         self.carries_payload = carries_payload
         self.traffic = Traffic()
-        self._type_names: dict[type, str] = {}
+        self._last_msg: Any = None
+        self._last_size = 0
+        self._by_id = sim.by_id
+        self._heap = sim._heap
+        self._seq = sim._seq
+        self._bits = rng.getrandbits
         self._groups: dict[int, int] | None = None  # host idx -> side; None: no partition
         self._fifo: dict[int, int] = {}  # (src idx << 32 | dst idx) -> last delivery time
         mu = math.log(config.latency_median_ms)
@@ -165,45 +197,53 @@ class Network:
 
     # -- the send path -----------------------------------------------------
 
-    def _count(self, src: Host, msg: Any) -> None:
-        size = self.size_of(msg)
-        t = self.traffic
-        t.messages += 1
-        t.bytes += size
-        src.sent_messages += 1
-        src.sent_bytes += size
-        cls = type(msg)
-        name = self._type_names.get(cls)
-        if name is None:
-            name = self._type_names[cls] = cls.__name__
-            t.by_type[name] = [0, 0]
-        row = t.by_type[name]
-        row[0] += 1
-        row[1] += size
-        if self.carries_payload(msg):
-            t.payload_copies += 1
-            src.payload_copies += 1
+    def _new_row(self, cls: type, msg: Any) -> list[int]:
+        row = self.traffic.rows[cls] = [0, 0, 0, 1 if self.carries_payload(msg) else 0]
+        return row
 
     def send(self, src: Host, peer: str, msg: Any, now: int) -> None:
-        """Carry ``msg`` from ``src`` to the host named ``peer``, or fail."""
-        self._count(src, msg)
-        sim = self.sim
-        dst = sim.by_id.get(peer)
+        """Carry ``msg`` from ``src`` to the host named ``peer``, or fail.
+
+        This is the hottest path of a run, so it is written flat.
+        """
+        row = self.traffic.rows.get(msg.__class__)
+        if row is None:
+            row = self._new_row(msg.__class__, msg)
+        if msg is self._last_msg:  # one payload fanned out to several peers
+            size = self._last_size
+        else:
+            size = self._last_size = self.size_of(msg)
+            self._last_msg = msg
+        row[0] += 1
+        row[1] += size
+        if row[3]:
+            row[2] += 1
+        dst = self._by_id.get(peer)
         if dst is None or not dst.alive:
             self.traffic.failed += 1
-            sim.schedule_failure(now + self.config.refused_ms, src, peer)
+            self.sim.schedule_failure(now + self.config.refused_ms, src, peer)
             return
-        if self._groups is not None and not self.reachable(src.idx, dst.idx):
+        groups = self._groups
+        if groups is not None and groups.get(src.idx, 0) != groups.get(dst.idx, 0):
             self.traffic.failed += 1
-            sim.schedule_failure(now + self.config.cut_timeout_ms, src, peer)
+            self.sim.schedule_failure(now + self.config.cut_timeout_ms, src, peer)
             return
         cfg = self.config
-        rng = self.rng
-        if cfg.loss and rng.random() < cfg.loss:
+        if cfg.loss and self.rng.random() < cfg.loss:
             self.traffic.lost += 1
             return
-        self._deliver_later(src, dst, msg, now)
-        if cfg.duplicate and rng.random() < cfg.duplicate:
+        if cfg.reorder:
+            self._deliver_later(src, dst, msg, now)
+        else:
+            at = now + self._latency[self._bits(LATENCY_TABLE_BITS)]
+            link = (src.idx << 32) | dst.idx
+            fifo = self._fifo
+            last = fifo.get(link, 0)
+            if at < last:
+                at = last
+            fifo[link] = at
+            heappush(self._heap, (at, next(self._seq), DELIVER, dst, dst.incarnation, src.node_id, msg))
+        if cfg.duplicate and self.rng.random() < cfg.duplicate:
             self.traffic.duplicated += 1
             self._deliver_later(src, dst, msg, now)
 

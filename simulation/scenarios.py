@@ -28,6 +28,7 @@ is spent; running out of budget is a liveness failure.
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 from typing import TYPE_CHECKING, Any, Callable
@@ -212,11 +213,13 @@ class ScenarioRun:
         hosts = [sim.add_host(store=self.model.new_store(preload)) for _ in range(p.nodes)]
         sim.start(hosts[0])
         self.started.append(hosts[0])
-        window = join_window_ms(p.nodes)
+        window = p.join_window_ms or join_window_ms(p.nodes)
         rng = random.Random(derive_seed(p.seed, "bootstrap"))
         for host in hosts[1:]:
             sim.call_at(1 + rng.randrange(window), self._join, host, rng)
         sim.run(window + p.settle_ms)
+        gc.collect()
+        gc.freeze()  # the fleet is built: keep its objects out of later collections
         views = [len(h.core.active_view) for h in hosts if hasattr(h.core, "active_view")]
         self.doc["bootstrap"] = {
             "join_window_ms": window,
