@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
     env = (
         f"Python {platform.python_version()}, PyNaCl {nacl.__version__}, {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+        f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
+        f"load average {os.getloadavg()[0]:.1f} when the run ended"
     )
     lines = [
         "# Trust benchmarks",

@@ -127,6 +127,7 @@ def test_operator_scope_and_show(keydir):
         (["--publisher", "bob.key.pub="], "prefix"),
         (["--publisher", "nope.pub=web/"], "does not exist"),
         (["--operator", "bob.key.pub=role=web;reboot"], "actions"),
+        (["--operator", "bob.key.pub=role in (web"], "role in (web"),
         (["--threshold", "3"], "threshold 3"),
     ],
 )
