@@ -22,16 +22,33 @@ from .trust import trust_errors
 GV_SUFFIX = ".gv"
 
 
-def validate_resources(bundles: list[Bundle]) -> bool:
-    """Check resources with the catalog; False if the catalog is not available."""
+def validate_resources(bundles: list[Bundle], context: list[Bundle] = ()) -> bool:
+    """Check resources with the catalog, together with ``context`` bundles that
+    ``require``/``notify`` may refer to; False if the catalog is not available."""
     try:
         from grapevine.policy.catalog import validate_bundles
     except ModuleNotFoundError as exc:
         if exc.name != "grapevine.policy.catalog":
             raise
         return False
-    validate_bundles(bundles)
+    names = {b.name for b in bundles}
+    validate_bundles(list(bundles) + [c for c in context if c.name not in names])
     return True
+
+
+def load_context(paths: tuple[str, ...]) -> list[Bundle]:
+    """Bundles from policy files or packed ``.gv`` files, used only for validation."""
+    out: list[Bundle] = []
+    for p in paths:
+        if p.endswith(GV_SUFFIX):
+            item = read_item_file(p, "bundle")
+            try:
+                out.append(Bundle.decode(item.payload))
+            except GrapevineError as exc:
+                raise PolicyError(f"{p}: {exc}") from None
+        else:
+            out.extend(bundles_from_file(p))
+    return out
 
 
 def file_name(bundle: Bundle) -> str:
@@ -61,13 +78,18 @@ def bundle() -> None:
 @click.option("--key", "key_path", required=True, help="Private key of the publisher that signs.")
 @click.option("--out", "outs", multiple=True, required=True, help="Bundle file (.gv), or a directory for several bundles; repeat to name each.")
 @click.option("--trust", "trust_path", default=None, help="Also check the signed bundles would be admitted under this root (exit 1 if not).")
+@click.option("--with", "context_paths", multiple=True, help="Policy or .gv file whose bundles these may require/notify (validated together, not packed; repeatable).")
 @json_option
-def pack_cmd(policy_file, key_path, outs, trust_path, as_json) -> None:
-    """Validate POLICY_FILE (.yaml/.toml/.py) and sign each bundle in it."""
+def pack_cmd(policy_file, key_path, outs, trust_path, context_paths, as_json) -> None:
+    """Validate POLICY_FILE (.yaml/.toml/.py) and sign each bundle in it.
+
+    A require or notify must name a resource in these bundles or in a
+    bundle given with --with.
+    """
     with trust_errors(as_json):
         key = SigningKey.load(key_path)
         bundles = bundles_from_file(policy_file)
-        validated = validate_resources(bundles)
+        validated = validate_resources(bundles, load_context(context_paths))
         paths = output_paths(bundles, outs)
         now = wall_ms()
         items = [pack(b, key, now) for b in bundles]

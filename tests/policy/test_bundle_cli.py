@@ -202,3 +202,14 @@ def test_output_into_a_missing_directory_is_bad_input(fleet):
     assert r.exit_code == 2 and "cannot write" in r.stderr
     r = run("trust", "init", "--key", "alice.key", "--admin", "alice.key.pub", "--out", "no/such/root.gv")
     assert r.exit_code == 2 and "cannot write" in r.stderr
+
+
+def test_requires_across_files_validate_with_the_other_bundle_given(fleet):
+    (fleet / "app.yaml").write_text(
+        "bundle: web/app\nresources:\n  - file: /srv/app.conf\n    content: x\n    require: [package:nginx]\n")
+    r = run("bundle", "pack", "app.yaml", "--key", "alice.key", "--out", "app.gv")
+    assert r.exit_code == 2 and "package:nginx" in r.stderr
+    for other in ("site.yaml", "alice.gv"):
+        r = run("bundle", "pack", "app.yaml", "--key", "alice.key", "--with", other, "--out", "app.gv", "--json")
+        assert r.exit_code == 0, r.output
+        assert [b["name"] for b in json.loads(r.stdout)["bundles"]] == ["web/app"]
