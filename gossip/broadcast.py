@@ -29,6 +29,7 @@ message is (an item to admit, an ephemeral broadcast to deliver) and hands a
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 from typing import Callable
@@ -42,11 +43,16 @@ log = logging.getLogger("grapevine.gossip")
 NEVER = 1 << 62
 MAX_MISSING = 10_000  # announced-but-missing ids tracked at once; floods beyond that wait for anti-entropy
 MAX_IHAVE_ENTRIES = 1024  # per IHave message: codec.MAX_IDS
-_PRUNE = Prune()
 _GRAFT_LINK = Graft(msg_ids=())
 
 # resolve(msg_id, ref, hops) -> the message to send to a grafting peer, or None
 Resolver = Callable[[bytes, object, int], "Message | None"]
+
+
+def _link_hash(a: str, b: str) -> int:
+    """The same 16-bit number at both ends of the link a-b."""
+    lo, hi = (a, b) if a < b else (b, a)
+    return int.from_bytes(hashlib.blake2b(f"{lo}\n{hi}".encode(), digest_size=2).digest(), "big")
 
 
 class Broadcast:
@@ -58,6 +64,9 @@ class Broadcast:
         self.active = active  # the membership's live list, read-only here
         self.resolve = resolve
         self.lazy: set[str] = set()
+        self.sticky: set[str] = set()  # links both ends keep eager for good (shortcuts across the tree)
+        self._sticky_below = int(config.sticky_link_fraction * 65536)
+        self._flood_hops = config.flood_hops
         # msg_id -> [hops it arrived with, peer it came from (None: local), ref for grafts]
         self.seen: dict[bytes, list] = {}
         self._expiry: list[tuple[int, bytes]] = []  # heap of (forget_at, msg_id)
@@ -65,14 +74,18 @@ class Broadcast:
         self.missing: dict[bytes, list] = {}
         self._timers: list[tuple[int, bytes]] = []  # heap of (deadline, msg_id); stale entries skipped
         self._queue: dict[str, list[tuple[bytes, int]]] = {}  # lazy announcements not yet sent
+        self._announced: list[str] | tuple = ()  # peers that announced the message just recorded
 
     # --- links -----------------------------------------------------------
 
     def peer_up(self, peer: str) -> None:
         self.lazy.discard(peer)
+        if self._sticky_below and _link_hash(self.node_id, peer) < self._sticky_below:
+            self.sticky.add(peer)
 
     def peer_down(self, peer: str) -> None:
         self.lazy.discard(peer)
+        self.sticky.discard(peer)
         self._queue.pop(peer, None)
 
     def eager_peers(self) -> list[str]:
@@ -80,7 +93,11 @@ class Broadcast:
         return [p for p in self.active if p not in lazy]
 
     def on_prune(self, peer: str, msg: Prune, now: int, out: list[Effect]) -> None:
-        if peer in self.active:
+        if msg.cause:
+            known = self.seen.get(msg.cause)
+            if known is not None and known[1] == peer:
+                return  # stale: this node has since taken ``peer`` as its parent for that message
+        if peer in self.active and peer not in self.sticky:
             self.lazy.add(peer)
 
     # --- messages ----------------------------------------------------------
@@ -92,25 +109,54 @@ class Broadcast:
         """A message arrived (or was published) for the first time."""
         self.seen[msg_id] = [hops, peer, ref]
         heapq.heappush(self._expiry, (forget_at, msg_id))
-        if peer is not None:
+        if peer is not None and hops > self._flood_hops:
             self.lazy.discard(peer)
         entry = self.missing.pop(msg_id, None)
-        if entry is not None and peer is not None and entry[1]:
+        if entry is None:
+            self._announced = ()
+            return
+        self._announced = [a[0] for a in entry[1]]  # they have it: the next forward skips them
+        if peer is not None and entry[1]:
             best_peer, best_hops = min(entry[1], key=lambda a: a[1])
             if hops - (best_hops + 1) >= self.config.hop_optimization_threshold:
                 self._reparent(msg_id, peer, best_peer, best_hops + 1, out)
 
-    def duplicate(self, msg_id: bytes | None, peer: str, out: list[Effect]) -> None:
-        """``peer`` pushed something this node already had: make the link lazy."""
+    def duplicate(self, msg_id: bytes, peer: str, hops: int, out: list[Effect]) -> None:
+        """``peer`` pushed something this node already had.
+
+        Normally the link turns lazy (``Prune``). If the copy came by a path
+        with fewer hops than the first one, the node re-parents instead: it
+        keeps this link eager and prunes the one the first copy came by, so
+        the tree the first broadcast leaves behind is a fewest-hops tree.
+        """
+        if hops <= self._flood_hops or peer in self.sticky:
+            return  # the sender pushes to every link near the source, and always over sticky ones
+        known = self.seen.get(msg_id)
+        if known is not None and hops < known[0] and known[1] is not None and known[1] != peer and peer in self.active:
+            old = known[1]
+            known[0] = hops
+            known[1] = peer
+            self.lazy.discard(peer)
+            out.append(Send(peer=peer, msg=_GRAFT_LINK))
+            if old in self.active and old not in self.lazy and old not in self.sticky:
+                self.lazy.add(old)
+                out.append(Send(peer=old, msg=Prune(cause=msg_id)))
+            return
         if peer in self.active and peer not in self.lazy:
             self.lazy.add(peer)
-            out.append(Send(peer=peer, msg=_PRUNE))
+            out.append(Send(peer=peer, msg=Prune(cause=msg_id)))
 
     def forward(self, msg_id: bytes, msg: Message, hops: int, exclude: str | None, out: list[Effect]) -> None:
-        """Push ``msg`` on eager links and announce it on lazy ones (not back to ``exclude``)."""
-        lazy = self.lazy
+        """Push ``msg`` on eager links and announce it on lazy ones.
+
+        Skips ``exclude`` (it came from there) and the peers that announced
+        the message just ``record``-ed (they have it already).
+        """
+        lazy = self.lazy if hops >= self._flood_hops else ()
+        skip = self._announced
+        self._announced = ()
         for p in self.active:
-            if p == exclude:
+            if p == exclude or p in skip:
                 continue
             if p in lazy:
                 q = self._queue.get(p)
@@ -160,9 +206,9 @@ class Broadcast:
         if new in self.lazy:
             self.lazy.discard(new)
             out.append(Send(peer=new, msg=_GRAFT_LINK))
-        if old not in self.lazy:
+        if old not in self.lazy and old not in self.sticky:
             self.lazy.add(old)
-            out.append(Send(peer=old, msg=_PRUNE))
+            out.append(Send(peer=old, msg=Prune(cause=msg_id)))
 
     def on_graft(self, peer: str, msg: Graft, now: int, out: list[Effect]) -> None:
         if peer in self.active:

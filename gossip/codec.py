@@ -102,6 +102,12 @@ def _digest(v: Any) -> bytes:
     return v
 
 
+def _cause(v: Any) -> bytes:
+    if type(v) is not bytes or len(v) not in (0, m.DIGEST_LEN):
+        raise _bad(f"expected an empty or {m.DIGEST_LEN}-byte message id")
+    return v
+
+
 def _payload(v: Any) -> bytes:
     if type(v) is not bytes or len(v) > MAX_PAYLOAD_BYTES:
         raise _bad(f"payload must be bytes of at most {MAX_PAYLOAD_BYTES}")
@@ -215,7 +221,7 @@ SCHEMAS: dict[type, tuple[Field, ...]] = {
     ),
     m.IHave: (("entries", _tuples_out, _ihave_in),),
     m.Graft: (("msg_ids", list, _ids_in),),
-    m.Prune: (),
+    m.Prune: (("cause", _same, _cause),),
     m.SyncRoot: (("root", _same, _digest), ("count", _same, _uint)),
     m.SyncTop: (("digests", list, _digests_in),),
     m.SyncLeaves: (("groups", lambda gs: [[i, list(ds)] for i, ds in gs], _groups_in),),
@@ -265,6 +271,9 @@ def _uint_size(v: int) -> int:
 def encoded_size(msg: m.Message) -> int:
     """``len(encode(msg))``, computed without re-encoding item payloads."""
     cls = type(msg)
+    fixed = _FIXED_SIZES.get(cls)
+    if fixed is not None:
+        return fixed
     if cls is m.Push:
         return 3 + _uint_size(msg.hops) + _item_size(msg.item)  # type: ignore[union-attr]
     if cls is m.SyncItems and msg.items:  # type: ignore[union-attr]
@@ -277,6 +286,9 @@ def encoded_size(msg: m.Message) -> int:
 
 
 # --- decoding -----------------------------------------------------------------
+
+# Messages without fields always encode to the same few bytes.
+_FIXED_SIZES: dict[type, int] = {cls: len(encode(cls())) for cls, schema in SCHEMAS.items() if not schema}
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")

@@ -59,6 +59,8 @@ class GossipConfig:
     graft_timeout_ms: int = 500  # announced but not received for 0.5 s: graft it
     graft_retry_ms: int = 250  # the next announcer is grafted 0.25 s after that
     hop_optimization_threshold: int = 3  # re-parent when a lazy path is 3+ hops shorter
+    flood_hops: int = 0  # nodes this close to the publisher push on every link, not just the tree
+    sticky_link_fraction: float = 0.0  # share of links kept eager for good: shortcuts that cut tree hops
     message_cache_ms: int = 60_000  # ids are remembered (dedupe, grafts) for 60 s
     max_ephemeral_ttl_ms: int = 600_000  # an ephemeral broadcast lives at most 10 minutes
     # --- anti-entropy -------------------------------------------------------
@@ -84,6 +86,8 @@ class GossipConfig:
             raise ConfigError("passive_walk_length must not exceed active_walk_length")
         if not 0.0 <= self.jitter < 1.0:
             raise ConfigError("jitter must be in [0, 1)")
+        if not 0.0 <= self.sticky_link_fraction <= 1.0:
+            raise ConfigError("sticky_link_fraction must be in [0, 1]")
         if not 0.0 <= self.rejoin_link_probability <= 1.0:
             raise ConfigError("rejoin_link_probability must be in [0, 1]")
         for name in (

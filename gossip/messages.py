@@ -221,9 +221,18 @@ class Graft:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Prune:
-    """The sender got a duplicate over this link: announce lazily from now on."""
+    """The sender got a duplicate over this link: announce lazily from now on.
 
+    ``cause`` is the id of the duplicated message (empty if none): a node
+    that has meanwhile taken the sender as its parent for that very message
+    knows the prune is stale and ignores it.
+    """
+
+    cause: bytes = b""
     carries_payload: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _need(type(self.cause) is bytes and len(self.cause) in (0, DIGEST_LEN), "Prune.cause must be empty or a message id")
 
 
 # --- anti-entropy -----------------------------------------------------------

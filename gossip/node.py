@@ -290,7 +290,7 @@ class GossipNode:
         msg_id = item.digest()
         tree = self.tree
         if msg_id in tree.seen or not self.store.would_accept(item):
-            tree.duplicate(msg_id, peer, out)
+            tree.duplicate(msg_id, peer, msg.hops, out)
             return
         forget_at = now + self.config.message_cache_ms
         if not self._admit(item, peer, msg.hops, now, out):
@@ -303,7 +303,7 @@ class GossipNode:
         tree = self.tree
         msg_id = msg.msg_id
         if msg_id in tree.seen:
-            tree.duplicate(msg_id, peer, out)
+            tree.duplicate(msg_id, peer, msg.hops, out)
             return
         if msg.deadline_ms < now:
             return  # expired: dropped, never delivered
