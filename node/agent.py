@@ -56,6 +56,7 @@ LOCK_FILE = "agent.lock"
 PEERS_SAVE_S = 15.0  # known peers are written back this often (they change slowly)
 MIN_TICK_S = 0.002  # never spin faster than this even if the core asks for "now"
 HELLO_ROUTE = "hello"
+JOINER_IDLE_S = 30.0  # a connected node re-checks its join list this often (it is woken when isolated)
 BroadcastHandler = Callable[[str, Any, bytes], Awaitable[Any] | Any]
 
 
@@ -114,7 +115,8 @@ class Agent:
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd = self._take_lock(config.data_dir / LOCK_FILE)
-        self.state = State(config.data_dir, history_keep=config.history_keep, reports_keep=config.reports_keep)
+        self.state = State(config.data_dir, history_keep=config.history_keep, reports_keep=config.reports_keep,
+                           fsync=config.fsync)
         self.metrics = AgentMetrics()
         self.ring = KeyRing()
         self._removed_keys: set[str] = set()
@@ -150,7 +152,9 @@ class Agent:
         self.started_ms = now_ms()
         self.last_heard_ms = self.started_ms
         self._wake = asyncio.Event()
+        self._sleep_until = 0  # wall ms at which the ticker wakes by itself
         self._stop = asyncio.Event()
+        self._isolated = asyncio.Event()
         self._converge_lock = asyncio.Lock()
         self._converge_handle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -296,9 +300,13 @@ class Agent:
             elif isinstance(e, PeerDown):
                 self.transport.close_link(e.peer)
                 log.info("peer down %s", e.peer)
-        self.metrics.active_peers.set(len(self.node.active_view))
+        active = len(self.node.active_view)
+        self.metrics.active_peers.set(active)
         self.metrics.passive_peers.set(len(self.node.passive_view))
-        self._wake.set()
+        if not active:
+            self._isolated.set()
+        if self.node.next_deadline() < self._sleep_until:
+            self._wake.set()  # the core wants a tick before the ticker would wake by itself
 
     def _on_peer_frame(self, sender: str, body: bytes, size: int) -> None:
         from grapevine.gossip import codec
@@ -469,15 +477,17 @@ class Agent:
 
     # -- background loops -----------------------------------------------
     async def _ticker(self) -> None:
-        max_s = self.config.tick_max_ms / 1000
+        max_ms = self.config.tick_max_ms
         while True:
             now = now_ms()
+            self._sleep_until = 0  # effects applied by this tick never need to wake us
             self._apply(self.node.on_tick(now), now)
             self._wake.clear()
-            delay = (self.node.next_deadline() - now_ms()) / 1000
-            delay = min(max(delay, MIN_TICK_S), max_s)
+            now = now_ms()
+            wake_at = min(max(self.node.next_deadline(), now + int(MIN_TICK_S * 1000)), now + max_ms)
+            self._sleep_until = wake_at
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                await asyncio.wait_for(self._wake.wait(), (wake_at - now) / 1000)
             except asyncio.TimeoutError:
                 pass
 
@@ -517,7 +527,9 @@ class Agent:
             if self.node.active_view and not pending:
                 delay = self.config.rejoin_min_s
                 self._isolated_since = None
-                await asyncio.sleep(self.config.rejoin_min_s)
+                self._isolated.clear()
+                with contextlib.suppress(asyncio.TimeoutError):  # woken at once when the active view empties
+                    await asyncio.wait_for(self._isolated.wait(), JOINER_IDLE_S)
                 continue
             isolated = not self.node.active_view
             if isolated and self._isolated_since is None:

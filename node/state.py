@@ -7,7 +7,8 @@ which bundle version was last applied, known peers (rejoin after a restart),
 and the fleet network key ring.
 
 Every write is one committed transaction with ``synchronous=FULL``, so when a
-method returns, the data survives a kill -9 or a power cut. The daemon calls
+method returns, the data survives a kill -9 or a power cut (with the agent's
+``fsync = false``: ``NORMAL``, which survives a kill -9 of the agent only). The daemon calls
 ``put_items`` before it acknowledges or forwards what it accepted. The file
 is created with mode 0600 because it holds the network keys.
 
@@ -83,7 +84,7 @@ def version_text(v: Version) -> str:
 
 
 class State:
-    def __init__(self, data_dir: Path, *, history_keep: int = 0, reports_keep: int = 200) -> None:
+    def __init__(self, data_dir: Path, *, history_keep: int = 0, reports_keep: int = 200, fsync: bool = True) -> None:
         self.path = Path(data_dir) / DB_NAME
         self.history_keep = history_keep
         self.reports_keep = reports_keep
@@ -95,7 +96,8 @@ class State:
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"data_dir: cannot open state database {self.path}: {exc}") from None
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        # FULL: a commit is on disk when it returns; NORMAL (WAL): it survives the process, not the machine
+        self.db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
         row = self.db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()

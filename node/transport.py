@@ -246,7 +246,8 @@ class Transport:
         return web.Response(body=out, content_type="application/octet-stream")
 
     async def _handle_link(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=self.heartbeat_s)
+        # the dialling side pings every heartbeat_s; this side only needs to notice a vanished dialler
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=self.heartbeat_s * 3)
         await ws.prepare(request)
         self._server_ws.add(ws)
         bad = 0
