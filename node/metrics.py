@@ -29,6 +29,9 @@ class AgentMetrics:
         self.bytes_out = Counter("grapevine_bytes_sent", "Sealed frame bytes sent, by message type", ["type"], registry=r)
         self.send_failures = Counter("grapevine_send_failures", "Sends that failed, by transport", ["transport"], registry=r)
         self.bad_frames = Counter("grapevine_bad_frames", "Peer frames refused before use, by reason", ["reason"], registry=r)
+        self.run_refusals = Counter(
+            "grapevine_run_refusals", "Run orders and run results refused, by reason", ["reason"], registry=r
+        )
         self.converge_seconds = Histogram(
             "grapevine_converge_duration_seconds", "Converge durations", ["trigger"], buckets=CONVERGE_BUCKETS, registry=r
         )

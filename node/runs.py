@@ -136,6 +136,13 @@ class RunService:
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_RUNS)
         self.refusals: collections.Counter[str] = collections.Counter()  # orders and results refused here
 
+    def _refused(self, reason: str) -> None:
+        """Count a refused order or result here and in the agent's /metrics."""
+        self.refusals[reason] += 1
+        metrics = getattr(self.agent, "metrics", None)
+        if metrics is not None:
+            metrics.run_refusals.labels(reason).inc()
+
     def install(self) -> None:
         a = self.agent
         a.on_broadcast(QUERY_KIND, self._on_query)
@@ -245,7 +252,7 @@ class RunService:
             if not self.agent.state.mark_run_seen(order.run_id, order.deadline_ms):
                 raise RunRefused("Replayed", f"run {order.run_id} was already received here")
         except RunRefused as exc:
-            self.refusals[exc.reason] += 1
+            self._refused(exc.reason)
             log.warning("refused run order: %s", exc)
             return {"ok": False, "refused": exc.reason, "detail": exc.detail[:MAX_DETAIL_CHARS]}
         log.info("run %s from %s accepted: %s", order.run_id, order.operator,
@@ -346,7 +353,7 @@ class RunService:
         try:
             signed = SignedResult.from_wire(body)
         except RunRefused as exc:
-            self.refusals[exc.reason] += 1
+            self._refused(exc.reason)
             log.warning("refused malformed run result: %s", exc)
             return {"ok": False, "refused": exc.reason}
         claimed = signed.result
@@ -359,7 +366,7 @@ class RunService:
                 raise RunRefused("UnknownNode", f"result for run {claimed.run_id} from {claimed.node}, which is not a target")
             result = signed.verify(key, run_id=claimed.run_id, node=claimed.node)
         except RunRefused as exc:
-            self.refusals[exc.reason] += 1
+            self._refused(exc.reason)
             log.warning("refused run result: %s", exc)
             run.events.put_nowait({"event": "refused_result", "node": claimed.node, "reason": exc.reason,
                                    "detail": exc.detail})
