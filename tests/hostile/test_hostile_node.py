@@ -1,0 +1,335 @@
+"""A hostile node against honest agents: it holds the network key and a node key, no author key.
+
+Each test is one line of attack against the same running mesh (the module
+fixture in conftest.py), in order. Honest nodes must accept none of it:
+their stores (local API), the files applied under each --root, and the
+marker files commands append to are the evidence. The last tests check
+that a genuine bundle injected during a flood still converges everywhere,
+and that the attack shows by reason in every honest node's /metrics.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import time
+from collections import Counter
+
+import pytest
+from hostile_peer import metrics_delta, now_ms, scrape_metrics
+
+from grapevine.cli.run import agent_stream
+from grapevine.gossip import codec
+from grapevine.gossip import messages as m
+from grapevine.gossip.item import SignedItem, Version
+from grapevine.policy import runorder, trust
+from grapevine.policy.keys import SigningKey
+from grapevine.policy.runorder import RunAction, RunOrder, RunResult, SignedOrder, SignedResult
+
+pytestmark = pytest.mark.timeout(120)
+
+FLOOD_MESSAGES = 1500  # bounded flood: enough to fill queues and caches on a 2-core box, done in seconds
+FLOOD_WORKERS = 8  # concurrent connections the hostile keeps open
+SETTLE_S = 1.0  # time for a refused item to have spread, had it been accepted
+RUN_TIMEOUT_S = 60.0  # a genuine run stream from start to summary
+
+
+def stores(world) -> dict[str, dict[str, str]]:
+    """Each honest node's bundles: {node: {name: version}} from its local API."""
+    out = {}
+    for a in world.agents:
+        doc = world.mesh.api(a, "GET", "/v1/bundles")
+        out[a.name] = {r["name"]: r["version"] for r in doc["bundles"]}
+    return out
+
+
+def pwned_files(world) -> list[str]:
+    found = []
+    for a in world.agents:
+        found += [str(p) for p in a.root.rglob("*pwned*")]
+    return found + [str(p) for p in world.base.glob("*pwned*")]
+
+
+def send_everywhere(world, msgs: list[tuple[str, m.Message]], sender: str | None = None) -> None:
+    for a in world.agents:
+        for what, msg in msgs:
+            status = world.hostile.gossip(a.port, msg, what, sender)
+            assert status in (204, 400), (what, status)
+
+
+def delta(world) -> Counter:
+    total: Counter = Counter()
+    for a in world.agents:
+        total += metrics_delta(world.baseline[a.port], scrape_metrics(a.port))
+    return total
+
+
+# ---------------------------------------------------------------- bundles and roots
+
+
+def test_forged_bundles_reach_no_store_and_no_disk(world):
+    h = world.hostile
+    publisher = world.mesh.key.key_id
+    madeup = SigningKey.generate()
+    genuine = world.genuine[1]
+    rekeyed = SignedItem(key="bundle/evil/rekeyed", version=genuine.version, payload=genuine.payload,
+                         signatures=genuine.signatures)
+    outside = SignedItem(key="evil/x", version=Version(now_ms(), 0, h.node_key.key_id), payload=b"x")
+    outside = outside.with_signature(h.node_key.key_id, h.node_key.sign(outside.signing_bytes()))
+    forged = [
+        ("unsigned bundle claiming the publisher", h.bundle_item("evil/unsigned", signer=None, author=publisher)),
+        ("bundle signed by a made-up key", h.bundle_item("evil/madeup", signer=madeup)),
+        ("bundle signed by the hostile's node key", h.bundle_item("evil/nodekey", signer=h.node_key)),
+        ("bundle claiming the publisher, signed by the node key",
+         h.bundle_item("evil/claimed", signer=h.node_key, author=publisher)),
+        ("genuine signature moved to another bundle name", rekeyed),
+        ("node-signed item outside every namespace", outside),
+        ("unsigned bundle stamped an hour ahead",
+         h.bundle_item("evil/future", signer=None, author=publisher, wall_ms=now_ms() + 3_600_000)),
+        ("forged new version of the genuine bundle",
+         h.bundle_item("site/motd", signer=h.node_key, author=publisher, wall_ms=now_ms() + 1000)),
+    ]
+    before = stores(world)
+    send_everywhere(world, [(what, m.Push(hops=1, item=item)) for what, item in forged])
+    sync = [SignedItem(key=i.key, version=Version(i.version.wall_ms, i.version.counter + 1, i.version.author),
+                       payload=i.payload, signatures=i.signatures) for _, i in forged]
+    send_everywhere(world, [("the same forgeries by anti-entropy", m.SyncItems(items=tuple(sync), want=()))])
+    time.sleep(SETTLE_S)
+    assert stores(world) == before, "a forged item changed an honest store"
+    assert pwned_files(world) == []
+    assert all((a.root / "motd").read_text() == "genuine v1\n" for a in world.agents)
+    d = delta(world)
+    for reason in ("BadSignature", "UnknownKey", "OutOfScope", "FromTheFuture"):
+        assert d[("grapevine_refusals", reason)] >= len(world.agents), (reason, d)
+
+
+def test_forged_trust_roots_are_refused_and_the_root_stays(world):
+    h = world.hostile
+    admin = world.mesh.key.key_id
+    now = now_ms()
+    takeover = trust.build_root(serial=2, now_ms=now - 1000, expires_days=30, admins=[h.node_key.public], threshold=1,
+                                publishers=[(h.node_key.public, trust.ALL_NAMES)])
+    by_node = trust.init_root(takeover, [h.node_key], now)
+    unsigned = trust.SignedItem(key=trust.ROOT_KEY, version=Version(now, 1, admin), payload=takeover.encode())
+    claimed = unsigned.with_signature(admin, h.node_key.sign(unsigned.signing_bytes()))
+    attempts = [
+        ("new root signed by the hostile's node key", by_node),
+        ("new root with no signature", unsigned),
+        ("new root claiming the admin's signature", claimed),
+    ]
+    send_everywhere(world, [(what, m.Push(hops=1, item=item)) for what, item in attempts])
+    after = h.bundle_item("evil/after-root", signer=h.node_key)
+    send_everywhere(world, [("bundle by the would-be new admin", m.Push(hops=1, item=after))])
+    time.sleep(SETTLE_S)
+    for a in world.agents:
+        st = world.mesh.api(a, "GET", "/v1/status")
+        assert st["trust_root_serial"] == 1
+        hist = world.mesh.api(a, "GET", f"/v1/history?name={trust.ROOT_KEY}")
+        assert len(hist["versions"]) == 1
+    assert all("evil/after-root" not in s for s in stores(world).values())
+    d = delta(world)
+    assert d[("grapevine_refusals", "UnknownKey")] >= 2 * len(world.agents)
+    assert d[("grapevine_refusals", "BadSignature")] >= 2 * len(world.agents)
+
+
+def test_replayed_old_versions_never_roll_back(world):
+    world.inject(2, via=1)
+    world.wait_applied(2)
+    old, root_item = world.genuine[1], world.mesh.trust_path
+    replays = [
+        ("replay of the genuine bundle's old version", m.Push(hops=1, item=old)),
+        ("replay of the old version by anti-entropy", m.SyncItems(items=(old,), want=())),
+        ("replay of the first trust root", m.Push(hops=1, item=trust.read_item_file(root_item))),
+    ]
+    send_everywhere(world, replays)
+    time.sleep(SETTLE_S)
+    current = f"{world.genuine[2].version.wall_ms}.{world.genuine[2].version.counter}"
+    for name, bundles in stores(world).items():
+        assert bundles["site/motd"].startswith(current), (name, bundles)
+    assert all((a.root / "motd").read_text() == "genuine v2\n" for a in world.agents)
+
+
+# ---------------------------------------------------------------- runs
+
+
+def _order(world, *, key: SigningKey, command: str, operator: str | None = None, issued_ms: int | None = None,
+           deadline_ms: int | None = None) -> RunOrder:
+    now = now_ms()
+    return RunOrder(run_id=runorder.new_run_id(), origin=world.agents[0].node_id, selector="",
+                    action=RunAction.shell_string(command), timeout_ms=10_000, issued_ms=issued_ms or now - 1000,
+                    deadline_ms=deadline_ms or now + 60_000, operator=operator or key.key_id)
+
+
+def _genuine_run(world, command: str, on_event=None) -> dict:
+    """A run the real operator starts through the origin's local API; returns the summary."""
+    signed = SignedOrder.sign(_order(world, key=world.mesh.key, command=command), world.mesh.key)
+    summary = None
+    for ev in agent_stream(world.agents[0].socket, "/v1/run", {"order": signed.encode().hex()}):
+        if on_event is not None:
+            on_event(ev, signed)
+        if ev.get("event") == "done":
+            summary = ev["summary"]
+    assert summary is not None
+    return summary | {"signed": signed}
+
+
+def test_run_orders_from_the_hostile_are_refused(world):
+    h, op = world.hostile, world.mesh.key
+    marker = world.base / "ran.marker"
+    done = _genuine_run(world, f"echo ran >> {marker}")
+    assert done["ok"], done
+    assert len(marker.read_text().splitlines()) == len(world.agents)
+    captured = done["signed"]
+    pwn = f"touch {world.base}/pwned-run"
+    madeup = SigningKey.generate()
+    self_signed = SignedOrder.sign(_order(world, key=madeup, command=pwn), madeup)
+    by_node = SignedOrder.sign(_order(world, key=h.node_key, command=pwn), h.node_key)
+    claimed = _order(world, key=op, command=pwn)
+    claimed_sig = SignedOrder(body=claimed.encode(), key_id=op.key_id, signature=h.node_key.sign(claimed.encode()),
+                              order=claimed)
+    unsigned = SignedOrder(body=claimed.encode(), key_id=op.key_id, signature=b"", order=claimed)
+    altered = RunOrder(**{f: getattr(captured.order, f) for f in captured.order.__dataclass_fields__} | {
+        "action": RunAction.shell_string(pwn)})
+    tampered = SignedOrder(body=altered.encode(), key_id=op.key_id, signature=captured.signature, order=altered)
+    old = now_ms() - 120_000
+    expired = SignedOrder.sign(_order(world, key=op, command=pwn, issued_ms=old, deadline_ms=old + 60_000), op)
+    attempts = {
+        "replay of the captured genuine order": (captured, "Replayed"),
+        "order signed by a made-up key": (self_signed, "UnknownKey"),
+        "order signed by the hostile's node key": (by_node, "UnknownKey"),
+        "order naming the operator, signed by the node key": (claimed_sig, "BadSignature"),
+        "order naming the operator, unsigned": (unsigned, "BadSignature"),
+        "captured order with its command swapped": (tampered, "BadSignature"),
+        "captured order replayed after its deadline": (expired, "Expired"),
+    }
+    for a in world.agents:
+        for what, (signed, reason) in attempts.items():
+            reply = h.route(a.port, "run.order", {"order": signed.to_wire()}, what)
+            assert isinstance(reply, dict) and not reply.get("ok"), (what, reply)
+            assert reply.get("refused") == reason, (what, reply)
+    time.sleep(SETTLE_S)
+    assert len(marker.read_text().splitlines()) == len(world.agents), "a replayed order ran again"
+    assert pwned_files(world) == []
+
+
+def test_forged_run_results_are_refused_by_the_origin(world):
+    h = world.hostile
+    origin = world.agents[0]
+    forged_sent = threading.Event()
+    refused_events = []
+
+    def on_event(ev, signed):
+        if ev.get("event") == "refused_result":
+            refused_events.append(ev)
+        if ev.get("event") != "batch" or forged_sent.is_set():
+            return
+        run_id = signed.order.run_id
+        for node in ev["nodes"]:
+            lie = RunResult(run_id=run_id, node=node, exit_code=0, stdout=b"forged\n", stderr=b"", duration_ms=1)
+            h.route(origin.port, "run.result", SignedResult.sign(lie, h.node_key).to_wire(),
+                    "result for a target, signed by the hostile's node key")
+        stranger = RunResult(run_id=run_id, node=h.node_id, exit_code=0, stdout=b"forged\n", stderr=b"", duration_ms=1)
+        h.route(origin.port, "run.result", SignedResult.sign(stranger, h.node_key).to_wire(),
+                "result from a node that is not a target")
+        h.route(origin.port, "run.result", [b"\x93junk", "k", b""], "result that is not a result")
+        forged_sent.set()
+
+    done = _genuine_run(world, "sleep 1; echo genuine", on_event)
+    assert forged_sent.is_set()
+    assert sorted(r["node"] for r in done["results"]) == sorted(a.node_id for a in world.agents)
+    assert {r["stdout"] for r in done["results"]} == {"genuine\n"}, done["results"]
+    reasons = Counter(e["reason"] for e in refused_events)
+    assert reasons["BadSignature"] == len(world.agents) and reasons["UnknownNode"] == 1, reasons
+
+
+# ---------------------------------------------------------------- flood and membership lies
+
+
+def _flood(world, stop: threading.Event) -> Counter:
+    h = world.hostile
+    agents = world.agents
+    others = [a.node_id for a in agents]
+    dead = [f"ghost{i}@127.0.0.1:{1 + i}" for i in range(8)]  # ports nothing listens on
+    rnd = os.urandom
+    kinds = Counter()
+
+    def one(i: int) -> None:
+        if stop.is_set():  # the test failed or timed out: stop attacking
+            return
+        a = agents[i % len(agents)]
+        victim = others[(i + 1) % len(others)]  # another honest node, whose id the hostile claims
+        k = i % 10
+        if k == 0:
+            h.post_raw(a.port, b"G\x01" + rnd(4) + rnd(60), "frame sealed with an unknown network key")
+        elif k == 1:
+            good = h.frame(codec.encode(m.Ping()))
+            h.post_raw(a.port, good[:-1] + bytes([good[-1] ^ 1]), "frame whose seal was tampered with")
+        elif k == 2:
+            h.post_raw(a.port, rnd(64), "bytes that are not a frame")
+        elif k == 3:
+            h.post_raw(a.port, h.ring.seal(rnd(48)), "sealed bytes that are not an envelope")
+        elif k == 4:
+            h.post_raw(a.port, h.frame(rnd(48)), "envelope holding a bad message")
+        elif k == 5:
+            item = h.bundle_item(f"evil/flood{i}", signer=None, author=world.mesh.key.key_id)
+            h.gossip(a.port, m.Push(hops=1, item=item), "unsigned bundle (flood)")
+        elif k == 6:
+            h.gossip(a.port, m.Disconnect(leaving=True), "goodbye in another node's name", sender=victim)
+        elif k == 7:
+            h.gossip(a.port, m.ForwardJoin(joiner=dead[i % len(dead)], ttl=6), "forward-join of a dead node",
+                     sender=victim)
+        elif k == 8:
+            h.gossip(a.port, m.Shuffle(origin=victim, ttl=3, peers=tuple(dead)), "shuffle full of dead nodes",
+                     sender=victim)
+        else:
+            h.gossip(a.port, m.Join(), "join under another node's id", sender=victim)
+        kinds[k] += 1
+
+    with concurrent.futures.ThreadPoolExecutor(FLOOD_WORKERS) as pool:
+        list(pool.map(one, range(FLOOD_MESSAGES)))
+    return kinds
+
+
+def test_genuine_bundle_converges_through_a_flood_and_membership_lies(world):
+    stop = threading.Event()
+    result: dict = {}
+    flood = threading.Thread(target=lambda: result.update(kinds=_flood(world, stop)), daemon=True)
+    t0 = time.monotonic()
+    flood.start()
+    try:
+        time.sleep(0.5)  # the attack is under way
+        world.inject(3, via=2)
+        took = world.wait_applied(3)
+        flood.join(RUN_TIMEOUT_S)
+    finally:
+        stop.set()
+        flood.join(RUN_TIMEOUT_S)
+    assert not flood.is_alive()
+    assert sum(result["kinds"].values()) == FLOOD_MESSAGES
+    assert sum(result["kinds"].values()) > 0
+    for a in world.agents:
+        assert a.running(), f"{a.name} died under the flood"
+        assert world.mesh.api(a, "GET", "/v1/status")["status"] == "ok"
+    assert all("evil/" not in " ".join(s) for s in stores(world).values())
+    assert pwned_files(world) == []
+    # the mesh still converges after the lies, not just during them
+    world.inject(4, via=1)
+    world.wait_applied(4)
+    print(f"genuine v3 applied everywhere {took:.2f} s after injection, flood running {time.monotonic() - t0:.1f} s")
+
+
+def test_attack_shows_by_reason_in_every_honest_nodes_metrics(world, hostile_report):
+    per_node = {a.name: metrics_delta(world.baseline[a.port], scrape_metrics(a.port)) for a in world.agents}
+    total: Counter = Counter()
+    for c in per_node.values():
+        total += c
+    hostile_report["honest nodes' /metrics, summed (metric/reason)"] = total
+    hostile_report["the hostile's own view (refusal it was answered with)"] = world.hostile.outcomes()
+    for name, c in per_node.items():
+        for reason in ("BadSignature", "UnknownKey"):
+            assert c[("grapevine_refusals", reason)] > 0, (name, reason, c)
+        for reason in ("UnknownNetworkKey", "BadSeal", "NotAFrame", "BadEnvelope", "BadMessage"):
+            assert c[("grapevine_bad_frames", reason)] > 0, (name, reason, c)
+        for reason in ("Replayed", "UnknownKey", "BadSignature", "Expired"):
+            assert c[("grapevine_run_refusals", reason)] > 0, (name, reason, c)
