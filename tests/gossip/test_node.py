@@ -1,0 +1,221 @@
+"""One GossipNode driven by hand: admission rules, effects, entry points."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from grapevine.gossip import messages as m
+from grapevine.gossip.config import GossipConfig
+from grapevine.gossip.effects import Delivered, ItemAccepted, ItemRefused, PeerDown, PeerUp, Send
+from grapevine.gossip.errors import ProtocolError
+from grapevine.gossip.item import SignedItem, Version
+from grapevine.gossip.node import GossipNode
+
+NOW = 1_000_000
+
+
+def item(key="bundle/web", wall=NOW, counter=0, author="alice", payload=b"body"):
+    return SignedItem(key=key, version=Version(wall, counter, author), payload=payload)
+
+
+def node(name="a", validator=None, **cfg):
+    return GossipNode(name, config=GossipConfig(**cfg), rng=random.Random(7), validator=validator)
+
+
+def sends(effects, cls=None):
+    return [e for e in effects if type(e) is Send and (cls is None or type(e.msg) is cls)]
+
+
+def linked(name="a", peers=("b", "c"), **kw):
+    """A node that has taken ``peers`` into its active view (they welcomed it)."""
+    n = node(name, **kw)
+    for p in peers:
+        n.on_message(p, m.Welcome(), NOW)
+    return n
+
+
+def test_publish_accepts_and_pushes_to_every_neighbour():
+    n = linked()
+    it = item()
+    effects = n.publish(it, NOW)
+    assert [e for e in effects if type(e) is ItemAccepted] == [ItemAccepted(item=it, previous=None, source=None, hops=0)]
+    pushes = sends(effects, m.Push)
+    assert sorted(e.peer for e in pushes) == ["b", "c"] and all(e.msg.hops == 1 for e in pushes)
+    assert n.store.get("bundle/web") == it
+
+
+def test_stale_item_is_refused_and_store_unchanged():
+    n = linked()
+    new, old = item(counter=5), item(counter=1)
+    n.publish(new, NOW)
+    effects = n.publish(old, NOW)
+    assert [(e.reason, e.source) for e in effects if type(e) is ItemRefused] == [("Stale", None)]
+    assert not sends(effects)
+    assert n.store.get("bundle/web") == new
+
+
+def test_item_from_the_future_is_refused():
+    n = linked(max_skew_ms=60_000)
+    effects = n.on_message("b", m.Push(hops=1, item=item(wall=NOW + 60_001)), NOW)
+    assert [(e.reason, e.source) for e in effects if type(e) is ItemRefused] == [("FromTheFuture", "b")]
+    assert len(n.store) == 0 and not sends(effects, m.Push)
+    ok = n.on_message("b", m.Push(hops=1, item=item(wall=NOW + 60_000)), NOW)
+    assert any(type(e) is ItemAccepted for e in ok)
+
+
+def test_validator_refusal_leaves_store_unchanged():
+    seen = []
+
+    def validator(candidate, current, now):
+        seen.append((candidate.key, current, now))
+        return "UnknownAuthor" if candidate.author == "mallory" else None
+
+    n = linked(validator=validator)
+    good = item()
+    n.publish(good, NOW)
+    digest = n.store.store_digest()
+    effects = n.on_message("b", m.Push(hops=1, item=item(counter=9, author="mallory")), NOW)
+    refused = [e for e in effects if type(e) is ItemRefused]
+    assert [(e.reason, e.key, e.source) for e in refused] == [("UnknownAuthor", "bundle/web", "b")]
+    assert n.store.store_digest() == digest and n.store.get("bundle/web") == good
+    assert not sends(effects, m.Push)  # a refused item is not forwarded
+    assert seen[-1] == ("bundle/web", good, NOW)
+
+
+def test_validator_that_raises_refuses_instead_of_crashing():
+    def broken(candidate, current, now):
+        raise RuntimeError("bug")
+
+    n = linked(validator=broken)
+    effects = n.publish(item(), NOW)
+    assert [e.reason for e in effects if type(e) is ItemRefused] == ["ValidatorError"]
+    assert len(n.store) == 0
+
+
+def test_received_item_is_forwarded_but_not_back_to_its_sender():
+    n = linked(peers=("b", "c", "d"))
+    effects = n.on_message("b", m.Push(hops=3, item=item()), NOW)
+    accepted = [e for e in effects if type(e) is ItemAccepted]
+    assert accepted[0].hops == 3 and accepted[0].source == "b"
+    assert sorted(e.peer for e in sends(effects, m.Push)) == ["c", "d"]
+    assert all(e.msg.hops == 4 for e in sends(effects, m.Push))
+
+
+def test_duplicate_push_prunes_the_link_and_then_only_announcements_flow():
+    n = linked(peers=("b", "c"))
+    n.on_message("b", m.Push(hops=1, item=item()), NOW)
+    effects = n.on_message("c", m.Push(hops=2, item=item()), NOW)
+    assert [e.peer for e in sends(effects, m.Prune)] == ["c"]
+    assert n.lazy_peers == ["c"]
+    effects = n.on_message("b", m.Push(hops=1, item=item(key="bundle/other")), NOW)
+    assert [e.peer for e in sends(effects, m.IHave)] == ["c"] and not sends(effects, m.Push)
+
+
+def test_announced_message_is_grafted_when_it_does_not_arrive():
+    n = linked(peers=("b", "c"), graft_timeout_ms=500)
+    it = item()
+    effects = n.on_message("c", m.IHave(entries=((it.digest(), 2),)), NOW)
+    assert not sends(effects)
+    assert n.next_deadline() <= NOW + 500
+    effects = n.on_tick(NOW + 500)
+    grafts = sends(effects, m.Graft)
+    assert [(e.peer, e.msg.msg_ids) for e in grafts] == [("c", (it.digest(),))]
+
+
+def test_graft_is_answered_with_the_message():
+    n = linked(peers=("b", "c"))
+    it = item()
+    n.on_message("b", m.Push(hops=1, item=it), NOW)
+    effects = n.on_message("c", m.Graft(msg_ids=(it.digest(),)), NOW)
+    assert [(e.peer, e.msg.item) for e in sends(effects, m.Push)] == [("c", it)]
+
+
+def test_ephemeral_broadcast_is_delivered_once_and_expires():
+    n = linked(peers=("b", "c"))
+    msg_id = bytes(range(16))
+    eph = m.Ephemeral(msg_id=msg_id, origin="z", deadline_ms=NOW + 1_000, hops=2, payload=b"run")
+    first = n.on_message("b", eph, NOW)
+    assert [e for e in first if type(e) is Delivered] == [Delivered(msg_id=msg_id, origin="z", payload=b"run", hops=2)]
+    again = n.on_message("c", eph, NOW + 10)
+    assert not [e for e in again if type(e) is Delivered]
+    late = m.Ephemeral(msg_id=bytes(16), origin="z", deadline_ms=NOW + 1_000, hops=2, payload=b"late")
+    assert not [e for e in n.on_message("b", late, NOW + 1_001) if type(e) is Delivered]
+
+
+def test_local_broadcast_returns_an_id_and_delivers_here_too():
+    n = linked(peers=("b",))
+    msg_id, effects = n.broadcast(b"query", NOW, ttl_ms=5_000)
+    assert len(msg_id) == 16
+    assert [e for e in effects if type(e) is Delivered] == [Delivered(msg_id=msg_id, origin="a", payload=b"query", hops=0)]
+    (push,) = sends(effects, m.Ephemeral)
+    assert push.peer == "b" and push.msg.deadline_ms == NOW + 5_000
+    with pytest.raises(ProtocolError):
+        n.broadcast(b"x", NOW, ttl_ms=0)
+
+
+def test_join_sends_join_and_the_contact_adopts_the_joiner():
+    joiner, contact = node("j"), linked("c", peers=("x", "y"))
+    effects = joiner.join(["c"], NOW)
+    assert [(e.peer, type(e.msg)) for e in sends(effects)] == [("c", m.Join)]
+    effects = contact.on_message("j", m.Join(), NOW)
+    assert PeerUp(peer="j") in effects
+    walks = sends(effects, m.ForwardJoin)
+    assert sorted(e.peer for e in walks) == ["x", "y"] and all(e.msg.joiner == "j" for e in walks)
+    assert [e.peer for e in sends(effects, m.Welcome)] == ["j"]
+
+
+def test_isolated_node_keeps_retrying_its_contacts():
+    n = node("j", join_retry_ms=1_000, jitter=0.0)
+    n.join(["c1", "c2"], NOW)
+    targets = set()
+    t = NOW
+    for _ in range(20):
+        t = n.next_deadline()
+        targets |= {e.peer for e in sends(n.on_tick(t), m.Join)}
+    assert targets == {"c1", "c2"}
+    assert t <= NOW + 21 * 1_000
+
+
+def test_send_failure_removes_the_peer_and_asks_a_spare():
+    n = linked(peers=("b",))
+    n.on_message("s", m.ShuffleReply(peers=("spare",)), NOW)
+    assert n.passive_view == ["spare"]
+    effects = n.on_send_failed("b", NOW + 5)
+    assert PeerDown(peer="b") in effects
+    asks = sends(effects, m.Neighbor)
+    assert [(e.peer, e.msg.high_priority) for e in asks] == [("spare", True)]
+    effects = n.on_message("spare", m.NeighborReply(accepted=True), NOW + 10)
+    assert PeerUp(peer="spare") in effects and n.active_view == ["spare"]
+
+
+def test_silent_neighbour_is_probed_then_declared_failed():
+    n = linked(peers=("b",), probe_interval_ms=1_000, probe_timeout_ms=3_000, jitter=0.0)
+    pings = sends(n.on_tick(NOW + 1_000), m.Ping)
+    assert [e.peer for e in pings] == ["b"]
+    effects = n.on_tick(NOW + 3_000)
+    assert PeerDown(peer="b") in effects and n.active_view == []
+
+
+def test_leave_says_goodbye_to_every_neighbour():
+    n = linked(peers=("b", "c"))
+    effects = n.leave(NOW)
+    assert sorted(e.peer for e in sends(effects, m.Disconnect) if e.msg.leaving) == ["b", "c"]
+    assert n.active_view == []
+
+
+def test_node_ignores_messages_from_itself_and_refuses_non_messages():
+    n = linked()
+    assert n.on_message("a", m.Join(), NOW) == []
+    with pytest.raises(ProtocolError):
+        n.on_message("b", "hello", NOW)  # type: ignore[arg-type]
+
+
+def test_next_deadline_is_far_when_idle_and_tick_before_it_does_nothing():
+    n = node(jitter=0.0)
+    assert n.next_deadline() == 0  # not started yet: tick me now
+    n.on_tick(NOW)
+    d = n.next_deadline()
+    assert d > NOW
+    assert n.on_tick(d - 1) == []
