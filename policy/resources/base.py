@@ -118,6 +118,33 @@ class Context:
             return p
         return str(self.root) + p if p.startswith("/") else os.path.join(str(self.root), p)
 
+    def confined(self, p: str) -> str:
+        """``path(p)``, refusing it when a symlink in a parent leads out of the root.
+
+        Called before every write. The last component is never followed
+        (writes rename over it, checks use lstat), so only parents matter;
+        their resolved paths are cached until a symlink is changed.
+        """
+        full = self.path(p)
+        if not self.rooted:
+            return full
+        parent = os.path.dirname(full)
+        real = self.cache.get("real:" + parent)
+        if real is None:
+            real = os.path.realpath(parent)
+            self.cache["real:" + parent] = real
+        root = self.cache.get("real-root")
+        if root is None:
+            root = self.cache["real-root"] = os.path.realpath(str(self.root))
+        if real != root and not real.startswith(root.rstrip("/") + "/"):
+            raise ResourceError(f"{p} would be written outside the root {self.root} (a parent resolves to {real})")
+        return full
+
+    def forget_paths(self) -> None:
+        """Drop resolved parents after a symlink was created or changed."""
+        for key in [k for k in self.cache if k.startswith("real:")]:
+            del self.cache[key]
+
     def run(
         self,
         argv: list[str] | tuple[str, ...],

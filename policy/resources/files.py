@@ -223,7 +223,7 @@ class FileResource(Resource):
         return Change(summary=tuple(summary), diff=diff, data="write" if rewrite else "meta")
 
     def apply(self, ctx: Context, change: Change) -> str:
-        path = ctx.path(self.name)
+        path = ctx.confined(self.name)
         if change.data == "remove":
             os.unlink(path)
             return ""
@@ -287,7 +287,7 @@ class DirectoryResource(Resource):
         return Change(summary=tuple(summary), diff="\n".join(summary) + "\n", data="meta")
 
     def apply(self, ctx: Context, change: Change) -> str:
-        path = ctx.path(self.name)
+        path = ctx.confined(self.name)
         if change.data == "remove":
             if self.attrs["force"]:
                 import shutil
@@ -350,7 +350,8 @@ class SymlinkResource(Resource):
         return Change(summary=(f"replace file with symlink -> {to}",), diff=f"symlink {self.name} -> {to}\n", data="create")
 
     def apply(self, ctx: Context, change: Change) -> str:
-        path = ctx.path(self.name)
+        path = ctx.confined(self.name)
+        ctx.forget_paths()
         if change.data == "remove":
             os.unlink(path)
             return ""

@@ -265,3 +265,28 @@ def test_mode_only_drift_is_fixed_in_place(tmp_path):
     assert report.by_id()["file:/etc/app.conf"].changes == ("mode 0666 -> 0600",)
     assert (tmp_path / "etc/app.conf").stat().st_ino == inode
     assert (tmp_path / "etc/app.conf").stat().st_mode & 0o7777 == 0o600
+
+
+def test_a_symlink_in_the_root_cannot_lead_a_write_outside_it(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    os.symlink(outside, root / "etc")
+    res = [
+        {"file": "/etc/motd", "content": "escaped?\n"},
+        {"directory": "/etc/sub"},
+        {"symlink": "/srv/current", "to": str(outside)},
+        {"file": "/srv/current/index.html", "content": "x\n", "require": "symlink:/srv/current"},
+        {"file": "/srv/inside", "content": "fine\n"},
+    ]
+    report = converge([bundle(res)], root=root, facts=FACTS)
+    status = {r.id: r.status for r in report.resources}
+    assert status == {
+        "file:/etc/motd": "failed",
+        "directory:/etc/sub": "failed",
+        "symlink:/srv/current": "changed",
+        "file:/srv/current/index.html": "failed",
+        "file:/srv/inside": "changed",
+    }
+    assert "outside the root" in report.by_id()["file:/etc/motd"].error
+    assert list(outside.iterdir()) == []
