@@ -6,7 +6,8 @@ can store ``to_json()`` and read it back with ``Report.from_json``.
 Statuses: ``unchanged`` (check found nothing to do; ``reason`` says why),
 ``changed`` (a difference was found and applied; in a dry run, would be
 applied), ``failed`` (``error`` says why), ``skipped`` (something it
-requires failed or was skipped).
+requires failed or was skipped). Resources whose ``when`` selector does
+not match this node are not part of the converge and do not appear.
 """
 
 from __future__ import annotations
