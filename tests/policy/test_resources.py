@@ -433,3 +433,21 @@ def test_filesystem_resources_table(tmp_path, res, files, setup, expected, check
     assert check(tmp_path)
     if expected == "changed":
         assert converge([bundle([res], files=files)], root=tmp_path, facts=FACTS).changed == 0
+
+
+@pytest.mark.skipif(shutil.which("systemctl") is None, reason="needs the systemctl binary (no running systemd needed)")
+def test_service_enabled_under_a_root_with_the_real_systemctl(tmp_path):
+    """Real systemctl --root edits unit symlinks offline; run state is not managed here."""
+    unit = "[Unit]\nDescription=test\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"
+    res = [
+        {"file": "/etc/systemd/system/gvunit.service", "content": unit},
+        {"service": "gvunit", "enabled": True, "require": "file:/etc/systemd/system/gvunit.service"},
+    ]
+    first = run(res, tmp_path)
+    assert statuses(first) == {"file:/etc/systemd/system/gvunit.service": "changed", "service:gvunit": "changed"}, first.to_json()
+    assert os.path.islink(tmp_path / "etc/systemd/system/multi-user.target.wants/gvunit.service")
+    second = run(res, tmp_path)
+    assert second.by_id()["service:gvunit"].reason == "enabled"
+    off = run([{**res[0]}, {**res[1], "enabled": False}], tmp_path)
+    assert off.by_id()["service:gvunit"].changes == ("disable",)
+    assert not os.path.lexists(tmp_path / "etc/systemd/system/multi-user.target.wants/gvunit.service")
