@@ -50,7 +50,12 @@ def _fleet(target: str | None, dry_run: bool, check: bool, as_json: bool, agent:
     if as_json:
         emit_json({**result, "check": check})
     else:
+        for key in ("skipped_reason", "error"):
+            if result.get(key):
+                click.echo(f"{key.replace('_', ' ')}: {result[key]}", err=key == "error")
         _print_text(report, verbose=False)
+    if result.get("error"):
+        return 1
     return _exit_status(report, check, as_json)
 
 
