@@ -10,7 +10,7 @@ from grapevine.simulation.engine import Simulator
 from grapevine.simulation.observers import SafetyViolation
 from grapevine.simulation.runner import run_protocol
 
-PROTOCOLS = ["baseline"]
+PROTOCOLS = ["baseline", "plumtree"]
 
 
 def _item(key: str, wall: int, payload: bytes = b"x", author: str = "a") -> SignedItem:
