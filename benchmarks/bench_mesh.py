@@ -107,7 +107,7 @@ class Procs:
 
 
 # -- grapevine -----------------------------------------------------------------
-def start_grapevine(n: int, base: Path, procs: Procs, preset: str) -> tuple[list[subprocess.Popen], list[Path], SigningKey]:
+def start_grapevine(n: int, base: Path, procs: Procs, preset: str, fsync: bool) -> tuple[list[subprocess.Popen], list[Path], SigningKey]:
     keys = base / "keys"
     keys.mkdir()
     alice = SigningKey.generate()
@@ -118,7 +118,7 @@ def start_grapevine(n: int, base: Path, procs: Procs, preset: str) -> tuple[list
     write_key_file(keys / "fleet.netkey", generate_key())
     ports = free_ports(n)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRAPEVINE_")}
-    env.update(GRAPEVINE_GOSSIP_PRESET=preset, GRAPEVINE_LOG_LEVEL="warning")
+    env.update(GRAPEVINE_GOSSIP_PRESET=preset, GRAPEVINE_LOG_LEVEL="warning", GRAPEVINE_FSYNC=str(fsync).lower())
     pids, socks = [], []
     for i, port in enumerate(ports):
         d = base / f"g{i}"
@@ -152,9 +152,9 @@ def grapevine_round(socks: list[Path], author: SigningKey, r: int) -> tuple[floa
         hist = c.get(f"/v1/history?name={name}")
         acc = next((v["accepted_ms"] for v in hist["versions"] if v["version"] == version), None)
         for rep in c.get("/v1/reports?limit=10")["reports"]:
-            rv = rep["report"].get("bundles", {}).get(name)
+            rv = rep["report"].get("versions", {}).get(name)
             if rv == version and rep["trigger"] != "api":
-                return acc, rep["report"]["at_ms"] + rep["report"]["duration_ms"]
+                return acc, rep["report"]["started_ms"] + int(rep["report"]["duration_ms"])
         return None
 
     results: dict[int, tuple[int, int]] = {}
@@ -241,6 +241,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--idle-s", type=float, default=30.0)
     ap.add_argument("--preset", choices=["lan", "local"], default="lan")
+    ap.add_argument("--no-fsync", dest="fsync", action="store_false", help="agents commit to the OS cache only")
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-mesh.md")))
     args = ap.parse_args()
     have_serf = shutil.which("serf") is not None
@@ -248,7 +249,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bench_mesh_"))
     try:
         print(f"starting {args.nodes} grapevine agents (preset {args.preset})", flush=True)
-        g_procs, socks, author = start_grapevine(args.nodes, base, procs, args.preset)
+        g_procs, socks, author = start_grapevine(args.nodes, base, procs, args.preset, args.fsync)
         s_procs = []
         if have_serf:
             print(f"starting {args.nodes} serf agents", flush=True)
@@ -275,7 +276,7 @@ def main() -> None:
         procs.kill_all()
         shutil.rmtree(base, ignore_errors=True)
     res = {
-        "nodes": args.nodes, "rounds": args.rounds, "preset": args.preset,
+        "nodes": args.nodes, "rounds": args.rounds, "preset": args.preset, "fsync": args.fsync,
         "grapevine_delivered_ms_median": statistics.median(g_del),
         "grapevine_converged_ms_median": statistics.median(g_conv),
         "serf_event_ms_median": statistics.median(s_del) if s_del else None,
@@ -303,7 +304,7 @@ def write_results(path: Path, res: dict, g_del: list, g_conv: list, s_del: list)
     ]
     text = f"""# Mesh benchmark: {res['nodes']} grapevine agents beside {res['nodes']} Serf agents
 
-Produced by `python benchmarks/bench_mesh.py --nodes {res['nodes']} --rounds {res['rounds']} --preset {res['preset']}`
+Produced by `python benchmarks/bench_mesh.py --nodes {res['nodes']} --rounds {res['rounds']} --preset {res['preset']}{'' if res['fsync'] else ' --no-fsync'}`
 on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {serf_v}; all agents on loopback,
 both fleets running at once. Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
 
@@ -314,7 +315,8 @@ both fleets running at once. Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gm
 - grapevine "delivery": from just before the inject call on one agent to the last of the
   {res['nodes']} agents accepting the signed bundle (its `accepted_ms`, committed to SQLite).
   "converge report": to the end of the last agent's converge of that bundle (a file under its
-  --root), including the {200} ms debounce.
+  --root). Agents commit every accepted item to SQLite {'with fsync' if res['fsync'] else 'without fsync'} before
+  forwarding it; the converge starts at once on the first arrival after a quiet 200 ms window.
 - Serf: from just before `serf event -coalesce=false` to the last agent's user-event handler
   writing its timestamp (a `/bin/sh` script; Serf forks it per event).
 - Idle: CPU time from /proc over the same window for both fleets, after 5 s of settling.

@@ -157,6 +157,7 @@ class Agent:
         self._isolated = asyncio.Event()
         self._converge_lock = asyncio.Lock()
         self._converge_handle: asyncio.TimerHandle | None = None
+        self._last_converge_start = float("-inf")  # loop time the last converge began
         self._tasks: set[asyncio.Task] = set()
         self._join_ids: dict[str, str] = {}  # configured HOST:PORT -> node id learned by hello
         self._isolated_since: int | None = None
@@ -279,6 +280,8 @@ class Agent:
             self.metrics.items.set(len(self.node.store))
             if any(e.item.key.startswith(BUNDLE_PREFIX) for e in accepted):
                 self.schedule_converge("bundle")
+            elif any(e.item.key == ROOT_KEY for e in accepted):
+                self.schedule_converge("trust")  # a revoked publisher's bundles stop being applied
         for e in effects:
             if isinstance(e, Send):
                 try:
@@ -365,12 +368,18 @@ class Agent:
 
     # -- convergence ----------------------------------------------------
     def targeted_bundles(self) -> list[tuple[Any, Version]]:
+        """Stored bundles that target this node and that the current trust root still trusts."""
         from grapevine.policy import selectors
         from grapevine.policy.bundle import Bundle
 
         out = []
+        now = now_ms()
         for item in self.node.store.items():
             if not item.key.startswith(BUNDLE_PREFIX):
+                continue
+            refusal = self.admission.still_valid(item, now)
+            if refusal is not None:
+                log.warning("stored %s is not applied: %s under trust root serial %d", item.key, refusal, self.admission.root.serial)
                 continue
             try:
                 bundle = Bundle.decode(item.payload)
@@ -381,16 +390,24 @@ class Agent:
         return sorted(out, key=lambda bv: bv[0].name)
 
     def schedule_converge(self, trigger: str) -> None:
-        """Converge after the debounce delay; more arrivals within it join the same converge."""
+        """Converge soon, at most once per debounce window.
+
+        The first arrival after a quiet window converges at once; arrivals
+        within ``converge_debounce_ms`` of the last converge's start join one
+        converge at the end of the window, so a burst of bundles costs two
+        converges, not one per bundle.
+        """
         if self._converge_handle is not None or self._stop.is_set():
-            return
+            return  # already scheduled: this arrival joins it
         loop = asyncio.get_running_loop()
+        since = loop.time() - self._last_converge_start
+        delay = max(0.0, self.config.converge_debounce_ms / 1000 - since)
 
         def fire() -> None:
             self._converge_handle = None
             self._spawn(self._converge_quiet(trigger), "converge")
 
-        self._converge_handle = loop.call_later(self.config.converge_debounce_ms / 1000, fire)
+        self._converge_handle = loop.call_later(delay, fire)
 
     async def _converge_quiet(self, trigger: str) -> None:
         try:
@@ -403,6 +420,7 @@ class Agent:
         from grapevine.policy import engine
 
         async with self._converge_lock:
+            self._last_converge_start = asyncio.get_running_loop().time()
             targeted = self.targeted_bundles()
             if bundle_names:
                 wanted = set(bundle_names)
@@ -422,8 +440,10 @@ class Agent:
             ok = not doc.get("failed") and not doc.get("error")
             doc.update(
                 node=self.node_id, at_ms=at, trigger=trigger, dry_run=dry_run,
-                bundles={n: version_text(v) for n, v in versions.items()}, duration_ms=int(took * 1000),
+                versions={n: version_text(v) for n, v in versions.items()},
             )
+            doc.setdefault("bundles", sorted(versions))
+            doc.setdefault("duration_ms", int(took * 1000))
             if not dry_run:
                 self.state.add_report(at_ms=at, trigger=trigger, bundles=sorted(versions), ok=ok, report=doc)
                 self.state.set_applied(versions, at, ok)
@@ -460,7 +480,7 @@ class Agent:
             "network_key": self.ring.primary,
             "tags": dict(self.config.tags),
             "last_converge": None if last is None else {
-                k: last.get(k) for k in ("at_ms", "trigger", "changed", "unchanged", "failed", "skipped", "bundles", "error")
+                k: last.get(k) for k in ("at_ms", "trigger", "changed", "unchanged", "failed", "skipped", "versions", "error")
             },
         }
 

@@ -28,6 +28,7 @@ ENV_PREFIX = "GRAPEVINE_"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # a DNS label or so: shows up in ids and logs
 TAG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")  # selector grammar identifiers
 PRESETS = ("lan", "local")
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes including the terminating NUL on Linux
 # What the daemon changes in the core's presets. Over the daemon's transport a peer
 # that dies closes its link at once and a silent link fails its WebSocket heartbeat
 # (link_heartbeat_s), so the core's own pings of active peers can be three times
@@ -108,7 +109,7 @@ class AgentConfig:
     gossip_preset: str = "lan"  # lan | local (short intervals for tests and the demo)
     gossip: Mapping[str, float] = field(default_factory=dict)  # GossipConfig fields overriding the preset
     tick_max_ms: int = 5000  # the core is ticked at least this often even when it asks for nothing
-    converge_debounce_ms: int = 200  # bundles arriving together converge once
+    converge_debounce_ms: int = 200  # at most one converge per window; bundles arriving within it converge together
     converge_interval_s: float = 1800.0  # periodic converge corrects drift
     converge_splay_s: float = 300.0  # random extra delay so a fleet does not converge in lockstep
     converge_on_start: bool = True  # converge what the store holds once after start
@@ -311,6 +312,8 @@ def check_config(cfg: AgentConfig) -> None:
             raise ConfigError(f"{name}: must not be negative (got {getattr(cfg, name)})")
     if cfg.rejoin_max_s < cfg.rejoin_min_s:
         raise ConfigError("rejoin_max_s: must not be smaller than rejoin_min_s")
+    if len(str(cfg.socket_path).encode()) > MAX_SOCKET_PATH:
+        raise ConfigError(f"api_socket: {cfg.socket_path} is longer than {MAX_SOCKET_PATH} bytes; choose a shorter path")
     if cfg.trust is not None and not cfg.trust.is_file():
         raise ConfigError(f"trust: trust root file {cfg.trust} does not exist")
     if cfg.network_key is not None and not cfg.network_key.is_file():

@@ -234,6 +234,15 @@ def test_rollback_reinjects_old_content_as_a_new_version(fleet, tmp_path):
     assert len(hist) == 3 and hist[2]["current"]
     refused = fleet.cli("rollback", "app/conf", "--to", "99.0.x", "--key", str(fleet.keys.author), agent=a, check=False)
     assert refused.returncode == 2
+    # `grapevine converge` without --local goes through the agent: already converged, nothing changes
+    report = fleet.cli_json("converge", agent=a)
+    assert report["changed"] == 0 and report["failed"] == 0 and report["node"] == a.node_id
+    (a.root / "etc/app.conf").write_text("drifted\n")
+    assert fleet.cli_json("converge", "--dry-run", agent=a)["changed"] == 1  # dry run: reported, not done
+    assert (a.root / "etc/app.conf").read_text() == "drifted\n"
+    assert fleet.cli_json("converge", agent=a)["changed"] == 1
+    assert (a.root / "etc/app.conf").read_text() == "one\n"
+    assert fleet.cli_json("members", agent=a)["active"] == [b.node_id]
 
 
 def test_lone_agent_reports_stale_serves_private_api_and_exits_cleanly_on_sigterm(fleet, tmp_path):
@@ -244,6 +253,13 @@ def test_lone_agent_reports_stale_serves_private_api_and_exits_cleanly_on_sigter
     assert stat.S_IMODE(os.stat(a.sock).st_mode) == 0o600
     st = wait_until(lambda: (s := a.status())["stale"] and s, 10, what="stale status")
     assert st["status"].startswith("stale since ")
+    # a burst of bundles converges in a few debounced converges, not one per bundle
+    for n in range(12):
+        a.client().post("/v1/inject", data=pack_bundle(fleet.keys, f"burst/b{n}", None, {f"/srv/b{n}": "x\n"}).encode())
+    wait_until(lambda: all((a.root / f"srv/b{n}").is_file() for n in range(12)), 20, what="the burst applied")
+    reports = a.client().get("/v1/reports?limit=50")["reports"]
+    assert 1 <= len(reports) < 12
+    assert set(reports[0]["report"]["versions"]) == {f"burst/b{n}" for n in range(12)}
     # a refused injection: signed by a key the trust root does not know
     from grapevine.policy.bundle import Bundle, pack
     from grapevine.policy.keys import SigningKey
