@@ -2,9 +2,9 @@
 
 An entry is a mapping such as ``{"file": "/etc/motd", "content": "hi"}``.
 Bundles store maps key-sorted, so the type is found by which key names a
-known type, never by position. Two type names can also be attributes
-(``group`` of a file, ``user`` nowhere yet): an entry's type is the type key
-whose remaining keys are all attributes of that type.
+known type, never by position. A type name can also be an attribute
+(``group`` of a file or a user): an entry's type is then the type key whose
+remaining keys are all attributes of that type.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ to the running service manager of this machine, which has no notion of a
 root, so those commands are always sent to it as they are.
 
 A notify from a changed resource restarts the service (``reload`` when the
-resource says ``reload: true``), unless this converge just started it.
+resource says ``reload: true``), unless this converge just started it; when
+``running`` is not managed, ``try-restart`` leaves a stopped service stopped.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ class ServiceResource(Resource):
             return None
         if just_changed is not None and any(c[1:2] == ["start"] for c in just_changed.data):
             return None  # freshly started: already running the new configuration
-        verb = "reload" if self.attrs["reload"] else "restart"
+        if self.attrs["running"]:
+            verb = "reload" if self.attrs["reload"] else "restart"
+        else:  # run state not managed: refresh it only if it is running
+            verb = "try-reload-or-restart" if self.attrs["reload"] else "try-restart"
         argv = [SYSTEMCTL, verb, self.name]
         return Change(summary=(verb,), diff=format_argv(argv) + "\n", data=[argv])

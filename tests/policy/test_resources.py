@@ -111,6 +111,7 @@ case "$verb" in
   is-active) [ -e "$FAKE_SYSTEMD_STATE/active-$unit" ] ;;
   is-enabled) [ -e "$FAKE_SYSTEMD_STATE/enabled-$unit" ] ;;
   start|restart|reload) touch "$FAKE_SYSTEMD_STATE/active-$unit" ;;
+  try-restart|try-reload-or-restart) true ;;
   stop) rm -f "$FAKE_SYSTEMD_STATE/active-$unit" ;;
   enable) touch "$FAKE_SYSTEMD_STATE/enabled-$unit" ;;
   disable) rm -f "$FAKE_SYSTEMD_STATE/enabled-$unit" ;;
@@ -186,6 +187,17 @@ def test_changed_config_restarts_or_reloads_the_notified_service(systemd, reload
     assert systemd.log() == ["is-active --quiet nginx", f"{verb} nginx"]
     run(res, root)
     assert systemd.log() == ["is-active --quiet nginx"]
+
+
+def test_service_with_unmanaged_run_state_gets_try_restart(systemd):
+    """Runs the stand-in systemctl: no probe of the run state, a try-restart on notify."""
+    res = [
+        {"file": "/etc/app.conf", "content": "a\n", "notify": "service:app"},
+        {"service": "app", "enabled": True},
+    ]
+    systemd.set("enabled-app")
+    run(res, systemd.root)
+    assert systemd.log() == [f"--root={systemd.root} is-enabled --quiet app", "try-restart app"]
 
 
 def test_service_started_by_this_converge_is_not_restarted_again(systemd):
