@@ -149,8 +149,16 @@ def converge(
                 elif change is None:
                     reason += f"; notified by {', '.join(notifiers)}, nothing to refresh"
         except (ResourceError, OSError, PolicyError) as exc:
-            status[rid] = "failed"
             error = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+            pending = [d for d in waits_for.get(rid, ()) if d in applied] if dry_run else []
+            if pending:
+                # A dry run did not make the change this resource depends on
+                # (the user that should own the file, ...): not a failure.
+                status[rid] = "skipped"
+                why = f"cannot be checked before the planned change to {', '.join(pending)} ({error})"
+                results.append(ResourceReport(id=rid, bundle=entry.bundle, status="skipped", reason=why))
+                continue
+            status[rid] = "failed"
             results.append(_failed(rid, entry.bundle, error, changes, diffs, t0))
             log.error("%s failed: %s", rid, error)
             continue

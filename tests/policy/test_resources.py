@@ -463,3 +463,19 @@ def test_service_enabled_under_a_root_with_the_real_systemctl(tmp_path):
     off = run([{**res[0]}, {**res[1], "enabled": False}], tmp_path)
     assert off.by_id()["service:gvunit"].changes == ("disable",)
     assert not os.path.lexists(tmp_path / "etc/systemd/system/multi-user.target.wants/gvunit.service")
+
+
+@needs_shadow
+def test_dry_run_does_not_fail_a_file_owned_by_a_user_it_has_not_created_yet(tmp_path):
+    res = [
+        {"user": "gvlater", "uid": 23460},
+        {"file": "/owned", "content": "x\n", "owner": "gvlater", "require": "user:gvlater"},
+    ]
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    plan = run(res, tmp_path, dry_run=True)
+    assert statuses(plan) == {"user:gvlater": "changed", "file:/owned": "skipped"}
+    assert "cannot be checked before the planned change to user:gvlater" in plan.by_id()["file:/owned"].reason
+    assert not (tmp_path / "owned").exists()
+    assert statuses(run(res, tmp_path)) == {"user:gvlater": "changed", "file:/owned": "changed"}
+    assert (tmp_path / "owned").stat().st_uid == 23460
