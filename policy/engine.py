@@ -74,7 +74,7 @@ def plan(bundles: Sequence, *, root: Path, facts: Mapping[str, Any]) -> tuple[Ca
     for rid in catalog.order:
         entry = catalog.entries[rid]
         if not entry.when.matches(facts):
-            log.debug("%s not selected on this node (when: %s)", rid, entry.when.text)
+            log.debug("[%s] %s not selected on this node (when: %s)", facts.get("name", ""), rid, entry.when.text)
             continue
         try:
             entry.resource.prepare(ctx)
@@ -98,6 +98,7 @@ def converge(
     root = Path(root)
     catalog, selected, ctx = plan(bundles, root=root, facts=facts)
     ctx.dry_run = dry_run
+    node = str(facts.get("name", ""))
     results: list[ResourceReport] = []
     status: dict[str, str] = {}
     applied: dict[str, Change] = {}
@@ -115,7 +116,7 @@ def converge(
             why = ", ".join(f"{d} ({status[d]})" for d in blocked)
             status[rid] = "skipped"
             results.append(ResourceReport(id=rid, bundle=entry.bundle, status="skipped", reason=f"depends on {why}"))
-            log.warning("%s skipped: depends on %s", rid, why)
+            log.warning("[%s] %s skipped: depends on %s", node, rid, why)
             continue
         changes: list[str] = []
         diffs: list[str] = []
@@ -160,17 +161,17 @@ def converge(
                 continue
             status[rid] = "failed"
             results.append(_failed(rid, entry.bundle, error, changes, diffs, t0))
-            log.error("%s failed: %s", rid, error)
+            log.error("[%s] %s failed: %s", node, rid, error)
             continue
         except Exception as exc:  # a provider bug must not stop the converge
             status[rid] = "failed"
-            log.exception("%s failed unexpectedly", rid)
+            log.exception("[%s] %s failed unexpectedly", node, rid)
             results.append(_failed(rid, entry.bundle, f"{type(exc).__name__}: {exc}", changes, diffs, t0))
             continue
         st = "changed" if changes else "unchanged"
         status[rid] = st
         if st == "changed":
-            log.info("%s %s: %s", rid, "would change" if dry_run else "changed", "; ".join(changes))
+            log.info("[%s] %s %s: %s", node, rid, "would change" if dry_run else "changed", "; ".join(changes))
         results.append(
             ResourceReport(
                 id=rid,
@@ -187,7 +188,7 @@ def converge(
     return Report(
         resources=tuple(results),
         dry_run=dry_run,
-        node=str(facts.get("name", "")),
+        node=node,
         root=str(root),
         bundles=tuple(chosen),
         started_ms=started_ms,
