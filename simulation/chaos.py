@@ -7,7 +7,7 @@ One seeded run has three phases:
    limit) and joins through a few nodes already up;
 2. chaos: for ``chaos_ms`` of simulated time the network loses, duplicates
    and reorders messages; the fleet is cut into two or three sides a few
-   times; nodes crash (their store stays on disk) and come back, some with a
+   times (the last cut holds until the heal); nodes crash (their store stays on disk) and come back, some with a
    new clock offset; waves of concurrent injections write the same keys from
    many nodes at once; items of a marked class (which the validator refuses)
    are published and also pushed by forging nodes straight into the
@@ -299,7 +299,8 @@ class ChaosRun:
         end = t0 + p.chaos_ms
         sim.network.set_faults(loss=self.loss, duplicate=self.duplicate, reorder=self.reorder)
         # Partitions: a few episodes, one at a time, each long enough for
-        # failure detection to declare the other side dead.
+        # failure detection to declare the other side dead. The last one
+        # lasts until the end of the phase: the final heal heals a real cut.
         episodes = rng.randint(1, 3)
         slot = p.chaos_ms // episodes
         for i in range(episodes):
@@ -307,7 +308,8 @@ class ChaosRun:
             length = rng.randint(min(5_000, slot // 2), max(5_000, slot * 3 // 4))
             sides = rng.choice((2, 2, 3))
             sim.call_at(start, self._partition, sides)
-            sim.call_at(min(start + length, end), self._heal_cut)
+            if i < episodes - 1:
+                sim.call_at(min(start + length, end), self._heal_cut)
         # Crashes: most come back after a while, some only at the heal, a few never.
         crashes = rng.randint(1, max(1, int(p.crash_share * p.nodes)))
         for _ in range(crashes):
