@@ -230,3 +230,20 @@ def test_root_options_without_local_are_a_usage_error(tmp_path):
     res = grapevine("converge", "--root", str(tmp_path))
     assert res.returncode == 2
     assert "--local" in res.stderr
+
+
+@pytest.mark.parametrize("suffix,text", [
+    (".toml", 'bundle = "site/toml"\n[[resources]]\nfile = "/etc/motd"\ncontent = "from toml\\n"\nmode = "0640"\n'),
+    (".py", 'def bundles():\n    return {"bundle": "site/py", "resources": [{"file": "/etc/motd", "content": "from toml\\n", "mode": "0640"}]}\n'),
+])
+def test_toml_and_python_policies_converge_the_same_way(tmp_path, suffix, text):
+    policy = tmp_path / f"site{suffix}"
+    policy.write_text(text)
+    root = tmp_path / "root"
+    root.mkdir()
+    res = grapevine("converge", "--local", str(policy), "--root", str(root), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["changed"] == 1
+    assert (root / "etc/motd").read_text() == "from toml\n"
+    assert (root / "etc/motd").stat().st_mode & 0o7777 == 0o640
+    assert grapevine("converge", "--local", str(policy), "--root", str(root), "--check").returncode == 0
