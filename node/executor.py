@@ -20,6 +20,7 @@ import logging
 import os
 import pwd
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -27,7 +28,6 @@ log = logging.getLogger("grapevine.node")
 
 MAX_OUTPUT_BYTES = 64 * 1024  # per stream: enough for a status page, small enough for one result frame
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL: room for a clean exit, short against a deadline
-READ_CHUNK = 16 * 1024  # pipe reads; the pipe buffer is 64 KiB, four reads drain it
 TIMEOUT_EXIT = 124  # what timeout(1) reports, so operators read it the same way
 START_FAILED_EXIT = 127  # what a shell reports for a command it cannot run
 SHELL = "/bin/sh"  # POSIX shell for --shell actions; present on every supported system
@@ -68,16 +68,6 @@ class _Capture:
         return b"".join(self.parts)
 
 
-async def _drain(stream: asyncio.StreamReader | None, capture: _Capture) -> None:
-    if stream is None:
-        return
-    while True:
-        chunk = await stream.read(READ_CHUNK)
-        if not chunk:
-            return
-        capture.feed(chunk)
-
-
 def _user_kwargs(user: str | None) -> dict:
     """Arguments that make the child run as ``user`` (needs root unless it is us)."""
     if not user:
@@ -115,6 +105,58 @@ def _kill_group(pid: int, sig: int) -> None:
             pass
 
 
+@dataclass(slots=True)
+class _Child:
+    pid: int
+    readers: asyncio.Future  # both pipes drained (every holder closed them)
+    exited: asyncio.Future  # the exit status, once the process ended
+
+
+class _PipeReader(asyncio.Protocol):
+    def __init__(self, capture: _Capture, done: asyncio.Future) -> None:
+        self.capture, self.done = capture, done
+
+    def data_received(self, data: bytes) -> None:
+        self.capture.feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _start(argv: list[str], *, env: dict, cwd: str, user_kwargs: dict, out: _Capture, err: _Capture) -> _Child:
+    """Start the command in a new session with both output pipes watched.
+
+    ``subprocess.Popen`` starts it (vfork + exec when no user switch is
+    asked for: no copy of the agent's page tables) and a pidfd tells the
+    event loop when it exits, so no child watcher is involved and any loop
+    works (uvloop's own subprocess API cannot switch users). Without pidfd
+    support a worker thread waits for the exit instead.
+    """
+    loop = asyncio.get_running_loop()
+    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True, cwd=cwd, env=env, **user_kwargs)
+    exited: asyncio.Future
+    try:
+        pidfd = os.pidfd_open(popen.pid)
+    except (AttributeError, OSError):
+        exited = loop.run_in_executor(None, popen.wait)
+    else:
+        exited = loop.create_future()
+
+        def on_exit() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            if not exited.done():
+                exited.set_result(popen.wait())  # already a zombie: this only reaps it
+
+        loop.add_reader(pidfd, on_exit)
+    done_out, done_err = loop.create_future(), loop.create_future()
+    await loop.connect_read_pipe(lambda: _PipeReader(out, done_out), popen.stdout)
+    await loop.connect_read_pipe(lambda: _PipeReader(err, done_err), popen.stderr)
+    return _Child(pid=popen.pid, readers=asyncio.ensure_future(asyncio.gather(done_out, done_err)), exited=exited)
+
+
 async def execute(
     argv: list[str] | tuple[str, ...],
     *,
@@ -132,49 +174,40 @@ async def execute(
     def elapsed_ms() -> int:
         return int((time.monotonic() - started) * 1000)
 
+    out, err = _Capture(max_output), _Capture(max_output)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            cwd=cwd or "/",
-            env=env if env is not None else _child_env(user),
-            **_user_kwargs(user),
-        )
-    except (OSError, LookupError, ValueError) as exc:
+        child = await _start(list(argv), env=env if env is not None else _child_env(user), cwd=cwd or "/",
+                             user_kwargs=_user_kwargs(user), out=out, err=err)
+    except (OSError, LookupError, ValueError, subprocess.SubprocessError) as exc:
         return ExecResult(exit_code=START_FAILED_EXIT, stdout=b"", stderr=b"", duration_ms=elapsed_ms(),
                           error=f"cannot start {argv[0]!r}: {exc}")
 
-    out, err = _Capture(max_output), _Capture(max_output)
-    readers = asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err))
     timed_out = False
+    code: int | None = None
     try:
-        await asyncio.wait_for(asyncio.shield(readers), timeout_s)
-        await asyncio.wait_for(proc.wait(), max(0.0, timeout_s - (time.monotonic() - started)))
+        await asyncio.wait_for(asyncio.shield(child.readers), timeout_s)
+        code = await asyncio.wait_for(asyncio.shield(child.exited), max(0.0, timeout_s - (time.monotonic() - started)))
     except asyncio.TimeoutError:
         timed_out = True
-        _kill_group(proc.pid, signal.SIGTERM)
+        _kill_group(child.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+            await asyncio.wait_for(asyncio.shield(child.exited), KILL_GRACE_S)
         except asyncio.TimeoutError:
             pass
-        _kill_group(proc.pid, signal.SIGKILL)  # also children that ignored SIGTERM or outlived the leader
-        await proc.wait()
+        _kill_group(child.pid, signal.SIGKILL)  # also children that ignored SIGTERM or outlived the leader
+        code = await child.exited
         try:  # the pipes close once every holder in the group is gone
-            await asyncio.wait_for(readers, KILL_GRACE_S)
+            await asyncio.wait_for(child.readers, KILL_GRACE_S)
         except asyncio.TimeoutError:
-            readers.cancel()
+            child.readers.cancel()
     except asyncio.CancelledError:
-        _kill_group(proc.pid, signal.SIGKILL)
-        readers.cancel()
+        _kill_group(child.pid, signal.SIGKILL)
+        child.readers.cancel()
         raise
-    code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
     if timed_out:
-        log.info("command %r timed out after %.1f s; process group %d killed", argv[0], timeout_s, proc.pid)
+        log.info("command %r timed out after %.1f s; process group %d killed", argv[0], timeout_s, child.pid)
     return ExecResult(
-        exit_code=TIMEOUT_EXIT if timed_out else code,
+        exit_code=TIMEOUT_EXIT if timed_out else (code if code is not None else -signal.SIGKILL),
         stdout=out.value(),
         stderr=err.value(),
         duration_ms=elapsed_ms(),

@@ -52,6 +52,7 @@ QUERY_KIND = "query"  # broadcast kind of a discovery query (runs and fleet stat
 ANSWER_ROUTE = "query.answer"  # node -> origin: "I match"
 ORDER_ROUTE = "run.order"  # origin -> node: the signed order
 RESULT_ROUTE = "run.result"  # node -> origin: the signed result
+KEY_ROUTE = "run.key"  # origin -> node: the key held at the node's own address, to check an answer against
 
 QUIET_MS = 300  # discovery ends this long after the last answer: answers from a tree come in one burst
 QUIET_STRETCH = 0.5  # ...or half the time the answers took so far, when a busy fleet answers slowly
@@ -118,6 +119,7 @@ class _Run:
     results: dict[str, RunResult] = field(default_factory=dict)
     refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # node -> (reason, detail)
     unreachable: dict[str, str] = field(default_factory=dict)
+    reply_ms: dict[str, float] = field(default_factory=dict)  # order POST -> reply, per node
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -149,6 +151,7 @@ class RunService:
         a.add_peer_route(ANSWER_ROUTE, self._on_answer)
         a.add_peer_route(ORDER_ROUTE, self._on_order)
         a.add_peer_route(RESULT_ROUTE, self._on_result)
+        a.add_peer_route(KEY_ROUTE, self._on_key_request)
         a.add_api_route("GET", "/v1/run/origin", self._api_origin)
         a.add_api_route("POST", "/v1/run", self._api_run)
         a.add_api_route("POST", "/v1/fleet/query", self._api_query)
@@ -220,8 +223,24 @@ class RunService:
             key = PublicKey.from_bytes(raw)
         except Exception:
             return {"ok": False}
+        if remote:
+            # Anyone holding the network key can answer in another node's name; only the node
+            # listening at that id's address can say which key results from it are signed with.
+            try:
+                held = await self.agent.send_direct(node, KEY_ROUTE, {})
+            except Exception as exc:
+                self._refused("Unverified")
+                log.warning("discovery answer for %s refused: its address does not answer (%s)", node, exc)
+                return {"ok": False, "refused": "Unverified"}
+            if not isinstance(held, dict) or held.get("n") != node or held.get("pk") != raw:
+                self._refused("KeyMismatch")
+                log.warning("discovery answer for %s refused: the node at that address holds another key", node)
+                return {"ok": False, "refused": "KeyMismatch"}
         disc.add(node, key, info, remote=remote)
         return {"ok": True}
+
+    async def _on_key_request(self, body: Any) -> dict:
+        return {"n": self.agent.node_id, "pk": self.agent.node_key.public.raw}
 
     def status_info(self) -> dict:
         """What this node reports to a fleet status query."""
@@ -379,11 +398,13 @@ class RunService:
 
     async def _post_order(self, run: _Run, node: str) -> None:
         body = {"order": run.signed.to_wire()}
+        sent = time.monotonic()
         try:
             if node == self.agent.node_id:
                 reply = await self._on_order(body)
             else:
                 reply = await self.agent.send_direct(node, ORDER_ROUTE, body)
+            run.reply_ms[node] = (time.monotonic() - sent) * 1000
         except Exception as exc:
             run.unreachable[node] = str(exc) or type(exc).__name__
             run.events.put_nowait({"event": "unreachable", "node": node, "detail": run.unreachable[node]})
@@ -406,7 +427,8 @@ class RunService:
         run.keys = {n: k for n, (k, _) in disc.answers.items()}
         targets = sorted(run.keys)
         plan = runorder.plan_batches(targets, batch)
-        run.events.put_nowait({"event": "targets", "targets": targets, "discovery_ms": int(took),
+        last = int((disc.last - disc.started) * 1000) if disc.last is not None else None
+        run.events.put_nowait({"event": "targets", "targets": targets, "discovery_ms": int(took), "last_answer_ms": last,
                                "batches": len(plan)})
         batches, stopped_reason, failures, started = [], None, 0, now_ms()
         for index, nodes in enumerate(plan):
@@ -446,6 +468,8 @@ class RunService:
             "batches": batches,
             "stopped_reason": stopped_reason,
             "discovery_ms": int(took),
+            "last_answer_ms": last,
+            "order_reply_ms": _percentiles(list(run.reply_ms.values())),
             "duration_ms": now_ms() - started + int(took),
         }
         doc["ok"] = not doc["failed"] and not doc["missing"] and stopped_reason is None
@@ -535,6 +559,13 @@ def _json_default(obj: Any) -> Any:
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=_json_default))
+
+
+def _percentiles(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return {"p50": round(v[len(v) // 2], 1), "p90": round(v[min(len(v) - 1, len(v) * 9 // 10)], 1), "max": round(v[-1], 1)}
 
 
 def _version_text(v: Any) -> Any:

@@ -16,8 +16,22 @@ from grapevine.node.executor import (
 )
 
 
+LOOP = {"kind": "asyncio"}
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_kind(request):
+    """Every test runs on the stdlib loop and on uvloop (what the agent uses)."""
+    LOOP["kind"] = request.param
+    yield request.param
+
+
 def run(argv, **kw):
     kw.setdefault("timeout_s", 10)
+    if LOOP["kind"] == "uvloop":
+        import uvloop
+
+        return uvloop.run(execute(argv, **kw))
     return asyncio.run(execute(argv, **kw))
 
 
@@ -98,3 +112,18 @@ def test_child_environment_is_minimal():
         del os.environ["GRAPEVINE_SECRET_TEST"]
     assert b"GRAPEVINE_SECRET_TEST" not in res.stdout
     assert b"PATH=" in res.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_command_runs_as_the_configured_user():
+    import pwd
+
+    res = run(["id", "-u"], user="nobody")
+    assert res.exit_code == 0 and int(res.stdout) == pwd.getpwnam("nobody").pw_uid
+
+
+def test_many_quick_commands_leave_no_zombies():
+    for _ in range(20):
+        assert run(["true"]).exit_code == 0
+    with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as fh:
+        assert fh.read().strip() == ""
