@@ -17,8 +17,10 @@ import time
 from collections import Counter
 
 import pytest
-from hostile_peer import metrics_delta, now_ms, scrape_metrics
+from hostile_peer import HostilePeer, metrics_delta, now_ms, scrape_metrics
+from hostile_server import HostileServer
 
+from grapevine.cli.demo import free_port
 from grapevine.cli.run import agent_stream
 from grapevine.gossip import codec
 from grapevine.gossip import messages as m
@@ -33,6 +35,7 @@ FLOOD_MESSAGES = 1500  # bounded flood: enough to fill queues and caches on a 2-
 FLOOD_WORKERS = 8  # concurrent connections the hostile keeps open
 SETTLE_S = 1.0  # time for a refused item to have spread, had it been accepted
 RUN_TIMEOUT_S = 60.0  # a genuine run stream from start to summary
+DISCOVERY_RUNS = 3  # genuine runs while the hostile member lies in discovery: it races honest answers each time
 
 
 def stores(world) -> dict[str, dict[str, str]]:
@@ -319,6 +322,32 @@ def test_genuine_bundle_converges_through_a_flood_and_membership_lies(world):
     print(f"genuine v3 applied everywhere {took:.2f} s after injection, flood running {time.monotonic() - t0:.1f} s")
 
 
+def test_lies_in_discovery_cannot_plant_forged_run_results(world):
+    """A hostile member answers every run discovery in each honest node's name with its own key,
+    then forges those nodes' results: the origin must keep only the genuine ones."""
+    port = free_port()
+    member = HostilePeer(world.mesh.netkey_path, name="mallory", port=port)
+    server = HostileServer(member, port, [a.node_id for a in world.agents])
+    server.start()
+    try:
+        origin = world.agents[0]
+        server.call(server.join(origin.node_id))
+        world.mesh.wait_until(lambda: member.node_id in world.mesh.api(origin, "GET", "/v1/members")["active"],
+                              20, "the hostile member to be in the origin's active view")
+        for attempt in range(DISCOVERY_RUNS):
+            marker = world.base / f"discovery-{attempt}.marker"
+            done = _genuine_run(world, f"echo genuine; echo ran >> {marker}")
+            honest = {r["node"]: r for r in done["results"] if r["node"] != member.node_id}
+            assert sorted(honest) == sorted(a.node_id for a in world.agents), (attempt, done)
+            assert {r["stdout"] for r in honest.values()} == {"genuine\n"}, (attempt, done["results"])
+            assert len(marker.read_text().splitlines()) == len(world.agents)
+        assert server.queries, "the hostile member never saw a discovery query: the attack did not happen"
+        assert server.forged_results, "the hostile member was never sent an order: it could not forge results"
+        assert not [r for _, r in server.forged_results if isinstance(r, dict) and r.get("ok")], server.forged_results
+    finally:
+        server.stop()
+
+
 def test_attack_shows_by_reason_in_every_honest_nodes_metrics(world, hostile_report):
     per_node = {a.name: metrics_delta(world.baseline[a.port], scrape_metrics(a.port)) for a in world.agents}
     total: Counter = Counter()
@@ -333,3 +362,6 @@ def test_attack_shows_by_reason_in_every_honest_nodes_metrics(world, hostile_rep
             assert c[("grapevine_bad_frames", reason)] > 0, (name, reason, c)
         for reason in ("Replayed", "UnknownKey", "BadSignature", "Expired"):
             assert c[("grapevine_run_refusals", reason)] > 0, (name, reason, c)
+    origin = per_node[world.agents[0].name]
+    for reason in ("KeyMismatch", "UnknownNode", "Malformed"):  # discovery lies and forged results, at the origin
+        assert origin[("grapevine_run_refusals", reason)] > 0, (reason, origin)
