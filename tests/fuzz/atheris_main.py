@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=5, help="per-input bound in seconds")
     ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     sys.path.insert(0, HERE)
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # decoders of files read them from memory
     scratch = tempfile.mkdtemp(prefix="grapevine-fuzz-", dir=shm)
