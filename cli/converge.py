@@ -92,13 +92,14 @@ def _print_text(report, *, verbose: bool) -> None:
 @click.option("--name", default=None, help="Node name fact (default: the hostname).")
 @click.option("--target", default=None, help="Selector: which nodes converge (fleet form; with --local, whether this node does).")
 @click.option("--agent", default=None, help="Agent socket for the fleet form.")
+@click.option("--node-key", type=click.Path(dir_okay=False, path_type=Path), default=None, help="This node's key: opens secrets sealed to it (--local).")
 @click.option("-v", "--verbose", is_flag=True, help="List unchanged resources too and log progress.")
 @json_option
-def converge(policy_file, root, dry_run, check, tags, name, target, agent, verbose, as_json) -> int:
+def converge(policy_file, root, dry_run, check, tags, name, target, agent, node_key, verbose, as_json) -> int:
     """Converge this machine to a policy file, or the fleet via an agent."""
     if policy_file is None:
-        if tags or name or str(root) != "/":
-            raise click.UsageError("--root, --tag and --name apply to --local only")
+        if tags or name or node_key or str(root) != "/":
+            raise click.UsageError("--root, --tag, --name and --node-key apply to --local only")
         return _fleet(target, dry_run, check, as_json, agent)
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     from grapevine.policy import facts as facts_mod
@@ -126,8 +127,13 @@ def converge(policy_file, root, dry_run, check, tags, name, target, agent, verbo
         return 0
     if not root.is_dir():
         raise click.BadParameter(f"{root} is not a directory", param_hint="--root")
+    key = None
+    if node_key is not None:
+        from grapevine.policy.keys import SigningKey
+
+        key = SigningKey.load(node_key)
     try:
-        report = run_converge(bundles, root=root.resolve(), facts=node_facts, dry_run=dry_run or check)
+        report = run_converge(bundles, root=root.resolve(), facts=node_facts, dry_run=dry_run or check, node_key=key)
     except PolicyError as exc:
         raise PolicyError(f"{policy_file}: {exc}") from None
     if as_json:

@@ -61,7 +61,27 @@ def _ids_of(bundles: Iterable) -> set[str]:
     return out
 
 
-def plan(bundles: Sequence, *, root: Path, facts: Mapping[str, Any]) -> tuple[Catalog, list[str], Context]:
+def _open_secrets(bundles: Sequence, node_key: Any) -> dict[str, dict[str, str]]:
+    """bundle name -> {secret name: plaintext} for the values sealed to this node."""
+    if node_key is None or not any(getattr(b, "secrets", None) for b in bundles):
+        return {}
+    from grapevine.gossip.errors import TrustError
+
+    from .secrets import secrets_for
+
+    out = {}
+    for b in bundles:
+        try:
+            opened = secrets_for(b, node_key)
+            out[b.name] = {k: v.text() for k, v in opened.items()}
+        except (TrustError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"bundle {b.name!r}: secrets: {exc}") from None
+    return out
+
+
+def plan(
+    bundles: Sequence, *, root: Path, facts: Mapping[str, Any], node_key: Any = None
+) -> tuple[Catalog, list[str], Context]:
     """Validate and prepare: the catalog, the selected ids in order, the context.
 
     Raises PolicyError (naming bundle, resource and reason) for anything
@@ -69,7 +89,7 @@ def plan(bundles: Sequence, *, root: Path, facts: Mapping[str, Any]) -> tuple[Ca
     """
     chosen, others = select_bundles(bundles, facts)
     catalog = build_catalog(chosen, known_elsewhere=_ids_of(others))
-    ctx = Context(root=Path(root), facts=facts)
+    ctx = Context(root=Path(root), facts=facts, secrets=_open_secrets(chosen, node_key))
     selected: list[str] = []
     for rid in catalog.order:
         entry = catalog.entries[rid]
@@ -90,13 +110,18 @@ def converge(
     root: Path | str,
     facts: Mapping[str, Any],
     dry_run: bool = False,
+    node_key: Any = None,
 ) -> Report:
     """Converge this node to ``bundles``; returns the report (never raises for a
-    resource that fails, only PolicyError for a broken policy)."""
+    resource that fails, only PolicyError for a broken policy).
+
+    ``node_key`` (a ``keys.SigningKey``) opens the secrets sealed to this
+    node so templates can use them; without it ``secrets`` is empty.
+    """
     started_ms = int(time.time() * 1000)
     t_start = time.perf_counter()
     root = Path(root)
-    catalog, selected, ctx = plan(bundles, root=root, facts=facts)
+    catalog, selected, ctx = plan(bundles, root=root, facts=facts, node_key=node_key)
     ctx.dry_run = dry_run
     node = str(facts.get("name", ""))
     results: list[ResourceReport] = []

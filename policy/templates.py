@@ -1,7 +1,9 @@
 """Templates rendered on the node with its facts, in the Jinja2 sandbox.
 
-A template sees one variable, ``facts`` (``{{ facts.cpu_count }}``), plus
-``name`` as a shortcut for the node name. Undefined names are errors, not
+A template sees ``facts`` (``{{ facts.cpu_count }}``), ``name`` as a
+shortcut for the node name, and ``secrets``: the bundle's values sealed to
+this node, opened with its node key (``{{ secrets.db_password }}``; empty
+when the converge has no node key). Undefined names are errors, not
 empty strings: a typo in a template must stop the converge before anything
 changes, never write a half-empty config file. The sandbox refuses access to
 private attributes and unsafe callables, so a template cannot reach out of
@@ -52,13 +54,14 @@ def _compile(text: str, name: str) -> Any:
         raise TemplateError(f"template {name} line {exc.lineno}: {exc.message}") from None
 
 
-def render(text: str, facts: Mapping[str, Any], *, name: str) -> str:
-    """Render ``text`` with ``facts``; TemplateError names the template and line."""
+def render(text: str, facts: Mapping[str, Any], *, name: str, secrets: Mapping[str, str] | None = None) -> str:
+    """Render ``text`` with ``facts`` (and this node's opened ``secrets``);
+    TemplateError names the template and line."""
     import jinja2
 
     template = _compile(text, name)
     try:
-        out = template.render(facts=dict(facts), name=facts.get("name"))
+        out = template.render(facts=dict(facts), name=facts.get("name"), secrets=dict(secrets or {}))
     except jinja2.TemplateError as exc:
         line = _error_line(exc)
         where = f" line {line}" if line else ""

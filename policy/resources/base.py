@@ -107,6 +107,7 @@ class Context:
     facts: Mapping[str, Any]
     dry_run: bool = False
     cache: dict[str, Any] = field(default_factory=dict)  # provider caches, one converge long
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # bundle -> opened secrets of this node
 
     @property
     def rooted(self) -> bool:

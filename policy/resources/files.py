@@ -139,7 +139,7 @@ class FileResource(Resource):
         "owner": Attr(kind="str"),
         "group": Attr(kind="str"),
     }
-    __slots__ = ("desired",)
+    __slots__ = ("desired", "sensitive")
 
     @classmethod
     def validate_combination(cls, name: str, attrs: dict[str, Any]) -> None:
@@ -166,6 +166,7 @@ class FileResource(Resource):
             text = a["content"]
             is_template = bool(a["template"])
             name = f"content of {self.id}"
+        self.sensitive = False
         if text is None:
             self.desired = None
             return
@@ -177,8 +178,16 @@ class FileResource(Resource):
                     text = text.decode("utf-8")
                 except UnicodeDecodeError:
                     raise PolicyError(f"template {name} is not UTF-8 text") from None
-            text = render(text, ctx.facts, name=name)
+            # A file that may hold a secret never shows its content in a
+            # diff, a report or a log.
+            self.sensitive = "secrets" in text
+            text = render(text, ctx.facts, name=name, secrets=ctx.secrets.get(self.bundle))
         self.desired = text.encode("utf-8") if isinstance(text, str) else text
+
+    def _diff(self, old: bytes | None, new: bytes | None) -> str:
+        if getattr(self, "sensitive", False):
+            return f"content differs (templated with secrets; diff hidden; {len(old or b'')} -> {len(new or b'')} bytes)\n"
+        return text_diff(old, new, self.name)
 
     def check(self, ctx: Context) -> Change | Converged:
         path = ctx.path(self.name)
@@ -194,7 +203,7 @@ class FileResource(Resource):
             if stat.S_ISDIR(st.st_mode):
                 raise ResourceError(f"{self.name} is a directory; a file resource will not remove it")
             old = _read(path) if stat.S_ISREG(st.st_mode) else None
-            return Change(summary=("remove",), diff=text_diff(old, None, self.name), data="remove")
+            return Change(summary=("remove",), diff=self._diff(old, None), data="remove")
         uid, gid = _ownership(ctx, self.attrs["owner"], self.attrs["group"])
         want = self.desired
         mode = self.attrs["mode"]
@@ -205,13 +214,12 @@ class FileResource(Resource):
             summary = [what]
             if mode is not None:
                 summary.append(f"mode {mode:04o}")
-            return Change(summary=tuple(summary), diff=text_diff(None, want or b"", self.name), data="write")
+            return Change(summary=tuple(summary), diff=self._diff(None, want or b""), data="write")
         summary = []
         rewrite = False
         diff = ""
         if want is not None and not _same_content(path, st.st_size, want):
-            old = _read(path)
-            diff = text_diff(old, want, self.name)
+            diff = self._diff(_read(path), want)
             summary.append(f"content ({st.st_size} -> {len(want)} bytes)")
             rewrite = True
         summary.extend(_meta_changes(st, mode, uid, gid))

@@ -247,3 +247,36 @@ def test_toml_and_python_policies_converge_the_same_way(tmp_path, suffix, text):
     assert (root / "etc/motd").read_text() == "from toml\n"
     assert (root / "etc/motd").stat().st_mode & 0o7777 == 0o640
     assert grapevine("converge", "--local", str(policy), "--root", str(root), "--check").returncode == 0
+
+
+def test_secrets_sealed_to_this_node_fill_templates_and_never_show(tmp_path):
+    from grapevine.policy.keys import SigningKey
+
+    SigningKey.generate().save(tmp_path / "node.key")
+    policy = tmp_path / "site.yaml"
+    policy.write_text(textwrap.dedent("""\
+        bundle: app/db
+        secrets:
+          db_password:
+            node.key.pub: "s3cret-value"
+        resources:
+          - file: /etc/app/db.conf
+            content: "password={{ secrets.db_password }}\\n"
+            template: true
+            mode: "0600"
+    """))
+    root = tmp_path / "root"
+    root.mkdir()
+    args = ["converge", "--local", str(policy), "--root", str(root)]
+    first = grapevine(*args, "--node-key", str(tmp_path / "node.key"), "--json")
+    assert first.returncode == 0, first.stderr
+    assert (root / "etc/app/db.conf").read_text() == "password=s3cret-value\n"
+    assert "s3cret-value" not in first.stdout + first.stderr
+    (root / "etc/app/db.conf").write_text("password=old\n")
+    plan = grapevine(*args, "--node-key", str(tmp_path / "node.key"), "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "diff hidden" in plan.stdout
+    assert "s3cret-value" not in plan.stdout + plan.stderr and "password=old" not in plan.stdout
+    without_key = grapevine(*args)
+    assert without_key.returncode == 2
+    assert "db_password" in without_key.stderr and "file:/etc/app/db.conf" in without_key.stderr
