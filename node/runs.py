@@ -213,7 +213,8 @@ class RunService:
     async def _on_answer(self, body: Any, remote: bool = True) -> dict:
         if not isinstance(body, dict):
             return {"ok": False}
-        disc = self._discoveries.get(body.get("q"))  # type: ignore[arg-type]
+        qid = body.get("q")
+        disc = self._discoveries.get(qid) if isinstance(qid, str) else None
         if disc is None:
             return {"ok": False, "gone": True}
         node, raw, info = body.get("n"), body.get("pk"), body.get("i")
