@@ -337,7 +337,7 @@ class Agent:
             self.metrics.bad_frames.labels("BadBroadcast").inc()
             log.warning("undecodable broadcast from %s dropped", e.origin)
             return
-        handler = self._broadcast_handlers.get(kind)
+        handler = self._broadcast_handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:
             log.debug("broadcast of unknown kind %r from %s ignored", kind, e.origin)
             return
