@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 
+import msgpack
 import pytest
 from hostile_peer import HostilePeer, metrics_delta, now_ms, scrape_metrics
 from hostile_server import HostileServer
@@ -320,6 +321,34 @@ def test_genuine_bundle_converges_through_a_flood_and_membership_lies(world):
     world.inject(4, via=1)
     world.wait_applied(4)
     print(f"genuine v3 applied everywhere {took:.2f} s after injection, flood running {time.monotonic() - t0:.1f} s")
+
+
+JUNK_BODIES = [None, 0, -1, 2**63, "x", b"\x00" * 64, [], [1], [[1], {}], {}, {"q": [1]}, {"q": {"a": 1}},
+               {"order": [b"", "k", b""]}, {"order": {"a": 1}}, [b"\x93\x01", "k", b""], {"q": "x", "n": 1, "pk": b"", "i": 1}]
+
+
+@pytest.mark.parametrize("route", ["hello", "query.answer", "run.order", "run.result", "run.key"])
+def test_junk_route_bodies_are_refused_without_an_internal_error(world, route):
+    h = world.hostile
+    for a in world.agents:
+        for body in JUNK_BODIES:
+            status, data = h._post(a.port, f"/v1/peer/{route}", h.frame(body))
+            h._note(f"junk body on route {route}", status, "answered" if status == 200 else str(status))
+            assert status in (200, 400), (route, body, status, data[:200])
+        assert a.running()
+
+
+@pytest.mark.parametrize("payload", [b"", b"\xc1", msgpack.packb([[1], {}]), msgpack.packb([{"k": 1}, 1]),
+                                     msgpack.packb(["query", {"q": [1], "o": 1, "s": 2, "k": 3}]),
+                                     msgpack.packb(["query", {"q": "1", "o": "nowhere", "s": "((", "k": "run"}]),
+                                     msgpack.packb([None, None, None])])
+def test_junk_broadcasts_are_dropped_without_an_internal_error(world, payload):
+    h = world.hostile
+    for a in world.agents:
+        msg = m.Ephemeral(msg_id=os.urandom(16), origin=h.node_id, deadline_ms=now_ms() + 5000, hops=1, payload=payload)
+        status = h.gossip(a.port, msg, "junk broadcast payload")
+        assert status == 204, (payload, status)
+        assert a.running()
 
 
 def test_lies_in_discovery_cannot_plant_forged_run_results(world):
