@@ -38,6 +38,8 @@ from typing import Any, Callable, Iterator
 
 import click
 
+from grapevine.gossip.errors import GrapevineError
+
 from .output import emit_json, json_option
 
 READY_TIMEOUT_S = 20.0  # one agent process from exec to an answering API socket
@@ -270,23 +272,12 @@ class LocalMesh:
 
 
 def _post_bytes(sock: str, path: str, data: bytes) -> Any:
-    import http.client
-    import json
+    from .run import agent_json
 
-    from .run import _UnixConnection
-
-    conn = _UnixConnection(sock, 10.0)
     try:
-        conn.request("POST", path, body=data, headers={"Content-Type": "application/octet-stream"})
-        resp = conn.getresponse()
-        doc = json.loads(resp.read() or b"null")
-        if resp.status >= 400:
-            raise RuntimeError(f"{path} refused: {doc}")
-        return doc
-    except (OSError, http.client.HTTPException) as exc:
-        raise RuntimeError(f"cannot reach the agent at {sock}: {exc}") from None
-    finally:
-        conn.close()
+        return agent_json(sock, "POST", path, data=data)
+    except (click.ClickException, GrapevineError) as exc:
+        raise RuntimeError(f"{path} via {sock}: {exc}") from None
 
 
 @contextlib.contextmanager
