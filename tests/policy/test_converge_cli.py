@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -13,10 +16,15 @@ import pytest
 
 # A subprocess that hangs must not hang the suite.
 CLI_TIMEOUT_S = 60
+# The command runs many times here: let it keep compiled bytecode (in a
+# private cache removed at exit) even where the shell forbids writing it.
+_PYCACHE = tempfile.mkdtemp(prefix="gv-test-pycache-")
+atexit.register(shutil.rmtree, _PYCACHE, True)
 
 
 def grapevine(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    full_env = {**base, "PYTHONPYCACHEPREFIX": _PYCACHE, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "grapevine.cli.main", *args],
         capture_output=True, text=True, timeout=CLI_TIMEOUT_S, env=full_env,
