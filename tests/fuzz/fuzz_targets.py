@@ -16,7 +16,9 @@ benchmarks/fuzz_all.py (longer runs), both through tests/fuzz/atheris_main.py.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import logging
 import os
 import random
 import shutil
@@ -147,6 +149,54 @@ class _Core:
 
 
 t_core_on_message = _Core()
+
+class _AgentFrames:
+    """A whole agent (SQLite state, admission, runs) fed gossip frame bodies the way its transport
+    hands them over: ``_on_peer_frame`` decodes, runs the core and applies every effect. Outgoing
+    traffic is switched off; tasks an input spawns are cancelled before the next input."""
+
+    def __init__(self) -> None:
+        self.agent = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _setup(self) -> None:
+        from grapevine.node.agent import Agent
+
+        logging.getLogger("grapevine").setLevel(logging.CRITICAL)  # refusals are logged per input
+        d = _TMP / f"agent-{os.getpid()}"
+        cfg = agent_config.load_config(environ={}, flags={
+            "name": "fuzz", "bind": "127.0.0.1:7946", "data_dir": str(d), "trust": str(_TRUST_FILE),
+            "root": str(d / "root"), "gossip_preset": "local", "converge_on_start": False,
+        })
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.agent = Agent(cfg, rng=random.Random(5))
+        self.agent.transport.closed = True  # Send effects are dropped, never dialled
+
+    def __call__(self, data: bytes) -> None:
+        if self.agent is None:
+            self._setup()
+        self.loop.run_until_complete(self._one(data))
+
+    async def _one(self, data: bytes) -> None:
+        a = self.agent
+        try:
+            a._on_peer_frame(PEER_ID, data, len(data))
+        finally:
+            await asyncio.sleep(0)
+            if a._converge_handle is not None:
+                a._converge_handle.cancel()
+                a._converge_handle = None
+            tasks = [t for t in a._tasks if not t.done()]
+            for ext in a.extensions:
+                tasks += [t for t in getattr(ext, "_tasks", ()) if not t.done()]
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+t_agent_frame = _AgentFrames()
 
 _RING = KeyRing()
 _RING.install(NETKEY)
@@ -375,6 +425,8 @@ class Target:
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target(name="codec.decode", fn=t_codec_decode, seeds=_seeds_codec, max_len=8192),
     Target(name="core.on_message", fn=t_core_on_message, seeds=_seeds_codec, max_len=8192),
+    Target(name="agent.frame", fn=t_agent_frame, seeds=_seeds_codec, max_len=8192,
+           refusals=(GrapevineError, FrameRefused)),
     Target(name="frame.open", fn=t_frame_open, seeds=_seeds_frames_sealed, max_len=8192,
            refusals=(GrapevineError, FrameRefused)),
     Target(name="frame.plaintext", fn=t_frame_plaintext, seeds=_seeds_frames, max_len=8192,

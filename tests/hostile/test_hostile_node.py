@@ -10,12 +10,14 @@ and that the attack shows by reason in every honest node's /metrics.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import threading
 import time
 from collections import Counter
 
+import aiohttp
 import msgpack
 import pytest
 from hostile_peer import HostilePeer, metrics_delta, now_ms, scrape_metrics
@@ -349,6 +351,38 @@ def test_junk_broadcasts_are_dropped_without_an_internal_error(world, payload):
         status = h.gossip(a.port, msg, "junk broadcast payload")
         assert status == 204, (payload, status)
         assert a.running()
+
+
+LINK_BAD_FRAMES = 40  # well past the transport's limit of bad frames on one link
+
+
+def test_a_link_sending_bad_frames_is_closed(world):
+    h = world.hostile
+    target = world.agents[1]
+
+    async def attack() -> tuple[int | None, int]:
+        sent = 0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+            async with session.ws_connect(f"http://127.0.0.1:{target.port}/v1/link") as ws:
+                for i in range(LINK_BAD_FRAMES):
+                    if ws.closed:
+                        break
+                    junk = h.frame(os.urandom(32)) if i % 2 else b"G\x01" + os.urandom(60)
+                    try:
+                        await ws.send_bytes(junk)
+                    except (ConnectionError, RuntimeError):
+                        break
+                    sent += 1
+                try:
+                    await asyncio.wait_for(ws.receive(), 10)
+                except asyncio.TimeoutError:
+                    pass
+                return ws.close_code, sent
+
+    code, sent = asyncio.run(attack())
+    h._note("bad frames down a WebSocket link", 101, f"link closed with code {code}")
+    assert code == aiohttp.WSCloseCode.POLICY_VIOLATION, (code, sent)
+    assert target.running()
 
 
 def test_lies_in_discovery_cannot_plant_forged_run_results(world):
