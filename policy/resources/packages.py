@@ -216,7 +216,7 @@ class PackageResource(Resource):
             return self._plan(ctx, "remove", f"remove {current}")
         want = self._want_version(ctx)
         if current is None:
-            return self._plan(ctx, "install", f"install {want or 'latest'}")
+            return self._plan(ctx, "install", f"install {want}" if want else "install")
         if want is not None and current != want:
             return self._plan(ctx, "install", f"version {current} -> {want}")
         return Converged(reason=f"installed ({current})")
