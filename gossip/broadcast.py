@@ -29,7 +29,6 @@ message is (an item to admit, an ephemeral broadcast to deliver) and hands a
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 from typing import Callable
@@ -49,12 +48,6 @@ _GRAFT_LINK = Graft(msg_ids=())
 Resolver = Callable[[bytes, object, int], "Message | None"]
 
 
-def _link_hash(a: str, b: str) -> int:
-    """The same 16-bit number at both ends of the link a-b."""
-    lo, hi = (a, b) if a < b else (b, a)
-    return int.from_bytes(hashlib.blake2b(f"{lo}\n{hi}".encode(), digest_size=2).digest(), "big")
-
-
 class Broadcast:
     """Plumtree link states, message-id cache and graft timers of one node."""
 
@@ -64,8 +57,6 @@ class Broadcast:
         self.active = active  # the membership's live list, read-only here
         self.resolve = resolve
         self.lazy: set[str] = set()
-        self.sticky: set[str] = set()  # links both ends keep eager for good (shortcuts across the tree)
-        self._sticky_below = int(config.sticky_link_fraction * 65536)
         self._flood_hops = config.flood_hops
         # msg_id -> [hops it arrived with, peer it came from (None: local), ref for grafts]
         self.seen: dict[bytes, list] = {}
@@ -80,12 +71,9 @@ class Broadcast:
 
     def peer_up(self, peer: str) -> None:
         self.lazy.discard(peer)
-        if self._sticky_below and _link_hash(self.node_id, peer) < self._sticky_below:
-            self.sticky.add(peer)
 
     def peer_down(self, peer: str) -> None:
         self.lazy.discard(peer)
-        self.sticky.discard(peer)
         self._queue.pop(peer, None)
 
     def eager_peers(self) -> list[str]:
@@ -97,7 +85,7 @@ class Broadcast:
             known = self.seen.get(msg.cause)
             if known is not None and known[1] == peer:
                 return  # stale: this node has since taken ``peer`` as its parent for that message
-        if peer in self.active and peer not in self.sticky:
+        if peer in self.active:
             self.lazy.add(peer)
 
     # --- messages ----------------------------------------------------------
@@ -119,32 +107,47 @@ class Broadcast:
         if peer is not None and entry[1]:
             best_peer, best_hops = min(entry[1], key=lambda a: a[1])
             if hops - (best_hops + 1) >= self.config.hop_optimization_threshold:
-                self._reparent(msg_id, peer, best_peer, best_hops + 1, out)
+                if self._reparent(msg_id, peer, best_peer, out):
+                    self._improved(msg_id, best_hops + 1, best_peer)
 
     def duplicate(self, msg_id: bytes, peer: str, hops: int, out: list[Effect]) -> None:
         """``peer`` pushed something this node already had.
 
         Normally the link turns lazy (``Prune``). If the copy came by a path
         with fewer hops than the first one, the node re-parents instead: it
-        keeps this link eager and prunes the one the first copy came by, so
-        the tree the first broadcast leaves behind is a fewest-hops tree.
+        keeps this link eager and prunes the one the first copy came by, and
+        tells its neighbours its shorter distance, so the tree the first
+        broadcast leaves behind is a fewest-hops tree.
         """
-        if hops <= self._flood_hops or peer in self.sticky:
-            return  # the sender pushes to every link near the source, and always over sticky ones
+        if hops <= self._flood_hops:
+            return  # near the source every link carries the message anyway
         known = self.seen.get(msg_id)
-        if known is not None and hops < known[0] and known[1] is not None and known[1] != peer and peer in self.active:
-            old = known[1]
-            known[0] = hops
-            known[1] = peer
-            self.lazy.discard(peer)
-            out.append(Send(peer=peer, msg=_GRAFT_LINK))
-            if old in self.active and old not in self.lazy and old not in self.sticky:
-                self.lazy.add(old)
-                out.append(Send(peer=old, msg=Prune(cause=msg_id)))
-            return
+        if known is not None and hops < known[0] and known[1] is not None and known[1] != peer:
+            if self._reparent(msg_id, known[1], peer, out, force=True):
+                self._improved(msg_id, hops, peer)
+                return
         if peer in self.active and peer not in self.lazy:
             self.lazy.add(peer)
             out.append(Send(peer=peer, msg=Prune(cause=msg_id)))
+
+    def _improved(self, msg_id: bytes, hops: int, parent: str) -> None:
+        """This node is now ``hops`` from the source via ``parent``: tell the others.
+
+        The announcement costs an ``IHave`` entry per neighbour; a neighbour
+        that hangs below this node learns its own shorter distance, and one
+        that is now farther than a path through this node re-parents to it.
+        """
+        known = self.seen[msg_id]
+        known[0] = hops
+        known[1] = parent
+        queue = self._queue
+        for p in self.active:
+            if p != parent:
+                q = queue.get(p)
+                if q is None:
+                    queue[p] = [(msg_id, hops)]
+                else:
+                    q.append((msg_id, hops))
 
     def forward(self, msg_id: bytes, msg: Message, hops: int, exclude: str | None, out: list[Effect]) -> None:
         """Push ``msg`` on eager links and announce it on lazy ones.
@@ -183,10 +186,13 @@ class Broadcast:
         for msg_id, hops in msg.entries:
             known = seen.get(msg_id)
             if known is not None:
-                if known[0] - (hops + 1) >= threshold and known[1] is not None and known[1] != peer:
-                    self._reparent(msg_id, known[1], peer, hops + 1, out)
-                    known[0] = hops + 1
-                    known[1] = peer
+                via = hops + 1
+                if via < known[0]:
+                    if known[1] == peer:
+                        self._improved(msg_id, via, peer)  # our parent got closer to the source
+                    elif known[1] is not None and known[0] - via >= threshold:
+                        if self._reparent(msg_id, known[1], peer, out):
+                            self._improved(msg_id, via, peer)
                 continue
             entry = missing.get(msg_id)
             if entry is None:
@@ -198,17 +204,18 @@ class Broadcast:
             else:
                 entry[1].append((peer, hops))
 
-    def _reparent(self, msg_id: bytes, old: str, new: str, new_hops: int, out: list[Effect]) -> None:
+    def _reparent(self, msg_id: bytes, old: str, new: str, out: list[Effect], *, force: bool = False) -> bool:
         """Take ``new`` (a shorter path) as the eager link instead of ``old``."""
         active = self.active
-        if new not in active or old not in active or old == new:
-            return
-        if new in self.lazy:
+        if new not in active or old == new:
+            return False
+        if force or new in self.lazy:
             self.lazy.discard(new)
             out.append(Send(peer=new, msg=_GRAFT_LINK))
-        if old not in self.lazy and old not in self.sticky:
+        if old in active and old not in self.lazy:
             self.lazy.add(old)
             out.append(Send(peer=old, msg=Prune(cause=msg_id)))
+        return True
 
     def on_graft(self, peer: str, msg: Graft, now: int, out: list[Effect]) -> None:
         if peer in self.active:

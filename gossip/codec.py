@@ -276,6 +276,17 @@ def encoded_size(msg: m.Message) -> int:
         return fixed
     if cls is m.Push:
         return 3 + _uint_size(msg.hops) + _item_size(msg.item)  # type: ignore[union-attr]
+    if cls is m.IHave:
+        entries = msg.entries  # type: ignore[union-attr]
+        n = len(entries)
+        size = 3 + (1 if n < 16 else 3 if n < 65536 else 5) + 19 * n
+        for _, hops in entries:
+            size += _uint_size(hops)
+        return size
+    if cls is m.SyncRoot:
+        return 3 + 18 + _uint_size(msg.count)  # type: ignore[union-attr]
+    if cls is m.Prune:
+        return 5 if not msg.cause else 21  # type: ignore[union-attr]
     if cls is m.SyncItems and msg.items:  # type: ignore[union-attr]
         items = msg.items  # type: ignore[union-attr]
         n = len(items)

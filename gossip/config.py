@@ -45,8 +45,8 @@ class GossipConfig:
     shuffle_walk_length: int = 3  # a shuffle travels 3 hops, so samples mix beyond neighbours
     shuffle_active_count: int = 3  # active peers offered in a shuffle sample
     shuffle_passive_count: int = 4  # passive peers offered in a shuffle sample
-    probe_interval_ms: int = 1_000  # an active peer silent for 1 s gets a ping
-    probe_timeout_ms: int = 4_000  # silent for 4 s (3 missed pings) means failed
+    probe_interval_ms: int = 2_000  # a neighbour silent for 2 s gets a ping (closed links are noticed at once)
+    probe_timeout_ms: int = 6_000  # silent for 6 s (2 missed pings) means failed
     neighbor_timeout_ms: int = 2_000  # an unanswered neighbour request counts as a failure
     repair_interval_ms: int = 1_000  # while the active view is short, one request per second
     join_retry_ms: int = 2_000  # while isolated, re-send a join to a remembered contact
@@ -60,11 +60,10 @@ class GossipConfig:
     graft_retry_ms: int = 250  # the next announcer is grafted 0.25 s after that
     hop_optimization_threshold: int = 3  # re-parent when a lazy path is 3+ hops shorter
     flood_hops: int = 0  # nodes this close to the publisher push on every link, not just the tree
-    sticky_link_fraction: float = 0.0  # share of links kept eager for good: shortcuts that cut tree hops
     message_cache_ms: int = 60_000  # ids are remembered (dedupe, grafts) for 60 s
     max_ephemeral_ttl_ms: int = 600_000  # an ephemeral broadcast lives at most 10 minutes
     # --- anti-entropy -------------------------------------------------------
-    antientropy_interval_ms: int = 3_000  # one root-digest exchange every 3 s
+    antientropy_interval_ms: int = 4_000  # one root-digest exchange every 4 s
     antientropy_passive_every: int = 8  # every 8th exchange goes to a passive peer
     max_sync_items: int = 256  # items per sync message; the rest follow in later rounds
     max_sync_bytes: int = 4 * 1024 * 1024  # payload bytes per sync message (below the frame limit)
@@ -86,8 +85,6 @@ class GossipConfig:
             raise ConfigError("passive_walk_length must not exceed active_walk_length")
         if not 0.0 <= self.jitter < 1.0:
             raise ConfigError("jitter must be in [0, 1)")
-        if not 0.0 <= self.sticky_link_fraction <= 1.0:
-            raise ConfigError("sticky_link_fraction must be in [0, 1]")
         if not 0.0 <= self.rejoin_link_probability <= 1.0:
             raise ConfigError("rejoin_link_probability must be in [0, 1]")
         for name in (

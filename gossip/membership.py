@@ -22,7 +22,10 @@ timeout, a ``Disconnect``), a passive peer is asked to take its place
 (``Neighbor``, high priority when this node has no neighbour left, which the
 receiver may not refuse). ``Shuffle`` walks exchange samples of the views.
 Probes (``Ping``) go only to neighbours that have been silent for a probe
-interval, so a busy link costs nothing extra.
+interval, so a busy link costs nothing extra, and only from the end of the
+link with the smaller id: the other end hears the pings and watches for
+silence. A ping over a link the receiver no longer holds is answered with
+``Disconnect``, which closes half-open links.
 
 Work per tick is O(view size); per message O(1) apart from list scans of
 the views (5 and 30 entries).
@@ -96,6 +99,7 @@ class Membership:
         self.pending: dict[str, int] = {}  # neighbour request in flight -> timeout
         self.graveyard: dict[str, int] = {}  # buried peer -> when it failed (insertion order = age)
         self.contacts: list[str] = []  # join addresses, kept for retries while isolated
+        self.left = False  # said goodbye (leave): takes no neighbour until it joins again
         self._shuffle_sample: tuple[str, ...] = ()
         self._repair_backoff = 0
         self.next_probe = NEVER
@@ -214,6 +218,7 @@ class Membership:
     # --- entry points used by the node ------------------------------------
 
     def join(self, contacts: Sequence[str], now: int, out: list[Effect]) -> None:
+        self.left = False
         for c in contacts:
             if c != self.node_id and c not in self.contacts:
                 self.contacts.append(c)
@@ -234,7 +239,7 @@ class Membership:
 
     def failed(self, peer: str, now: int, out: list[Effect]) -> None:
         """``peer`` could not be reached: bury it, repair the view if it was a neighbour."""
-        if peer == self.node_id:
+        if peer == self.node_id or self.left:
             return
         self.pending.pop(peer, None)
         was_active = peer in self.last_heard
@@ -251,6 +256,13 @@ class Membership:
         self.pending.clear()
         self.graveyard.clear()
         self.contacts.clear()
+        self.left = True
+
+    def _refuse_if_left(self, peer: str, out: list[Effect]) -> bool:
+        """After ``leave``, whoever offers a link is told that this node is leaving."""
+        if self.left:
+            out.append(Send(peer=peer, msg=_LEAVING))
+        return self.left
 
     def _ask_neighbor(self, peer: str, high: bool, now: int, out: list[Effect]) -> None:
         if peer in self.pending or peer in self.last_heard:
@@ -272,7 +284,7 @@ class Membership:
     # --- message handlers -------------------------------------------------
 
     def on_join(self, peer: str, msg: Join, now: int, out: list[Effect]) -> None:
-        if peer == self.node_id:
+        if peer == self.node_id or self._refuse_if_left(peer, out):
             return
         fresh = peer not in self.last_heard
         self._to_active(peer, now, out)
@@ -284,11 +296,13 @@ class Membership:
                     out.append(Send(peer=other, msg=walk))
 
     def on_welcome(self, peer: str, msg: Welcome, now: int, out: list[Effect]) -> None:
+        if self._refuse_if_left(peer, out):
+            return
         self._to_active(peer, now, out)
 
     def on_forward_join(self, peer: str, msg: ForwardJoin, now: int, out: list[Effect]) -> None:
         joiner = msg.joiner
-        if joiner == self.node_id or joiner in self.last_heard:
+        if joiner == self.node_id or joiner in self.last_heard or self.left:
             return
         if msg.ttl == 0 or len(self.active) <= 1:
             self._to_active(joiner, now, out)
@@ -305,7 +319,7 @@ class Membership:
         out.append(Send(peer=nxt, msg=ForwardJoin(joiner=joiner, ttl=msg.ttl - 1)))
 
     def on_neighbor(self, peer: str, msg: Neighbor, now: int, out: list[Effect]) -> None:
-        if peer == self.node_id:
+        if peer == self.node_id or self._refuse_if_left(peer, out):
             return
         if peer in self.last_heard or msg.high_priority or len(self.active) < self.config.active_view_size:
             self._to_active(peer, now, out)
@@ -316,6 +330,8 @@ class Membership:
 
     def on_neighbor_reply(self, peer: str, msg: NeighborReply, now: int, out: list[Effect]) -> None:
         self.pending.pop(peer, None)
+        if msg.accepted and self._refuse_if_left(peer, out):
+            return
         if msg.accepted:
             # Also when our request had timed out: it holds us as a neighbour, so hold it too.
             self._to_active(peer, now, out)
@@ -354,6 +370,8 @@ class Membership:
         self._shuffle_sample = ()
 
     def _integrate(self, peers: Sequence[str], sent: Sequence[str], out: list[Effect]) -> None:
+        if self.left:
+            return  # an empty passive view keeps a node that left from repairing its way back
         for p in peers:
             if p == self.node_id or p in self.last_heard or p in self.passive or p in self.graveyard:
                 continue
@@ -361,7 +379,9 @@ class Membership:
             self.passive.append(p)
 
     def on_ping(self, peer: str, msg: Ping, now: int, out: list[Effect]) -> None:
-        out.append(Send(peer=peer, msg=_PONG))
+        # A ping over a link this node no longer holds gets a Disconnect, so a
+        # half-open link (our Disconnect was lost) is closed on the other side too.
+        out.append(Send(peer=peer, msg=_PONG if peer in self.last_heard else _DISCONNECT))
 
     def on_pong(self, peer: str, msg: Pong, now: int, out: list[Effect]) -> None:
         pass  # heard() already noted that it is alive
@@ -378,11 +398,14 @@ class Membership:
         if self.active and now >= self.next_probe:
             quiet = now - cfg.probe_interval_ms
             dead = now - cfg.probe_timeout_ms
+            me = self.node_id
             for peer in list(self.active):
                 heard = self.last_heard[peer]
                 if heard <= dead:
                     self.failed(peer, now, out)
-                elif heard <= quiet:
+                elif heard <= quiet and me < peer:
+                    # One end of each link probes (the smaller id); the other
+                    # hears the pings and only watches for silence.
                     out.append(Send(peer=peer, msg=_PING))
             self.next_probe = now + self._jitter(cfg.probe_interval_ms)
         if len(self.active) < cfg.active_view_size and self.passive and now >= self.next_repair:

@@ -162,9 +162,8 @@ class GossipNode:
             return out
         if self._debug:
             log.debug("%s <- %s %s", self.node_id, peer, type(msg).__name__)
-        if type(msg) is not Disconnect:
-            self.membership.heard(peer, now, out)
         handler(peer, msg, now, out)
+        self.membership.heard(peer, now, out)
         self.tree.flush(out)
         return out
 
