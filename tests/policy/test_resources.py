@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hashlib as _hashlib
 import os
 import shutil
 import subprocess
@@ -303,7 +302,7 @@ def build_wheel(workdir: Path, name: str, version: str) -> Path:
     }
     record = []
     for path, data in files.items():
-        digest = base64.urlsafe_b64encode(_hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
         record.append(f"{path},sha256={digest},{len(data)}")
     record.append(f"{dist}/RECORD,,")
     files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
