@@ -163,3 +163,14 @@ def test_messages_validate_their_fields_on_construction():
 def test_payload_flag_marks_exactly_the_full_copies():
     carriers = {cls.__name__ for cls in codec.REGISTRY.values() if cls.carries_payload}
     assert carriers == {"Push", "Ephemeral", "SyncItems"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.binary(min_size=16, max_size=16), st.integers(0, 70_000)), max_size=40),
+    st.integers(0, 2**40),
+    st.sampled_from([b"", bytes(16)]),
+)
+def test_encoded_size_matches_the_encoding(entries, count, cause):
+    for msg in (m.IHave(entries=tuple(entries)), m.SyncRoot(root=bytes(16), count=count), m.Prune(cause=cause), m.Push(hops=count % 300, item=ITEM)):
+        assert codec.encoded_size(msg) == len(codec.encode(msg))

@@ -219,3 +219,49 @@ def test_next_deadline_is_far_when_idle_and_tick_before_it_does_nothing():
     d = n.next_deadline()
     assert d > NOW
     assert n.on_tick(d - 1) == []
+
+
+def test_ping_over_a_link_the_receiver_does_not_hold_gets_a_disconnect():
+    n = linked(peers=("b",))
+    assert [type(e.msg) for e in sends(n.on_message("b", m.Ping(), NOW))] == [m.Pong]
+    assert [type(e.msg) for e in sends(n.on_message("x", m.Ping(), NOW))] == [m.Disconnect]
+
+
+def test_buried_peer_that_answers_is_revived_and_synced():
+    n = linked(peers=("b", "c"), rejoin_interval_ms=5_000, jitter=0.0)
+    n.on_send_failed("b", NOW)  # b is declared dead and buried
+    assert "b" not in n.active_view and "b" not in n.passive_view
+    pings = []
+    t = NOW
+    for _ in range(10):
+        t = n.next_deadline()
+        pings += [e.peer for e in sends(n.on_tick(t), m.Ping)]
+        if "b" in pings:
+            break
+    assert "b" in pings and t <= NOW + 5_000 + 2_000
+    effects = n.on_message("b", m.Disconnect(), t + 5)  # b had dropped us too, but it is alive
+    assert "b" in n.passive_view or "b" in n.active_view
+    assert [e.peer for e in sends(effects, m.SyncRoot)] == ["b"]
+
+
+def test_shorter_duplicate_reparents_and_announces_the_shorter_distance():
+    n = linked(peers=("b", "c", "d"))
+    it = item()
+    n.on_message("b", m.Push(hops=9, item=it), NOW)
+    effects = n.on_message("c", m.Push(hops=4, item=it), NOW + 1)
+    assert [e.peer for e in sends(effects, m.Graft)] == ["c"]
+    assert [e.peer for e in sends(effects, m.Prune)] == ["b"]
+    announced = {e.peer: e.msg.entries for e in sends(effects, m.IHave)}
+    assert announced == {"b": ((it.digest(), 4),), "d": ((it.digest(), 4),)}
+    assert n.lazy_peers == ["b"]
+
+
+def test_stale_prune_from_the_new_parent_is_ignored():
+    n = linked(peers=("b", "c"))
+    it = item()
+    n.on_message("b", m.Push(hops=9, item=it), NOW)
+    n.on_message("c", m.Push(hops=4, item=it), NOW + 1)  # c is the parent now
+    n.on_message("c", m.Prune(cause=it.digest()), NOW + 2)  # sent by c before it learned that
+    assert "c" in n.eager_peers
+    n.on_message("c", m.Prune(cause=bytes(16)), NOW + 3)
+    assert "c" in n.lazy_peers
