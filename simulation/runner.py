@@ -174,6 +174,7 @@ def run_protocol(
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+    run.close_phase()  # a failed phase still reports its cost
     sim = run.sim
     doc.setdefault("converged_fraction", 0.0)
     doc.setdefault("convergence_ms", {"p50": None, "p90": None, "p99": None, "max": None})

@@ -105,7 +105,7 @@ class ScenarioRun:
         self.marks: dict[str, int] = {}
         self.phase = PHASES[0]
         self.hooks: dict[str, Callable[[ScenarioRun], None]] = {}  # phase name -> action before it
-        self._serial = 0
+        self._phase_start: tuple[int, int] | None = None
 
     # -- helpers -------------------------------------------------------------
 
@@ -114,6 +114,8 @@ class ScenarioRun:
         self._progress(self.protocol, self.phase, PHASES.index(self.phase), len(PHASES), sim.now)
 
     def enter(self, phase: str) -> None:
+        self.close_phase()
+        self._phase_start = (self.sim.now, self.sim.events)
         self.phase = phase
         log.info("[%s] phase %s at t=%d ms (%d live)", self.protocol, phase, self.sim.now, self.sim.live)
         if self._progress:
@@ -122,8 +124,16 @@ class ScenarioRun:
         if hook is not None:
             hook(self)
 
+    def close_phase(self) -> None:
+        """Record the simulated time and events the current phase took."""
+        if self._phase_start is None:
+            return
+        t0, e0 = self._phase_start
+        phases = self.doc.setdefault("phases", {})
+        phases[self.phase] = {"sim_ms": self.sim.now - t0, "events": self.sim.events - e0}
+        self._phase_start = None
+
     def new_item(self, key: str, author: str) -> SignedItem:
-        self._serial += 1
         return SignedItem(
             key=key,
             version=Version(self.sim.now, 0, author),
@@ -382,5 +392,6 @@ class ScenarioRun:
         self.enter("checks")
         self.observer.audit(self.sim, "at the end of the run")
         mismatch = self.observer.store_digest_mismatch(self.sim)
+        self.close_phase()
         if mismatch is not None:
             raise LivenessFailure(f"after the healed phase {mismatch}")
