@@ -226,6 +226,8 @@ def run_load(base: Path, *, agents: int, injections: int, runs: int, bundles: in
             "results_missing": missing,
             "targets_missed_by_discovery": short_targets,
             "runs_short_of_targets": sum(1 for d in load.run_docs if len(d["targets"]) < agents),
+            "short_runs": [{"run_id": d["run_id"], "origin": d["origin"], "targets": len(d["targets"]),
+                            "discovery_ms": d["discovery_ms"]} for d in load.run_docs if len(d["targets"]) < agents],
             "discovery_ms": {"median": disc[len(disc) // 2] if disc else None, "max": disc[-1] if disc else None},
             "results_failed": failed,
             "rss_before_kib": rss_before,
