@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from grapevine.cli.output import emit_json, json_option
+from grapevine.cli.output import emit_json, fail, json_option
 from grapevine.gossip.errors import PolicyError
 
 
@@ -106,7 +106,7 @@ def converge(policy_file, root, dry_run, check, tags, name, target, agent, node_
     from grapevine.policy.bundle import bundles_from_file
     from grapevine.policy.catalog import validate_bundles
     from grapevine.policy.engine import converge as run_converge
-    from grapevine.policy.engine import select_bundles
+    from grapevine.policy.engine import ConvergeBusy, select_bundles
     from grapevine.policy.selectors import parse
 
     node_facts = facts_mod.gather(facts_mod.parse_tags(tags), name)
@@ -136,6 +136,8 @@ def converge(policy_file, root, dry_run, check, tags, name, target, agent, node_
         report = run_converge(bundles, root=root.resolve(), facts=node_facts, dry_run=dry_run or check, node_key=key)
     except PolicyError as exc:
         raise PolicyError(f"{policy_file}: {exc}") from None
+    except ConvergeBusy as exc:
+        raise fail(str(exc), 1) from None
     if as_json:
         doc = report.to_json()
         doc["check"] = check

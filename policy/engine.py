@@ -19,12 +19,14 @@ calls, which is faster than any thread pool would make it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from grapevine.gossip.errors import PolicyError
+from grapevine.gossip.errors import ConfigError, GrapevineError, PolicyError
 
 from . import selectors
 from .catalog import Catalog, build_catalog
@@ -33,7 +35,42 @@ from .resources import Change, Context, Converged, ResourceError, entry_type
 
 log = logging.getLogger("grapevine.policy")
 
-__all__ = ["converge", "plan", "select_bundles"]
+__all__ = ["converge", "plan", "select_bundles", "root_lock", "ConvergeBusy"]
+
+# How long a converge waits for another one on the same root to finish. A
+# no-op converge takes well under a second; a package install may take
+# minutes, after which the waiting run gives up rather than queue forever.
+LOCK_WAIT_S = 300.0
+LOCK_POLL_S = 0.05
+
+
+class ConvergeBusy(GrapevineError):
+    """Another converge holds the root for longer than we were willing to wait."""
+
+
+@contextlib.contextmanager
+def root_lock(root: Path, *, exclusive: bool, wait_s: float) -> Iterator[None]:
+    """flock the root directory itself: nothing is written into the tree."""
+    import fcntl
+
+    try:
+        fd = os.open(str(root), os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ConfigError(f"converge root {root} cannot be used: {exc.strerror}") from None
+    try:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ConvergeBusy(f"another converge is running on {root} (waited {wait_s:g}s)") from None
+                time.sleep(LOCK_POLL_S)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def select_bundles(bundles: Sequence, facts: Mapping[str, Any]) -> tuple[list, list]:
@@ -111,12 +148,18 @@ def converge(
     facts: Mapping[str, Any],
     dry_run: bool = False,
     node_key: Any = None,
+    lock_wait_s: float = LOCK_WAIT_S,
 ) -> Report:
     """Converge this node to ``bundles``; returns the report (never raises for a
     resource that fails, only PolicyError for a broken policy).
 
     ``node_key`` (a ``keys.SigningKey``) opens the secrets sealed to this
     node so templates can use them; without it ``secrets`` is empty.
+
+    Two converges never apply to the same root at once (the daemon's timer
+    and an operator's ``converge --local``): applying holds an exclusive
+    ``flock`` on the root directory, a dry run a shared one. Waiting longer
+    than ``lock_wait_s`` raises ``ConvergeBusy``.
     """
     started_ms = int(time.time() * 1000)
     t_start = time.perf_counter()
@@ -124,6 +167,22 @@ def converge(
     catalog, selected, ctx = plan(bundles, root=root, facts=facts, node_key=node_key)
     ctx.dry_run = dry_run
     node = str(facts.get("name", ""))
+    with root_lock(root, exclusive=not dry_run, wait_s=lock_wait_s):
+        results = _walk(catalog, selected, ctx, dry_run=dry_run, node=node)
+    chosen = sorted(b.name for b in select_bundles(bundles, facts)[0])
+    return Report(
+        resources=tuple(results),
+        dry_run=dry_run,
+        node=node,
+        root=str(root),
+        bundles=tuple(chosen),
+        started_ms=started_ms,
+        duration_ms=(time.perf_counter() - t_start) * 1000,
+    )
+
+
+def _walk(catalog: Catalog, selected: list[str], ctx: Context, *, dry_run: bool, node: str) -> list[ResourceReport]:
+    """Check (and unless dry_run apply, then refresh) each selected resource in order."""
     results: list[ResourceReport] = []
     status: dict[str, str] = {}
     applied: dict[str, Change] = {}
@@ -209,16 +268,7 @@ def converge(
                 duration_ms=(time.perf_counter() - t0) * 1000,
             )
         )
-    chosen = sorted(b.name for b in select_bundles(bundles, facts)[0])
-    return Report(
-        resources=tuple(results),
-        dry_run=dry_run,
-        node=node,
-        root=str(root),
-        bundles=tuple(chosen),
-        started_ms=started_ms,
-        duration_ms=(time.perf_counter() - t_start) * 1000,
-    )
+    return results
 
 
 def _failed(rid: str, bundle: str, error: str, changes: list[str], diffs: list[str], t0: float) -> ResourceReport:

@@ -290,3 +290,29 @@ def test_a_symlink_in_the_root_cannot_lead_a_write_outside_it(tmp_path):
     }
     assert "outside the root" in report.by_id()["file:/etc/motd"].error
     assert list(outside.iterdir()) == []
+
+
+def test_a_second_converge_on_the_same_root_waits_for_the_first_then_gives_up(tmp_path):
+    import fcntl
+
+    from grapevine.policy.engine import ConvergeBusy
+
+    res = [{"file": "/etc/x", "content": "x\n"}]
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # stands in for a converge applying right now
+        with pytest.raises(ConvergeBusy, match="another converge is running"):
+            converge([bundle(res)], root=tmp_path, facts=FACTS, lock_wait_s=0.2)
+        assert not (tmp_path / "etc").exists()
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a dry run may share the root with another dry run
+        assert converge([bundle(res)], root=tmp_path, facts=FACTS, dry_run=True, lock_wait_s=0.2).changed == 1
+    finally:
+        os.close(fd)
+    assert converge([bundle(res)], root=tmp_path, facts=FACTS, lock_wait_s=0.2).changed == 1
+
+
+def test_a_root_that_is_not_a_directory_is_a_config_error(tmp_path):
+    from grapevine.gossip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot be used"):
+        converge([bundle([{"file": "/x"}])], root=tmp_path / "missing", facts=FACTS)
