@@ -50,6 +50,8 @@ SSH_PORT = 2222
 ADDRS_PER_SSHD = 16  # OpenSSH's limit of ListenAddress sockets per daemon
 MAX_STARTUPS = "400:30:800"  # parallel unauthenticated connections sshd accepts before dropping
 TOOL_TIMEOUT_S = 600  # one tool run; ansible --forks 5 on 100 hosts is the slowest
+SETTLE_S = 3.0  # after the mesh formed: joins and first shuffles done before timing
+LOADS: list[float] = []  # 1-minute load average after each timed run, for the record
 TOOLS = ("grapevine", "fabric", "pyinfra", "ansible-f5", "ansible-f50")
 
 
@@ -127,9 +129,10 @@ def write_known_hosts(addrs: list[str]) -> Path:
 
 
 def timed(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[float, int, str]:
+    """Wall time of the whole process, its exit status, and its output (stdout first)."""
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=TOOL_TIMEOUT_S)
-    return time.perf_counter() - t0, p.returncode, (p.stdout[-600:] + p.stderr[-1500:])
+    return time.perf_counter() - t0, p.returncode, p.stdout + "\n" + p.stderr
 
 
 FABRIC_SCRIPT = """
@@ -172,38 +175,42 @@ def run_ansible(venv: Path, key: Path, addrs: list[str], work: Path, forks: int)
         shutil.rmtree(cp, ignore_errors=True)
 
 
-def grapevine_round(sizes: list[int], repeat: int) -> dict[int, list[float]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+def grapevine_times(n: int, repeat: int, base: str | None) -> list[float]:
+    """Start n agents (production "lan" preset, state on disk), time `grapevine run -- true`."""
     from grapevine.cli.demo import local_mesh
 
-    times: dict[int, list[float]] = {}
-    for n in sizes:
-        with local_mesh() as mesh:
-            for i in range(n):
-                mesh.add(f"b{i}", tags={"role": "bench"})
-            mesh.start_all()
-            mesh.wait_ready(timeout_s=120)
-            mesh.wait_mesh(timeout_s=120)
-            time.sleep(2.0)  # let joins settle into a stable tree
-            times[n] = []
-            for r in range(repeat + 1):
-                t, code, out = timed([sys.executable, "-m", "grapevine.cli.main", "run", "--agent",
-                                      mesh.agents[0].socket, "--key", str(mesh.key_path), "--json", "--", "true"])
-                doc = json.loads(out[: out.rfind("}") + 1]) if code == 0 else None
-                if code != 0 or doc is None or len(doc["results"]) != n:
-                    got = len(doc["results"]) if doc else "?"
-                    print(f"grapevine n={n}: exit {code}, {got} results: {out[-800:]}", file=sys.stderr)
-                    raise SystemExit(1)
-                if r > 0:  # the first run warms the CLI's page cache, like the SSH tools' first import
-                    times[n].append(t)
-                print(f"  grapevine n={n} run {r}: {t:.3f} s (discovery {doc['discovery_ms']} ms)", flush=True)
+    times: list[float] = []
+    with local_mesh(Path(tempfile.mkdtemp(prefix="gvbench-mesh-", dir=base)) if base else None, preset="lan") as mesh:
+        for i in range(n):
+            mesh.add(f"b{i}", tags={"role": "bench"})
+        mesh.start_all()
+        mesh.wait_ready(timeout_s=180)
+        mesh.wait_mesh(timeout_s=180)
+        time.sleep(SETTLE_S)
+        for r in range(repeat + 1):
+            t, code, out = timed([sys.executable, "-m", "grapevine.cli.main", "run", "--agent", mesh.agents[0].socket,
+                                  "--key", str(mesh.key_path), "--json", "--", "true"])
+            try:
+                doc = json.loads(out.split("\n", 1)[0])
+            except ValueError:
+                doc = None
+            if code != 0 or doc is None or len(doc["results"]) != n:
+                got = len(doc["results"]) if doc else "?"
+                raise SystemExit(f"grapevine n={n}: exit {code}, {got} results:\n{out[-1500:]}")
+            if r > 0:  # the first run opens the agents' connections to the origin
+                times.append(t)
+            LOADS.append(os.getloadavg()[0])
+            print(f"  grapevine n={n} run {r}: {t:.3f} s (discovery {doc['discovery_ms']} ms, "
+                  f"order replies p50 {doc['order_reply_ms']['p50']} ms, load {os.getloadavg()[0]:.1f})", flush=True)
     return times
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="50,100")
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--state-dir", default=None,
+                    help="Where the agents keep their state (default: the system temp dir, on disk)")
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--venv", default="/tmp/sshbench-venv")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS-run.md"))
@@ -211,46 +218,46 @@ def main() -> int:
     sizes = sorted(int(s) for s in args.sizes.split(","))
     tools = [t for t in args.tools.split(",") if t]
     venv = Path(args.venv)
-    results: dict[str, dict[int, list[float]]] = {}
-
-    if "grapevine" in tools:
-        print("grapevine: starting agents", flush=True)
-        results["grapevine"] = grapevine_round(sizes, args.repeat)
-
+    results: dict[str, dict[int, list[float]]] = {t: {} for t in tools}
     ssh_tools = [t for t in tools if t != "grapevine"]
-    if ssh_tools:
-        if os.geteuid() != 0:
-            raise SystemExit("the SSH tools need root here (a login user and sshd are set up)")
-        key = ensure_user()
-        addrs = host_addrs(max(sizes))
-        sshds = start_sshds(addrs)
-        try:
+    sshds: list[subprocess.Popen] = []
+    try:
+        if ssh_tools:
+            if os.geteuid() != 0:
+                raise SystemExit("the SSH tools need root here (a login user and sshd are set up)")
+            key = ensure_user()
+            addrs = host_addrs(max(sizes))
+            print(f"starting sshd for {len(addrs)} loopback hosts", flush=True)
+            sshds = start_sshds(addrs)
             write_known_hosts(addrs)
-            with tempfile.TemporaryDirectory(prefix="gvbench-") as tmp:
-                work = Path(tmp)
-                for tool in ssh_tools:
-                    results[tool] = {}
-                    for n in sizes:
-                        results[tool][n] = []
-                        for r in range(args.repeat + 1):
-                            if tool == "fabric":
-                                t, code, out = run_fabric(venv, key, addrs[:n], work)
-                            elif tool == "pyinfra":
-                                t, code, out = run_pyinfra(venv, key, addrs[:n], work)
-                            else:
-                                t, code, out = run_ansible(venv, key, addrs[:n], work, int(tool.split("-f")[1]))
-                            if code != 0:
-                                print(f"{tool} n={n} failed (exit {code}):\n{out}", file=sys.stderr)
-                                raise SystemExit(1)
-                            if r > 0:
-                                results[tool][n].append(t)
-                            print(f"  {tool} n={n} run {r}: {t:.3f} s", flush=True)
-        finally:
-            for p in sshds:
-                p.terminate()
-            for p in sshds:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(5)
+        with tempfile.TemporaryDirectory(prefix="gvbench-") as tmp:
+            work = Path(tmp)
+            for n in sizes:
+                if "grapevine" in tools:
+                    print(f"grapevine: {n} agents", flush=True)
+                    results["grapevine"][n] = grapevine_times(n, args.repeat, args.state_dir)
+                for t in ssh_tools:
+                    results[t][n] = []
+                for r in range(args.repeat + 1):  # round-robin, so load changes hit every tool alike
+                    for tool in ssh_tools:
+                        if tool == "fabric":
+                            t, code, out = run_fabric(venv, key, addrs[:n], work)
+                        elif tool == "pyinfra":
+                            t, code, out = run_pyinfra(venv, key, addrs[:n], work)
+                        else:
+                            t, code, out = run_ansible(venv, key, addrs[:n], work, int(tool.split("-f")[1]))
+                        if code != 0:
+                            raise SystemExit(f"{tool} n={n} failed (exit {code}):\n{out[-3000:]}")
+                        if r > 0:
+                            results[tool][n].append(t)
+                        LOADS.append(os.getloadavg()[0])
+                        print(f"  {tool} n={n} run {r}: {t:.3f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        for p in sshds:
+            p.terminate()
+        for p in sshds:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(5)
 
     report(results, sizes, args)
     return 0
@@ -269,7 +276,11 @@ def report(results: dict[str, dict[int, list[float]]], sizes: list[int], args: a
         "",
         "Whole-process wall time of running `true` on every node until every result is back; "
         f"median of {args.repeat} runs after one warm-up run. Every node and every sshd is on this one machine, "
-        "so all tools share its cores with the targets.",
+        "so all tools share its cores with the targets. The agents use the production (`lan`) gossip preset "
+        "and keep their state on disk (a run id is fsynced before a node executes it). "
+        f"1-minute load average during the runs: min {min(LOADS, default=0):.1f}, "
+        f"median {statistics.median(LOADS) if LOADS else 0:.1f}, max {max(LOADS, default=0):.1f} "
+        "(the machine is shared; every tool ran in the same window, the SSH tools round-robin).",
         "",
         "| tool | " + " | ".join(f"{n} nodes (s)" for n in sizes) + " | per-node slope (ms/node) |",
         "|---|" + "---|" * len(sizes) + "---|",

@@ -54,7 +54,7 @@ ORDER_ROUTE = "run.order"  # origin -> node: the signed order
 RESULT_ROUTE = "run.result"  # node -> origin: the signed result
 KEY_ROUTE = "run.key"  # origin -> node: the key held at the node's own address, to check an answer against
 
-QUIET_MS = 300  # discovery ends this long after the last answer: answers from a tree come in one burst
+QUIET_MS = 200  # discovery ends this long after the last answer: answers from a tree come in one burst
 QUIET_STRETCH = 0.5  # ...or half the time the answers took so far, when a busy fleet answers slowly
 FIRST_ANSWER_MS = 2000  # with no remote answer this long after the broadcast, nobody else matches
 DISCOVERY_MAX_MS = 8000  # discovery never takes longer, however answers trickle in
