@@ -172,3 +172,68 @@ def test_cycle_across_bundles_names_both_bundles():
 def test_require_of_a_resource_in_a_bundle_for_other_nodes_is_allowed_when_known():
     cat = build_catalog([bundle([{"file": "/x", "require": "user:app"}])], known_elsewhere={"user:app"})
     assert cat.order == ("file:/x",)
+
+
+# ---------------------------------------------------------------- properties of the order
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@st.composite
+def _graphs(draw, acyclic: bool):
+    n = draw(st.integers(min_value=1, max_value=9))
+    edges = set()
+    for a in range(n):
+        for b in range(n):
+            if a != b and (not acyclic or a < b) and draw(st.booleans()) and draw(st.booleans()):
+                edges.add((a, b))  # a must come before b
+    perm = draw(st.permutations(range(n)))
+    return n, edges, perm
+
+
+def _resources(n, edges, perm):
+    res = []
+    for i in perm:  # declared in a shuffled order
+        before = sorted(f"exec:r{a}" for a, b in edges if b == i)
+        res.append({"exec": f"r{i}", "command": "true", "require": before})
+    return res
+
+
+@settings(max_examples=150, deadline=None)
+@given(_graphs(acyclic=True))
+def test_order_respects_every_require(graph):
+    n, edges, perm = graph
+    order = build_catalog([bundle(_resources(n, edges, perm))]).order
+    pos = {rid: i for i, rid in enumerate(order)}
+    assert len(order) == n
+    for a, b in edges:
+        assert pos[f"exec:r{a}"] < pos[f"exec:r{b}"]
+
+
+def _on_a_cycle(n, edges):
+    reach = {i: {b for a, b in edges if a == i} for i in range(n)}
+    changed = True
+    while changed:
+        changed = False
+        for i in range(n):
+            extra = set().union(*(reach[j] for j in reach[i])) - reach[i] if reach[i] else set()
+            if extra:
+                reach[i] |= extra
+                changed = True
+    return {i for i in range(n) if i in reach[i]}
+
+
+@settings(max_examples=150, deadline=None)
+@given(_graphs(acyclic=False))
+def test_a_cycle_error_names_exactly_the_resources_on_cycles(graph):
+    n, edges, perm = graph
+    cyclic = _on_a_cycle(n, edges)
+    if not cyclic:
+        build_catalog([bundle(_resources(n, edges, perm))])
+        return
+    with pytest.raises(PolicyError) as info:
+        build_catalog([bundle(_resources(n, edges, perm))])
+    message = str(info.value)
+    named = {i for i in range(n) if any(f"exec:r{i}{end}" in message for end in (",", ")", " "))}
+    assert named == cyclic, message
