@@ -107,7 +107,7 @@ class Procs:
 
 
 # -- grapevine -----------------------------------------------------------------
-def start_grapevine(n: int, base: Path, procs: Procs, preset: str, fsync: bool) -> tuple[list[subprocess.Popen], list[Path], SigningKey]:
+def start_grapevine(n: int, base: Path, procs: Procs, preset: str, fsync: str) -> tuple[list[subprocess.Popen], list[Path], SigningKey]:
     keys = base / "keys"
     keys.mkdir()
     alice = SigningKey.generate()
@@ -118,7 +118,8 @@ def start_grapevine(n: int, base: Path, procs: Procs, preset: str, fsync: bool) 
     write_key_file(keys / "fleet.netkey", generate_key())
     ports = free_ports(n)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRAPEVINE_")}
-    env.update(GRAPEVINE_GOSSIP_PRESET=preset, GRAPEVINE_LOG_LEVEL="warning", GRAPEVINE_FSYNC=str(fsync).lower())
+    env.update(GRAPEVINE_GOSSIP_PRESET=preset, GRAPEVINE_LOG_LEVEL="warning", GRAPEVINE_FSYNC=fsync)
+    env.update({k[len("BENCH_"):]: v for k, v in os.environ.items() if k.startswith("BENCH_GRAPEVINE_")})  # extra agent settings
     pids, socks = [], []
     for i, port in enumerate(ports):
         d = base / f"g{i}"
@@ -142,6 +143,8 @@ def grapevine_round(socks: list[Path], author: SigningKey, r: int) -> tuple[floa
     clients = [AgentClient(str(s), 10) for s in socks]
     name = f"bench/r{r}"
     doc = {"bundle": name, "resources": [{"file": f"/srv/bench-{r}", "content": f"round {r}\n"}]}
+    if os.environ.get("BENCH_TARGET"):
+        doc["target"] = os.environ["BENCH_TARGET"]
     item = pack(Bundle.from_document(doc, "bench"), author, now_ms())
     version = f"{item.version.wall_ms}.{item.version.counter}.{item.version.author}"
     src = clients[r % len(clients)]
@@ -241,7 +244,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--idle-s", type=float, default=30.0)
     ap.add_argument("--preset", choices=["lan", "local"], default="lan")
-    ap.add_argument("--no-fsync", dest="fsync", action="store_false", help="agents commit to the OS cache only")
+    ap.add_argument("--fsync", choices=["always", "local", "never"], default="local", help="the agents' fsync setting")
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-mesh.md")))
     args = ap.parse_args()
     have_serf = shutil.which("serf") is not None
@@ -304,7 +307,7 @@ def write_results(path: Path, res: dict, g_del: list, g_conv: list, s_del: list)
     ]
     text = f"""# Mesh benchmark: {res['nodes']} grapevine agents beside {res['nodes']} Serf agents
 
-Produced by `python benchmarks/bench_mesh.py --nodes {res['nodes']} --rounds {res['rounds']} --preset {res['preset']}{'' if res['fsync'] else ' --no-fsync'}`
+Produced by `python benchmarks/bench_mesh.py --nodes {res['nodes']} --rounds {res['rounds']} --preset {res['preset']} --fsync {res['fsync']}`
 on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {serf_v}; all agents on loopback,
 both fleets running at once. Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
 
@@ -315,8 +318,9 @@ both fleets running at once. Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gm
 - grapevine "delivery": from just before the inject call on one agent to the last of the
   {res['nodes']} agents accepting the signed bundle (its `accepted_ms`, committed to SQLite).
   "converge report": to the end of the last agent's converge of that bundle (a file under its
-  --root). Agents commit every accepted item to SQLite {'with fsync' if res['fsync'] else 'without fsync'} before
-  forwarding it; the converge starts at once on the first arrival after a quiet 200 ms window.
+  --root). Every agent commits each accepted item to SQLite before it forwards it (fsync
+  setting "{res['fsync']}": "local", the default, waits for the disk on the injecting node only;
+  "always" on every hop). A converge starts at once on the first arrival after a quiet 200 ms window.
 - Serf: from just before `serf event -coalesce=false` to the last agent's user-event handler
   writing its timestamp (a `/bin/sh` script; Serf forks it per event).
 - Idle: CPU time from /proc over the same window for both fleets, after 5 s of settling.

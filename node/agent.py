@@ -37,6 +37,8 @@ from typing import Any, Awaitable, Callable
 import msgpack
 from aiohttp import web
 
+from grapevine.gossip import codec
+from grapevine.gossip.effects import Delivered, ItemAccepted, ItemRefused, PeerDown, PeerUp, Send
 from grapevine.gossip.errors import ConfigError, GrapevineError, ProtocolError
 from grapevine.gossip.item import SignedItem, Version
 from grapevine.policy.keys import SigningKey
@@ -56,6 +58,7 @@ LOCK_FILE = "agent.lock"
 PEERS_SAVE_S = 15.0  # known peers are written back this often (they change slowly)
 MIN_TICK_S = 0.002  # never spin faster than this even if the core asks for "now"
 HELLO_ROUTE = "hello"
+FORWARD_FIRST_S = 0.05  # a converge waits at most this long for queued frames to leave
 JOINER_IDLE_S = 30.0  # a connected node re-checks its join list this often (it is woken when isolated)
 BroadcastHandler = Callable[[str, Any, bytes], Awaitable[Any] | Any]
 
@@ -158,10 +161,13 @@ class Agent:
         self._converge_lock = asyncio.Lock()
         self._converge_handle: asyncio.TimerHandle | None = None
         self._last_converge_start = float("-inf")  # loop time the last converge began
+        self._bundle_cache: dict[str, tuple[Version, int, Any]] = {}  # key -> (version, root serial, bundle or None)
         self._tasks: set[asyncio.Task] = set()
         self._join_ids: dict[str, str] = {}  # configured HOST:PORT -> node id learned by hello
         self._isolated_since: int | None = None
         self.metrics.items.set(len(self.node.store))
+        import grapevine.policy.engine  # noqa: F401  (loaded now, not on the first bundle's critical path)
+
         self.extensions: list[Any] = []
         self._install_extensions()
 
@@ -266,19 +272,17 @@ class Agent:
 
     # -- the core -------------------------------------------------------
     def _apply(self, effects: list, now: int) -> None:
-        from grapevine.gossip import codec
-        from grapevine.gossip.effects import Delivered, ItemAccepted, ItemRefused, PeerDown, PeerUp, Send
-
         accepted = [e for e in effects if isinstance(e, ItemAccepted)]
         if accepted:
             # durable before anything below can acknowledge or forward it
-            self.state.put_items((e.item, now, e.source) for e in accepted)
+            self.state.put_items(((e.item, now, e.source) for e in accepted),
+                                 replicated=all(e.source is not None for e in accepted))
             for e in accepted:
                 self.admission.on_accepted(e.item)
                 self.metrics.admissions.labels("local" if e.source is None else "peer").inc()
                 log.info("accepted %s %s from %s (%d hops)", e.item.key, version_text(e.item.version), e.source or "local", e.hops)
             self.metrics.items.set(len(self.node.store))
-            if any(e.item.key.startswith(BUNDLE_PREFIX) for e in accepted):
+            if any(e.item.key.startswith(BUNDLE_PREFIX) and self._concerns_me(e.item, now) for e in accepted):
                 self.schedule_converge("bundle")
             elif any(e.item.key == ROOT_KEY for e in accepted):
                 self.schedule_converge("trust")  # a revoked publisher's bundles stop being applied
@@ -299,6 +303,7 @@ class Agent:
                     self._dispatch_broadcast(e)
             elif isinstance(e, PeerUp):
                 self.transport.open_link(e.peer)
+                self.state.touch_peers([e.peer], now)  # a restart can rejoin through it
                 log.info("peer up %s", e.peer)
             elif isinstance(e, PeerDown):
                 self.transport.close_link(e.peer)
@@ -312,15 +317,13 @@ class Agent:
             self._wake.set()  # the core wants a tick before the ticker would wake by itself
 
     def _on_peer_frame(self, sender: str, body: bytes, size: int) -> None:
-        from grapevine.gossip import codec
-
         try:
             msg = codec.decode(body)
         except ProtocolError as exc:
             raise FrameRefused(400, "BadMessage", f"message from {sender}: {exc}") from None
-        name = type(msg).__name__
-        self.metrics.messages_in.labels(name).inc()
-        self.metrics.bytes_in.labels(name).inc(size)
+        msg_in, bytes_in = self.metrics.inbound(type(msg).__name__)
+        msg_in.inc()
+        bytes_in.inc(size)
         now = now_ms()
         self.last_heard_ms = now
         self.metrics.last_heard.set(now / 1000)
@@ -351,8 +354,6 @@ class Agent:
 
     def publish(self, item: SignedItem) -> tuple[bool, str, str]:
         """Admit a locally injected item: (accepted, reason, detail). Durable when accepted."""
-        from grapevine.gossip.effects import ItemAccepted, ItemRefused
-
         now = now_ms()
         effects = self.node.publish(item, now)
         self._apply(effects, now)
@@ -367,27 +368,56 @@ class Agent:
         return {"id": self.node_id}
 
     # -- convergence ----------------------------------------------------
-    def targeted_bundles(self) -> list[tuple[Any, Version]]:
-        """Stored bundles that target this node and that the current trust root still trusts."""
-        from grapevine.policy import selectors
+    def _usable_bundle(self, item: SignedItem, now: int) -> Any | None:
+        """The bundle in a stored item if the current root still trusts it (cached per version and root)."""
         from grapevine.policy.bundle import Bundle
 
-        out = []
+        serial = self.admission.root.serial
+        cached = self._bundle_cache.get(item.key)
+        if cached is not None and cached[0] == item.version and cached[1] == serial:
+            return cached[2]
+        bundle = None
+        refusal = self.admission.still_valid(item, now)
+        if refusal is not None:
+            log.warning("stored %s is not applied: %s under trust root serial %d", item.key, refusal, serial)
+        else:
+            try:
+                bundle = Bundle.decode(item.payload)
+            except GrapevineError as exc:
+                log.warning("stored %s cannot be used: %s", item.key, exc)
+        self._bundle_cache[item.key] = (item.version, serial, bundle)
+        return bundle
+
+    def _targets_me(self, bundle: Any) -> bool:
+        from grapevine.policy import selectors
+
+        try:
+            return selectors.matches(bundle.target or None, self.facts)
+        except GrapevineError as exc:
+            log.warning("bundle %s has an unusable target: %s", bundle.name, exc)
+            return False
+
+    def targeted_bundles(self) -> list[tuple[Any, Version]]:
+        """Stored bundles that target this node and that the current trust root still trusts."""
         now = now_ms()
+        if self.admission.root.expired(now):
+            log.warning("trust root serial %d has expired: no bundle is applied", self.admission.root.serial)
+            return []
+        out = []
         for item in self.node.store.items():
             if not item.key.startswith(BUNDLE_PREFIX):
                 continue
-            refusal = self.admission.still_valid(item, now)
-            if refusal is not None:
-                log.warning("stored %s is not applied: %s under trust root serial %d", item.key, refusal, self.admission.root.serial)
-                continue
-            try:
-                bundle = Bundle.decode(item.payload)
-                if selectors.matches(bundle.target or None, self.facts):
-                    out.append((bundle, item.version))
-            except GrapevineError as exc:
-                log.warning("stored %s cannot be used: %s", item.key, exc)
+            bundle = self._usable_bundle(item, now)
+            if bundle is not None and self._targets_me(bundle):
+                out.append((bundle, item.version))
         return sorted(out, key=lambda bv: bv[0].name)
+
+    def _concerns_me(self, item: SignedItem, now: int) -> bool:
+        """An accepted bundle version that targets this node, or replaces one applied here."""
+        bundle = self._usable_bundle(item, now)
+        if bundle is not None and self._targets_me(bundle):
+            return True
+        return item.key[len(BUNDLE_PREFIX):] in self.state.applied()
 
     def schedule_converge(self, trigger: str) -> None:
         """Converge soon, at most once per debounce window.
@@ -410,6 +440,8 @@ class Agent:
         self._converge_handle = loop.call_later(delay, fire)
 
     async def _converge_quiet(self, trigger: str) -> None:
+        # the mesh first: frames this node is forwarding leave before the converge takes the CPU
+        await self.transport.drain(FORWARD_FIRST_S)
         try:
             await self.converge_now(trigger=trigger)
         except Exception:
@@ -501,6 +533,7 @@ class Agent:
         while True:
             now = now_ms()
             self._sleep_until = 0  # effects applied by this tick never need to wake us
+            self.metrics.ticks.inc()
             self._apply(self.node.on_tick(now), now)
             self._wake.clear()
             now = now_ms()

@@ -119,8 +119,9 @@ class AgentConfig:
     send_timeout_s: float = 5.0  # one POST or WebSocket connect to a peer
     link_heartbeat_s: float = 5.0  # WebSocket ping period; a missing pong closes the link
     drain_timeout_s: float = 5.0  # SIGTERM: in-flight work gets this long, then is cancelled
-    fsync: bool = True  # commits reach the disk before an item is acknowledged or forwarded (false: the OS cache,
-    # which survives a crash of the agent, not of the machine)
+    # every commit survives a crash of the agent; "always" also waits for the disk on every commit,
+    # "local" on all but items received from peers (which anti-entropy restores after a machine crash)
+    fsync: str = "local"
     history_keep: int = 0  # 0 keeps every accepted version; N keeps the last N per key
     reports_keep: int = 200  # converge reports kept in the store
 
@@ -293,6 +294,8 @@ def check_config(cfg: AgentConfig) -> None:
     _ = cfg.advertise_address
     for j in cfg.join:
         parse_hostport(j, "join")
+    if cfg.fsync not in ("always", "local", "never"):
+        raise ConfigError(f"fsync: {cfg.fsync!r} must be always, local or never")
     if cfg.log_format not in ("text", "json"):
         raise ConfigError(f"log_format: {cfg.log_format!r} must be 'text' or 'json'")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):

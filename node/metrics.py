@@ -20,6 +20,8 @@ class AgentMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._in: dict[str, tuple] = {}
+        self._out: dict[str, tuple] = {}
         self.items = Gauge("grapevine_items", "Items held in the store", registry=r)
         self.admissions = Counter("grapevine_admissions", "Items admitted", ["origin"], registry=r)
         self.refusals = Counter("grapevine_refusals", "Items refused, by reason", ["reason"], registry=r)
@@ -39,7 +41,22 @@ class AgentMetrics:
         self.active_peers = Gauge("grapevine_active_peers", "Peers in the active view", registry=r)
         self.passive_peers = Gauge("grapevine_passive_peers", "Peers in the passive view", registry=r)
         self.links = Gauge("grapevine_links_open", "Open outgoing peer links", registry=r)
+        self.ticks = Counter("grapevine_core_ticks", "Timer ticks of the gossip core", registry=r)
         self.last_heard = Gauge("grapevine_last_heard_timestamp_seconds", "When a valid frame last arrived", registry=r)
+
+    def inbound(self, type_name: str) -> tuple:
+        """(messages, bytes) counters of one received message type, looked up once."""
+        pair = self._in.get(type_name)
+        if pair is None:
+            pair = self._in[type_name] = (self.messages_in.labels(type_name), self.bytes_in.labels(type_name))
+        return pair
+
+    def outbound(self, type_name: str) -> tuple:
+        """(messages, bytes) counters of one sent message type, looked up once."""
+        pair = self._out.get(type_name)
+        if pair is None:
+            pair = self._out[type_name] = (self.messages_out.labels(type_name), self.bytes_out.labels(type_name))
+        return pair
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,9 +6,13 @@ is the live store the gossip core starts from), run-order ids already seen
 which bundle version was last applied, known peers (rejoin after a restart),
 and the fleet network key ring.
 
-Every write is one committed transaction with ``synchronous=FULL``, so when a
-method returns, the data survives a kill -9 or a power cut (with the agent's
-``fsync = false``: ``NORMAL``, which survives a kill -9 of the agent only). The daemon calls
+Every write is one committed transaction, so when a method returns the data
+survives a kill -9 of the agent. Whether it also waits for the disk (survives
+a power cut) is the ``fsync`` setting: "always"; "local" (the default) for
+items injected here, keys and run ids, but not items that arrived from peers
+(other nodes hold them too and anti-entropy brings them back after a machine
+crash, so the broadcast path does not wait for a disk flush on every hop), nor
+reports and known peers, which are only bookkeeping; "never". The daemon calls
 ``put_items`` before it acknowledges or forwards what it accepted. The file
 is created with mode 0600 because it holds the network keys.
 
@@ -29,6 +33,7 @@ from grapevine.gossip.errors import ConfigError
 from grapevine.gossip.item import SignedItem, Version
 
 DB_NAME = "state.db"
+FSYNC_MODES = ("always", "local", "never")
 SCHEMA_VERSION = 1
 PEERS_KEEP = 512  # known peers kept for rejoining; far more than a passive view needs
 SEEN_RUNS_PRUNE_EVERY = 256  # prune expired run ids every so many inserts (cheap, bounded table)
@@ -84,7 +89,10 @@ def version_text(v: Version) -> str:
 
 
 class State:
-    def __init__(self, data_dir: Path, *, history_keep: int = 0, reports_keep: int = 200, fsync: bool = True) -> None:
+    def __init__(self, data_dir: Path, *, history_keep: int = 0, reports_keep: int = 200, fsync: str = "local") -> None:
+        if fsync not in FSYNC_MODES:
+            raise ConfigError(f"fsync: {fsync!r} must be one of {', '.join(FSYNC_MODES)}")
+        self.fsync = fsync
         self.path = Path(data_dir) / DB_NAME
         self.history_keep = history_keep
         self.reports_keep = reports_keep
@@ -96,8 +104,7 @@ class State:
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"data_dir: cannot open state database {self.path}: {exc}") from None
         self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk when it returns; NORMAL (WAL): it survives the process, not the machine
-        self.db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        self._synced: bool | None = None  # the connection's current synchronous setting
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
         row = self.db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
@@ -111,12 +118,16 @@ class State:
         self.db.close()
 
     # -- items ----------------------------------------------------------
-    def put_items(self, accepted: Iterable[tuple[SignedItem, int, str | None]]) -> int:
-        """Record accepted items (item, accepted_ms, source) in one transaction; returns how many."""
+    def put_items(self, accepted: Iterable[tuple[SignedItem, int, str | None]], *, replicated: bool = False) -> int:
+        """Record accepted items (item, accepted_ms, source) in one transaction; returns how many.
+
+        ``replicated``: every item came from a peer, so other copies exist; with
+        fsync "local" such a commit does not wait for the disk.
+        """
         rows = list(accepted)
         if not rows:
             return 0
-        with self._tx():
+        with self._tx(sync=self.fsync == "always" or (self.fsync == "local" and not replicated)):
             for item, at_ms, source in rows:
                 v = item.version
                 self.db.execute(
@@ -185,12 +196,12 @@ class State:
 
     def prune_runs(self, before_ms: int) -> int:
         """Forget run ids whose deadline passed before ``before_ms`` (expired orders are refused anyway)."""
-        with self._tx():
+        with self._tx(sync=self.fsync == "always"):
             return self.db.execute("DELETE FROM seen_runs WHERE deadline_ms < ?", (before_ms,)).rowcount
 
     # -- converge reports and applied versions --------------------------
     def add_report(self, *, at_ms: int, trigger: str, bundles: list[str], ok: bool, report: dict) -> int:
-        with self._tx():
+        with self._tx(sync=self.fsync == "always"):
             cur = self.db.execute(
                 "INSERT INTO reports (at_ms, trigger, bundles, ok, report) VALUES (?,?,?,?,?)",
                 (at_ms, trigger, json.dumps(bundles), int(ok), json.dumps(report, sort_keys=True, default=str)),
@@ -211,7 +222,7 @@ class State:
         ]
 
     def set_applied(self, versions: dict[str, Version], at_ms: int, ok: bool) -> None:
-        with self._tx():
+        with self._tx(sync=self.fsync == "always"):
             for name, v in versions.items():
                 self.db.execute(
                     "INSERT OR REPLACE INTO applied (bundle, wall, counter, author, at_ms, ok) VALUES (?,?,?,?,?,?)",
@@ -227,7 +238,7 @@ class State:
         ids = list(node_ids)
         if not ids:
             return
-        with self._tx():
+        with self._tx(sync=self.fsync == "always"):
             self.db.executemany(
                 "INSERT OR REPLACE INTO peers (node_id, last_seen_ms) VALUES (?, ?)", [(n, now_ms) for n in ids]
             )
@@ -241,7 +252,7 @@ class State:
         return [r[0] for r in rows]
 
     def forget_peer(self, node_id: str) -> None:
-        with self._tx():
+        with self._tx(sync=self.fsync == "always"):
             self.db.execute("DELETE FROM peers WHERE node_id=?", (node_id,))
 
     # -- network keys ---------------------------------------------------
@@ -274,7 +285,13 @@ class State:
         with self._tx():
             self.db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (k, v))
 
-    def _tx(self) -> "_Tx":
+    def _tx(self, sync: bool | None = None) -> "_Tx":
+        """A transaction; ``sync`` None: wait for the disk unless fsync is "never" (node state: keys, run ids)."""
+        want = self.fsync != "never" if sync is None else sync
+        if want != self._synced:
+            # FULL: a commit is on disk when it returns; NORMAL (WAL): it survives the process, not the machine
+            self.db.execute(f"PRAGMA synchronous={'FULL' if want else 'NORMAL'}")
+            self._synced = want
         return _Tx(self.db)
 
 

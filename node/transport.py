@@ -53,6 +53,7 @@ MAX_NODE_ID_LEN = 320  # "name@host:port": 63-char name + an IPv6 literal with b
 MAX_ROUTE_BODY_BYTES = 1024 * 1024  # peer-route bodies (run orders, results, queries) are small
 LINK_QUEUE_FRAMES = 4096  # frames waiting on one link; a peer this far behind is treated as failed
 MAX_POSTS_IN_FLIGHT = 64  # concurrent one-off POSTs; more wait their turn
+DRAIN_POLL_S = 0.005  # how often drain() looks at the queues (a frame leaves in well under this)
 LINK_BAD_FRAMES_CLOSE = 16  # a link that sent this many bad frames is closed
 
 PeerMessageHandler = Callable[[str, bytes, int], None]  # (sender, body, frame_size)
@@ -151,11 +152,11 @@ class Transport:
     async def drain(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for queued link frames and POSTs to go out."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while True:
             busy = any(not l.queue.empty() for l in self.links.values()) or any(not t.done() for t in self._tasks)
-            if not busy:
+            if not busy or time.monotonic() >= deadline:
                 return
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(DRAIN_POLL_S)
 
     # -- frames ---------------------------------------------------------
     def seal(self, body: Any) -> bytes:
@@ -291,8 +292,9 @@ class Transport:
         if self.closed:
             return
         frame = self.seal(body)
-        self.metrics.messages_out.labels(type_name).inc()
-        self.metrics.bytes_out.labels(type_name).inc(len(frame))
+        msgs, nbytes = self.metrics.outbound(type_name)
+        msgs.inc()
+        nbytes.inc(len(frame))
         link = self.links.get(peer)
         if link is not None and not link.closing:
             if link.queue.qsize() >= LINK_QUEUE_FRAMES:

@@ -107,6 +107,10 @@ def test_killed_agent_keeps_every_acknowledged_item_then_catches_up_and_converge
     # while it is down the rest of the mesh moves on
     for n in range(3):
         other.client().post("/v1/inject", data=pack_bundle(fleet.keys, f"late/l{n}", None, {f"/srv/late{n}": "x\n"}).encode())
+    # restarted without any --join: it rejoins through the peers it had stored
+    i = victim.argv.index("--join")
+    del victim.argv[i:i + 2]
+    assert "--join" not in victim.argv
     victim.start()
     victim.wait_ready()
     live = [a for a in agents]
@@ -279,3 +283,27 @@ def test_lone_agent_reports_stale_serves_private_api_and_exits_cleanly_on_sigter
     assert docs and all(d["node"] == "lone" for d in docs)
     assert any("stopped" in d["msg"] for d in docs)
     assert not os.path.exists(a.sock)
+
+
+def test_rotated_trust_root_spreads_by_gossip_and_changes_who_may_publish(fleet, tmp_path):
+    from grapevine.policy.keys import SigningKey
+    from grapevine.policy.trust import build_root, read_item_file, rotate, write_item_file
+
+    ports = free_ports(2)
+    a = fleet.make("ta", ports[0])
+    b = fleet.make("tb", ports[1], join=[f"127.0.0.1:{ports[0]}"])
+    fleet.start(a, b)
+    alice = fleet.keys.author_key
+    bob = SigningKey.generate()
+    bob.save(tmp_path / "bob.key")
+    now = time.time_ns() // 10**6
+    new_root = build_root(serial=2, now_ms=now, expires_days=30, admins=[alice.public], threshold=1,
+                          publishers=[(bob.public, "*")])  # alice stays admin but may no longer publish
+    write_item_file(tmp_path / "root2.gv", rotate(read_item_file(fleet.keys.trust), new_root, [alice], now))
+    fleet.cli("inject", str(tmp_path / "root2.gv"), agent=a)
+    wait_until(lambda: b.status()["trust_root_serial"] == 2, 20, what="root serial 2 on b")
+    site = write_bundle(tmp_path / "s.yaml", "svc/x", None, {"/etc/x": "x\n"})
+    refused = fleet.cli("inject", str(site), "--key", str(fleet.keys.author), agent=b, check=False)
+    assert refused.returncode == 2 and "OutOfScope" in refused.stderr
+    fleet.cli("inject", str(site), "--key", str(tmp_path / "bob.key"), agent=b)
+    wait_until(lambda: (a.root / "etc/x").is_file(), 20, what="bob's bundle applied on a")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from grapevine.gossip.item import SignedItem, Version
 from grapevine.node.state import State
 
@@ -60,3 +62,16 @@ def test_reports_peers_and_keys_persist(tmp_path):
 def test_database_is_private_to_the_owner(tmp_path):
     State(tmp_path).close()
     assert os.stat(tmp_path / "state.db").st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(("mode", "replicated", "synchronous"), [
+    ("always", False, 2), ("always", True, 2),   # 2 = FULL: the commit waits for the disk
+    ("local", False, 2), ("local", True, 1),     # 1 = NORMAL: survives the process, not the machine
+    ("never", False, 1), ("never", True, 1),
+])
+def test_commits_wait_for_the_disk_as_the_fsync_setting_says(tmp_path, mode, replicated, synchronous):
+    st = State(tmp_path, fsync=mode)
+    st.put_items([(_item("bundle/a", 1), 1, "p@127.0.0.1:1" if replicated else None)], replicated=replicated)
+    assert st.db.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+    st.mark_run_seen("r", 5)  # node-local state follows the mode itself
+    assert st.db.execute("PRAGMA synchronous").fetchone()[0] == (1 if mode == "never" else 2)
