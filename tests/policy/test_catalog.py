@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from grapevine.gossip.errors import PolicyError
 from grapevine.policy.bundle import Bundle
@@ -176,8 +178,6 @@ def test_require_of_a_resource_in_a_bundle_for_other_nodes_is_allowed_when_known
 
 # ---------------------------------------------------------------- properties of the order
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 @st.composite

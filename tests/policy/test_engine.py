@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from grapevine.gossip.errors import PolicyError
 from grapevine.policy.bundle import Bundle
@@ -316,3 +319,25 @@ def test_a_root_that_is_not_a_directory_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="cannot be used"):
         converge([bundle([{"file": "/x"}])], root=tmp_path / "missing", facts=FACTS)
+
+
+# ---------------------------------------------------------------- property: converging twice changes nothing
+
+
+_MODES = st.sampled_from(["0600", "0640", "0644", "0755", "0700"])
+_FILE = st.builds(
+    lambda d, f, text, mode: {"file": f"/d{d}/f{f}", "content": text, "mode": mode},
+    st.integers(0, 2), st.integers(0, 3), st.text(max_size=40), _MODES,
+)
+_DIR = st.builds(lambda d, mode: {"directory": f"/d{d}", "mode": mode}, st.integers(0, 2), _MODES)
+_LINK = st.builds(lambda k, to: {"symlink": f"/l{k}", "to": to}, st.integers(0, 2), st.sampled_from(["/d0", "d1/f0", "/nowhere"]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(_FILE, _DIR, _LINK), max_size=10, unique_by=lambda r: next(iter(r.items()))))
+def test_any_set_of_filesystem_resources_converges_in_one_run(resources):
+    with tempfile.TemporaryDirectory() as tmp:
+        first = converge([bundle(resources)], root=tmp, facts=FACTS)
+        assert first.failed == 0 and first.skipped == 0, first.to_json()
+        second = converge([bundle(resources)], root=tmp, facts=FACTS)
+        assert second.changed == 0 and second.unchanged == len(resources), second.to_json()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from grapevine.gossip.errors import PolicyError
 from grapevine.policy import selectors
@@ -136,8 +138,6 @@ def test_keys_lists_every_fact_read():
 
 # ---------------------------------------------------------------- property: canonical text round-trips
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 _KEYS = st.sampled_from(["role", "env", "name", "os", "zone"])
 _VALUES = st.sampled_from(["web", "db", "prod", "web-01", "eu west", "a*", "x?y", "debian"])
