@@ -11,14 +11,16 @@ measured), records each agent's resident memory, then, all at once:
   strictly increase, so the newest is known);
 - ``--runs`` runs, each targeting every agent, started round-robin from every
   agent, ``--concurrency`` in flight: ``runs x agents`` signed run orders in
-  all. Each order's command appends its run id to ``runs.log`` under the
+  all (an agent that discovery missed gets no order: counted apart, as
+  ``targets_missed_by_discovery``). Each order's command appends its run id to ``runs.log`` under the
   --root of the agent that executes it (found from the agent's command line
   through the shell's parent process).
 
 Then it checks that nothing was lost and nothing ran twice: every agent holds
 the same store and applied the newest version of every bundle (the file each
 bundle manages, under its --root), every run reported a result from every
-agent, and every run id appears exactly once in every agent's runs.log. It
+agent it found, and every run id appears exactly once in the runs.log of every
+agent its order was sent to, and nowhere else. It
 records resident memory again and compares. Prints one JSON document; exit 1
 when anything was lost, ran twice, or memory grew past ``--max-rss-growth``.
 """
@@ -199,14 +201,20 @@ def run_load(base: Path, *, agents: int, injections: int, runs: int, bundles: in
         missing = sum(len(d["missing"]) + len(d["not_started"]) for d in load.run_docs)
         short_targets = sum(agents - len(d["targets"]) for d in load.run_docs)
         failed = sum(len(d["failed"]) for d in load.run_docs)
+        # Which agents each run sent its order to (node id "name@host:port").
+        targeted = {d["run_id"]: {t.split("@", 1)[0] for t in d["targets"]} for d in load.run_docs}
+        targeted[warm["run_id"]] = {t.split("@", 1)[0] for t in warm["targets"]}
         lost = twice = foreign = 0
         for a in ags:
             lines = Counter((a.root / "runs.log").read_text().split()) if (a.root / "runs.log").exists() else Counter()
-            for rid in run_ids | warm_ids:
+            for rid, names in targeted.items():
                 n = lines.get(rid, 0)
-                lost += n == 0
-                twice += max(0, n - 1)
-            foreign += sum(n for rid, n in lines.items() if rid not in run_ids | warm_ids)
+                if a.name in names:
+                    lost += n == 0  # the order was sent here and never ran
+                    twice += max(0, n - 1)
+                else:
+                    foreign += n  # ran here though it was never sent here
+            foreign += sum(n for rid, n in lines.items() if rid not in targeted)
         disc = sorted(d["discovery_ms"] for d in load.run_docs)
         growth = {n: round(rss_after[n] / rss_before[n] - 1, 4) for n in rss_before}
         return {
@@ -215,6 +223,7 @@ def run_load(base: Path, *, agents: int, injections: int, runs: int, bundles: in
             "bundles": len(load.newest) - 1,  # without the warm-up bundle
             "runs": len(load.run_docs),
             "orders": len(load.run_docs) * agents,
+            "orders_sent": sum(len(d["targets"]) for d in load.run_docs),
             "results": results,
             "errors": load.errors,
             "load_s": round(load_s, 2),
@@ -254,7 +263,8 @@ def main() -> int:
         doc = run_load(Path(args.dir or tmp), agents=args.agents, injections=args.injections, runs=args.runs,
                        bundles=args.bundles, concurrency=args.concurrency)
     doc["max_rss_growth"] = args.max_rss_growth
-    bad = (doc["orders_lost"] or doc["orders_executed_twice"] or doc["results_missing"] or doc["errors"]
+    bad = (doc["orders_lost"] or doc["orders_executed_twice"] or doc["orders_foreign"] or doc["results_missing"]
+           or doc["targets_missed_by_discovery"] or doc["errors"]
            or doc["rss_growth_max"] > args.max_rss_growth or doc["injections"] != args.injections)
     doc["ok"] = not bad
     print(json.dumps(doc, indent=1, sort_keys=True))
