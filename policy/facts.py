@@ -9,7 +9,9 @@
     the OS to a selector).
 
 Everything here is read from the kernel or /etc, never from a network
-service, so gathering takes a few milliseconds and works offline.
+service, so gathering takes a few milliseconds and works offline. Facts
+describe the machine the converge runs on, also when it converges a tree
+under ``--root``.
 """
 
 from __future__ import annotations
