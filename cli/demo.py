@@ -442,8 +442,11 @@ def run_demo(nodes: int, as_json: bool) -> dict:
         doc["healed"] = healed == 1
         doc["heal_ms"] = int((time.monotonic() - t_restart) * 1000)
         content = (cut.root / MOTD.lstrip("/"))
-        show.line(f"  {cut.name} caught up {doc['heal_ms']} ms after restart: "
-                  f"{content.read_text().strip() if content.exists() else '(missing)'}")
+        if doc["healed"]:
+            show.line(f"  {cut.name} caught up {doc['heal_ms']} ms after restart: "
+                      f"{content.read_text().strip() if content.exists() else '(missing)'}")
+        else:
+            show.line(f"  {cut.name} did NOT catch up within {HEAL_TIMEOUT_S:g} s (see {cut.log_path})")
         show.step("stopping every agent")
     doc["wall_s"] = round(time.monotonic() - started, 2)
     doc["ok"] = (doc["converged"] == nodes and doc["healed"] and doc["run_failed"] == 0 and doc["run_missing"] == 0
