@@ -297,7 +297,7 @@ def _flood(world, stop: threading.Event) -> Counter:
     return kinds
 
 
-def test_genuine_bundle_converges_through_a_flood_and_membership_lies(world):
+def test_genuine_bundle_converges_through_a_flood_and_membership_lies(world, hostile_report):
     stop = threading.Event()
     result: dict = {}
     flood = threading.Thread(target=lambda: result.update(kinds=_flood(world, stop)), daemon=True)
@@ -307,10 +307,12 @@ def test_genuine_bundle_converges_through_a_flood_and_membership_lies(world):
         time.sleep(0.5)  # the attack is under way
         world.inject(3, via=2)
         took = world.wait_applied(3)
+        during = flood.is_alive()
         flood.join(RUN_TIMEOUT_S)
     finally:
         stop.set()
         flood.join(RUN_TIMEOUT_S)
+    flood_s = time.monotonic() - t0
     assert not flood.is_alive()
     assert sum(result["kinds"].values()) == FLOOD_MESSAGES
     assert sum(result["kinds"].values()) > 0
@@ -322,7 +324,12 @@ def test_genuine_bundle_converges_through_a_flood_and_membership_lies(world):
     # the mesh still converges after the lies, not just during them
     world.inject(4, via=1)
     world.wait_applied(4)
-    print(f"genuine v3 applied everywhere {took:.2f} s after injection, flood running {time.monotonic() - t0:.1f} s")
+    hostile_report["flood (bounded) and a genuine bundle injected during it"] = Counter({
+        "flood messages sent": sum(result["kinds"].values()),
+        "flood duration, ms": int(flood_s * 1000),
+        "genuine v3 applied on every node, ms after injection": int(took * 1000),
+        "flood still running when v3 was everywhere (1 = yes)": int(during),
+    })
 
 
 JUNK_BODIES = [None, 0, -1, 2**63, "x", b"\x00" * 64, [], [1], [[1], {}], {}, {"q": [1]}, {"q": {"a": 1}},
