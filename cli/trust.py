@@ -21,6 +21,7 @@ from grapevine.policy.trust import (
     DAY_MS,
     DEFAULT_EXPIRY_DAYS,
     KNOWN_ACTIONS,
+    LINK_PREFIX,
     OperatorScope,
     Refusal,
     add_signature,
@@ -96,7 +97,7 @@ def _describe(item, root) -> dict:
     return {
         "serial": root.serial,
         "fingerprint": fingerprint(item),
-        "signed_by": [kid for kid, _ in item.signatures],
+        "signed_by": [kid for kid, _ in item.signatures if not kid.startswith(LINK_PREFIX)],
         "version": list(item.version),
         **root.summary(),
     }
@@ -155,7 +156,7 @@ def init(key_paths, admins, threshold, publishers, operators, expires_days, out,
 
 
 def _report(item, root, out, as_json, needed: int | None = None) -> None:
-    have = len(item.signatures)
+    have = sum(1 for kid, _ in item.signatures if not kid.startswith(LINK_PREFIX))
     if as_json:
         emit_json({"ok": True, "out": out, "signatures_needed": needed, **_describe(item, root)})
         return
@@ -252,7 +253,8 @@ def verify(candidate, current_path, as_json) -> None:
     if as_json:
         emit_json({"ok": True, "candidate": candidate, **_describe(item, new)})
     else:
-        click.echo(f"ok: serial {new.serial} may replace serial {current.serial} (signed by {len(item.signatures)} admin(s))")
+        signed = _describe(item, new)["signed_by"]
+        click.echo(f"ok: serial {new.serial} may replace serial {current.serial} (signed by {len(signed)} admin(s))")
 
 
 @trust.command("show")

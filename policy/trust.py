@@ -18,12 +18,25 @@ a file or pinned by its fingerprint (SHA-256 of the payload), so the first
 root needs no signature chain; its signatures by its own keys must still
 verify, which catches a damaged file.
 
+Catching up over several rotations: the mesh keeps only the newest root, so
+a node that slept through rotations 2 and 3 sees root 4 while it still runs
+on root 1. Each root therefore carries a *proof*: its last few predecessors
+(their fields without proof, their version, and "link" signatures that the
+admins made over exactly those fields). A node walks the proof from its own
+serial upwards, checking each step against the admins of the step before,
+and finally checks the new root against the last step. Every step is a
+threshold-signed transition from a root the node already trusts, so the
+proof adds reach, not trust. Each admin therefore signs a root twice: the
+item signature (``kid``) over the whole item, and the link signature
+(``link/kid``) over the fields and version alone.
+
 Every refusal is a ``Refusal`` carrying one of the reason names the gossip
 layer logs and counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -31,6 +44,8 @@ from pathlib import Path
 from typing import Iterable
 
 from grapevine.gossip.errors import GrapevineError, PolicyError, ProtocolError, TrustError
+import msgpack
+
 from grapevine.gossip.item import MAX_SIGNATURES, SignedItem, Version
 
 from .bundle import canonical, pack_canonical, unpack_bounded
@@ -42,7 +57,10 @@ MAX_ROOT_BYTES = 256 * 1024  # a few hundred keys with scopes; a root is read on
 MAX_KEYS = 1_000  # authors and operators of one fleet; bounds decode and lookup work
 MAX_PREFIXES = 64  # bundle-name prefixes per publisher
 MAX_SCOPES = 64  # operator scopes per key
-MAX_ADMINS = MAX_SIGNATURES  # every admin must be able to sign one root item
+MAX_ADMINS = MAX_SIGNATURES // 2  # every admin must fit two signatures (item + link) on one root item
+MAX_PROOF = 8  # predecessors a root carries: a node may sleep through 8 rotations and still catch up
+LINK_PREFIX = "link/"  # signature entries over the root's fields alone (see the module docstring)
+LINK_DOMAIN = "grapevine/root-link/1"
 DAY_MS = 86_400_000
 DEFAULT_EXPIRY_DAYS = 365  # long enough to forget about, short enough that a lost root dies on its own
 ALL_NAMES = "*"  # publisher prefix that covers every bundle name
@@ -90,6 +108,52 @@ class OperatorScope:
         return {"actions": list(self.actions), "selector": self.selector}
 
 
+def link_bytes(version: Version, fields: bytes) -> bytes:
+    """What a link signature covers: a root's fields (without proof) and its version."""
+    return msgpack.packb([LINK_DOMAIN, version.wall_ms, version.counter, version.author, fields], use_bin_type=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Link:
+    """One predecessor in a root's proof."""
+
+    fields: bytes  # canonical encoding of the predecessor root with an empty proof
+    version: Version
+    signatures: tuple[tuple[str, bytes], ...]  # (admin key id, link signature)
+    _root: TrustRoot | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        root = TrustRoot.decode(self.fields)  # ProtocolError/TrustError for a bad link
+        if root.proof:
+            raise ProtocolError("a proof link must not carry a proof of its own")
+        object.__setattr__(self, "_root", root)
+
+    def root(self) -> TrustRoot:
+        assert self._root is not None
+        return self._root
+
+    def to_plain(self) -> list:
+        v = self.version
+        return [self.fields, v.wall_ms, v.counter, v.author, [[k, s] for k, s in self.signatures]]
+
+    @classmethod
+    def from_plain(cls, obj: object) -> Link:
+        if not isinstance(obj, list) or len(obj) != 5:
+            raise ProtocolError("a proof link is a list of 5 fields")
+        fields, wall, counter, author, sigs = obj
+        if not isinstance(fields, bytes) or not isinstance(author, str) or not isinstance(sigs, list):
+            raise ProtocolError("a proof link has fields of the wrong type")
+        for x in (wall, counter):
+            if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+                raise ProtocolError("a proof link version is two non-negative integers")
+        pairs = []
+        for pair in sigs:
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], bytes)):
+                raise ProtocolError("a proof link signature is a [key id, signature] pair")
+            pairs.append((pair[0], pair[1]))
+        return cls(fields=fields, version=Version(wall, counter, author), signatures=tuple(pairs))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrustRoot:
     serial: int
@@ -100,6 +164,8 @@ class TrustRoot:
     admins: tuple[str, ...]
     publishers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key id -> name prefixes
     operators: dict[str, tuple[OperatorScope, ...]] = field(default_factory=dict)
+    # predecessors, oldest first; not part of what a root *is*, so not compared
+    proof: tuple[Link, ...] = field(default=(), compare=False, repr=False)
     _public: dict[str, PublicKey] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -149,6 +215,8 @@ class TrustRoot:
             raise TrustError(f"trust root lists key(s) {unused} with no role")
         object.__setattr__(self, "keys", {k: self.keys[k] for k in sorted(self.keys)})
         object.__setattr__(self, "_public", {k: PublicKey(raw) for k, raw in self.keys.items()})
+        if not isinstance(self.proof, tuple) or len(self.proof) > MAX_PROOF or not all(isinstance(x, Link) for x in self.proof):
+            raise TrustError(f"a trust root proof is at most {MAX_PROOF} links")
 
     # -- questions asked by admission and runs ---------------------------------
 
@@ -189,6 +257,7 @@ class TrustRoot:
                 "admins": list(self.admins),
                 "publishers": {k: list(v) for k, v in self.publishers.items()},
                 "operators": {k: [s.to_plain() for s in v] for k, v in self.operators.items()},
+                "proof": [link.to_plain() for link in self.proof],
             },
             "trust root",
         )
@@ -196,10 +265,17 @@ class TrustRoot:
     def encode(self) -> bytes:
         return pack_canonical(self.to_plain())
 
+    def fields_bytes(self) -> bytes:
+        """The encoding of this root without its proof: what link signatures cover."""
+        return dataclasses.replace(self, proof=()).encode() if self.proof else self.encode()
+
+    def with_proof(self, proof: tuple[Link, ...]) -> TrustRoot:
+        return dataclasses.replace(self, proof=tuple(proof))
+
     @classmethod
     def decode(cls, data: bytes) -> TrustRoot:
         obj = unpack_bounded(data, MAX_ROOT_BYTES, "trust root")
-        fields = {"format", "serial", "created_ms", "expires_ms", "threshold", "keys", "admins", "publishers", "operators"}
+        fields = {"format", "serial", "created_ms", "expires_ms", "threshold", "keys", "admins", "publishers", "operators", "proof"}
         if not isinstance(obj, dict) or set(obj) != fields:
             raise ProtocolError(f"trust root must be a map with exactly the keys {sorted(fields)}")
         if obj["format"] != FORMAT:
@@ -218,6 +294,7 @@ class TrustRoot:
                 admins=tuple(obj["admins"]),
                 publishers={k: tuple(v) for k, v in obj["publishers"].items()},
                 operators=ops,
+                proof=tuple(Link.from_plain(x) for x in obj["proof"]),
             )
         except TrustError:
             raise
@@ -236,6 +313,7 @@ class TrustRoot:
             "admins": list(self.admins),
             "publishers": {k: list(v) for k, v in self.publishers.items()},
             "operators": {k: [s.to_plain() for s in v] for k, v in self.operators.items()},
+            "proof_serials": [link.root().serial for link in self.proof],
         }
 
 
@@ -264,6 +342,51 @@ def _distinct_signers(item: SignedItem) -> None:
         raise Refusal(BAD_SIGNATURE, f"item {item.key!r} carries no signature")
 
 
+def _split_signatures(item: SignedItem) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+    """(item signatures, link signatures) of a root item; link ids lose their prefix."""
+    plain, links = [], []
+    for kid, sig in item.signatures:
+        if kid.startswith(LINK_PREFIX):
+            links.append((kid[len(LINK_PREFIX):], sig))
+        else:
+            plain.append((kid, sig))
+    return plain, links
+
+
+def _check_signer_set(
+    what: str, pairs: list[tuple[str, bytes]], data: bytes, signers_root: TrustRoot, require_threshold: bool
+) -> int:
+    for kid, sig in pairs:
+        pub = signers_root.public_key(kid)
+        if pub is None:
+            raise Refusal(UNKNOWN_KEY, f"{what} is signed by key {kid}, which the current root does not know")
+        if kid not in signers_root.admins:
+            raise Refusal(OUT_OF_SCOPE, f"{what} is signed by {kid}, which is not an admin")
+        if not pub.verify(data, sig):
+            raise Refusal(BAD_SIGNATURE, f"{what}: the signature by {kid} does not verify")
+    n = len(pairs)
+    if require_threshold and n < signers_root.threshold:
+        raise Refusal(
+            OUT_OF_SCOPE, f"{what} carries {n} of the {signers_root.threshold} admin signatures the current root requires"
+        )
+    return n
+
+
+def check_link(link: Link, signers_root: TrustRoot) -> TrustRoot:
+    """The root in a proof link, if a threshold of ``signers_root``'s admins signed it."""
+    try:
+        root = link.root()
+    except GrapevineError as exc:
+        raise Refusal(MALFORMED, f"proof link: {exc}") from None
+    ids = [k for k, _ in link.signatures]
+    if len(ids) != len(set(ids)):
+        raise Refusal(MALFORMED, f"proof link for serial {root.serial} carries two signatures by the same key")
+    _check_signer_set(
+        f"proof link for serial {root.serial}", list(link.signatures), link_bytes(link.version, link.fields), signers_root, True
+    )
+    return root
+
+
 def check_admin_signatures(item: SignedItem, signers_root: TrustRoot, require_threshold: bool = True) -> int:
     """Every signature must be a valid one by an admin of ``signers_root``; at least its threshold of them.
 
@@ -271,20 +394,11 @@ def check_admin_signatures(item: SignedItem, signers_root: TrustRoot, require_th
     false a shortfall is allowed (a candidate still collecting signatures).
     """
     _distinct_signers(item)
-    data = item.signing_bytes()
-    for kid, sig in item.signatures:
-        pub = signers_root.public_key(kid)
-        if pub is None:
-            raise Refusal(UNKNOWN_KEY, f"{item.key} is signed by key {kid}, which the current root does not know")
-        if kid not in signers_root.admins:
-            raise Refusal(OUT_OF_SCOPE, f"{item.key} is signed by {kid}, which is not an admin")
-        if not pub.verify(data, sig):
-            raise Refusal(BAD_SIGNATURE, f"{item.key}: the signature by {kid} does not verify")
-    n = len(item.signatures)
-    if require_threshold and n < signers_root.threshold:
-        raise Refusal(
-            OUT_OF_SCOPE, f"{item.key} carries {n} of the {signers_root.threshold} admin signatures the current root requires"
-        )
+    plain, links = _split_signatures(item)
+    n = _check_signer_set(item.key, plain, item.signing_bytes(), signers_root, require_threshold)
+    root = decode_root_item(item)
+    # the link signatures let nodes further behind catch up later: same signers, same threshold
+    _check_signer_set(f"{item.key} (link)", links, link_bytes(item.version, root.fields_bytes()), signers_root, require_threshold)
     return n
 
 
@@ -307,7 +421,14 @@ def verify_succession(
         raise Refusal(STALE, f"trust root serial {new.serial} does not replace serial {current.serial}")
     if current_item is not None and candidate.version <= current_item.version:
         raise Refusal(STALE, f"trust root version {tuple(candidate.version)} is not newer than {tuple(current_item.version)}")
-    check_admin_signatures(candidate, current, require_threshold)
+    signers = current
+    for link in new.proof:  # catch up over rotations this node has not seen
+        step = check_link(link, signers) if link.root().serial > signers.serial else None
+        if step is not None:
+            if step.serial >= new.serial:
+                raise Refusal(MALFORMED, f"trust root serial {new.serial} lists serial {step.serial} in its proof")
+            signers = step
+    check_admin_signatures(candidate, signers, require_threshold)
     if new.expired(now_ms):
         raise Refusal(EXPIRED, f"the new trust root (serial {new.serial}) has already expired")
     return new
@@ -320,11 +441,13 @@ def check_first_root(item: SignedItem, pinned: str | None = None) -> TrustRoot:
     if pinned is not None and fingerprint(item) != pinned.strip().lower():
         raise Refusal(BAD_SIGNATURE, f"trust root fingerprint {fingerprint(item)} does not match the pinned {pinned}")
     _distinct_signers(item)
-    data = item.signing_bytes()
-    for kid, sig in item.signatures:
-        pub = root.public_key(kid)
-        if pub is not None and not pub.verify(data, sig):
-            raise Refusal(BAD_SIGNATURE, f"trust root: the signature by {kid} does not verify")
+    plain, links = _split_signatures(item)
+    data, link_data = item.signing_bytes(), link_bytes(item.version, root.fields_bytes())
+    for pairs, signed in ((plain, data), (links, link_data)):
+        for kid, sig in pairs:
+            pub = root.public_key(kid)
+            if pub is not None and not pub.verify(signed, sig):
+                raise Refusal(BAD_SIGNATURE, f"trust root: the signature by {kid} does not verify")
     return root
 
 
@@ -332,12 +455,20 @@ def check_first_root(item: SignedItem, pinned: str | None = None) -> TrustRoot:
 
 
 def _sign(root: TrustRoot, keys: Iterable[SigningKey], version: Version) -> SignedItem:
-    keys = list(keys)
     item = SignedItem(key=ROOT_KEY, version=version, payload=root.encode())
-    data = item.signing_bytes()
     for k in keys:
-        item = item.with_signature(k.key_id, k.sign(data))
+        item = add_signature(item, k)
     return item
+
+
+def _proof_for(current_item: SignedItem, current: TrustRoot, new_root: TrustRoot) -> tuple[Link, ...]:
+    """The current root's proof plus the current root itself, trimmed to fit."""
+    _, link_sigs = _split_signatures(current_item)
+    links = current.proof + (Link(fields=current.fields_bytes(), version=current_item.version, signatures=tuple(link_sigs)),)
+    links = links[-MAX_PROOF:]
+    while links and len(new_root.with_proof(links).encode()) > MAX_ROOT_BYTES:
+        links = links[1:]  # oldest first out: only nodes that slept longest lose the way back
+    return links
 
 
 def build_root(
@@ -405,15 +536,16 @@ def rotate(
     current = decode_root_item(current_item)
     cv = current_item.version
     version = Version(now_ms, 0, signers[0].key_id) if now_ms > cv.wall_ms else Version(cv.wall_ms, cv.counter + 1, signers[0].key_id)
-    item = _sign(new_root, signers, version)
+    item = _sign(new_root.with_proof(_proof_for(current_item, current, new_root)), signers, version)
     verify_succession(current, item, now_ms, current_item, require_threshold=not partial)
     return item
 
 
 def add_signature(candidate: SignedItem, key: SigningKey) -> SignedItem:
-    """Add ``key``'s signature to a root candidate (one admin at a time, on their own machine)."""
-    decode_root_item(candidate)
-    return candidate.with_signature(key.key_id, key.sign(candidate.signing_bytes()))
+    """Add ``key``'s item and link signatures to a root (one admin at a time, on their own machine)."""
+    root = decode_root_item(candidate)
+    item = candidate.with_signature(key.key_id, key.sign(candidate.signing_bytes()))
+    return item.with_signature(LINK_PREFIX + key.key_id, key.sign(link_bytes(candidate.version, root.fields_bytes())))
 
 
 # -- files ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from grapevine.gossip.item import SignedItem, Version
 from grapevine.policy.admission import Admission, Limits
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import DAY_MS, REASONS, Refusal, build_root, init_root, rotate
+from grapevine.policy.trust import DAY_MS, REASONS, Refusal, add_signature, build_root, init_root, rotate
 
 NOW = 1_800_000_000_000
 ADMIN, WEB, DB, STRANGER, BOTH = (SigningKey(bytes([i]) * 32) for i in (11, 12, 13, 14, 15))
@@ -165,10 +165,9 @@ def test_threshold_rotation_through_the_validator(admission):
     admission.on_accepted(item2)
     third = make_root(serial=3, now=NOW + 2, admins=(ADMIN, BOTH), threshold=2)
     v = Version(NOW + 2, 0, ADMIN.key_id)
-    one = SignedItem(key="trust/root", version=v, payload=third.encode())
-    one = one.with_signature(ADMIN.key_id, ADMIN.sign(one.signing_bytes()))
+    one = add_signature(SignedItem(key="trust/root", version=v, payload=third.encode()), ADMIN)
     assert admission(one, item2, NOW + 2) == "OutOfScope"
-    two = one.with_signature(BOTH.key_id, BOTH.sign(one.signing_bytes()))
+    two = add_signature(one, BOTH)
     assert admission(two, item2, NOW + 2) is None
 
 

@@ -76,3 +76,37 @@ def test_rotation_spreads_through_gossip_and_revoked_publishers_are_refused_ever
             continue
         stored = mesh.nodes[n].store.get("bundle/web/bob")
         assert mesh.nodes[n].validator.still_valid(stored, mesh.now) == "UnknownKey"
+
+
+def test_a_node_cut_off_during_two_rotations_catches_up_after_the_heal():
+    admin2, admin3 = SigningKey(b"\x45" * 32), SigningKey(b"\x46" * 32)
+    first = init_root(root(1, 0, [WEB]), [ADMIN], 0)
+    mesh = TrustedMesh(seed=11)
+    for i in range(6):
+        nid = f"n{i}"
+        mesh.add(nid, join=[f"n{i - 1}"] if i else [])
+        mesh.nodes[nid].validator = Admission(first, node=nid)
+        mesh.run_for(200)
+    mesh.run_for(2_000)
+    others = [n for n in mesh.live if n != "n5"]
+    mesh.cut(["n5"], others)
+
+    def new_root(serial, admin):
+        return build_root(serial=serial, now_ms=mesh.now, expires_days=30, admins=[admin.public], threshold=1,
+                          publishers=[(BOB.public, "web/")])
+
+    second = rotate(first, new_root(2, admin2), [ADMIN], mesh.now)
+    mesh.publish("n0", second)
+    mesh.run_for(3_000)
+    third = rotate(second, new_root(3, admin3), [admin2], mesh.now)
+    mesh.publish("n1", third)
+    mesh.run_for(3_000)
+    assert {mesh.nodes[n].validator.root.serial for n in others} == {3}
+    assert mesh.nodes["n5"].validator.root.serial == 1
+
+    mesh.restore()
+    mesh.run_for(30_000)  # anti-entropy brings the newest root; its proof carries serial 2
+    assert mesh.nodes["n5"].validator.root.serial == 3
+    mesh.publish("n0", pack(Bundle(name="web/after"), BOB, mesh.now))
+    mesh.run_for(5_000)
+    assert holders(mesh, "bundle/web/after") == sorted(mesh.live)

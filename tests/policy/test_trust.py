@@ -13,6 +13,7 @@ from grapevine.policy.trust import (
     OperatorScope,
     Refusal,
     TrustRoot,
+    add_signature,
     build_root,
     check_first_root,
     fingerprint,
@@ -113,7 +114,7 @@ def test_threshold_two_needs_two_admin_signatures(first):
 def _signed(root, signers, version):
     item = SignedItem(key="trust/root", version=version, payload=root.encode())
     for k in signers:
-        item = item.with_signature(k.key_id, k.sign(item.signing_bytes()))
+        item = add_signature(item, k)
     return item
 
 
@@ -187,12 +188,13 @@ def test_first_root_file_is_checked_against_a_pinned_fingerprint(tmp_path, first
 
 def test_first_root_with_a_damaged_signature_is_refused(first):
     item, _ = first
-    (kid, sig), = item.signatures
-    damaged = SignedItem(key=item.key, version=item.version, payload=item.payload,
-                         signatures=((kid, sig[:-1] + bytes([sig[-1] ^ 1])),))
-    with pytest.raises(Refusal) as info:
-        check_first_root(damaged)
-    assert info.value.reason == "BadSignature"
+    for n, (kid, sig) in enumerate(item.signatures):  # the item signature, then the link signature
+        sigs = list(item.signatures)
+        sigs[n] = (kid, sig[:-1] + bytes([sig[-1] ^ 1]))
+        damaged = SignedItem(key=item.key, version=item.version, payload=item.payload, signatures=tuple(sigs))
+        with pytest.raises(Refusal) as info:
+            check_first_root(damaged)
+        assert info.value.reason == "BadSignature"
 
 
 def test_non_canonical_root_file_is_malformed(tmp_path, first):
@@ -243,3 +245,95 @@ def test_roots_with_fields_of_the_wrong_shape_are_refused(field, value):
         plain[field] = value
     with pytest.raises(GrapevineError):
         TrustRoot.decode(msgpack.packb(plain, use_bin_type=True))
+
+
+ADMINS = [SigningKey(bytes([50 + i]) * 32) for i in range(12)]
+
+
+def chain(length):
+    """Roots 1..length; root n has the single admin ADMINS[n-1], so every rotation changes the admin."""
+    items = [init_root(root_of([ADMINS[0]]), [ADMINS[0]], NOW)]
+    for n in range(2, length + 1):
+        new = root_of([ADMINS[n - 1]], serial=n, now=NOW + n)
+        items.append(rotate(items[-1], new, [ADMINS[n - 2]], NOW + n))
+    return items
+
+
+def test_a_node_that_slept_through_rotations_catches_up_through_the_proof():
+    items = chain(5)
+    first = check_first_root(items[0])
+    latest = verify_succession(first, items[-1], NOW + 10, items[0])
+    assert latest.serial == 5 and latest.admins == (ADMINS[4].key_id,)
+    assert [TrustRoot.decode(link.fields).serial for link in latest.proof] == [1, 2, 3, 4]
+    # every intermediate start works as well
+    for start in items[1:-1]:
+        assert verify_succession(check_first_root(start), items[-1], NOW + 10, start).serial == 5
+
+
+def test_catch_up_ends_where_the_proof_ends():
+    from grapevine.policy.trust import MAX_PROOF
+    from grapevine.policy.trust import decode_root_item as decode_root
+
+    items = chain(MAX_PROOF + 3)
+    newest = items[-1]
+    first_link = len(items) - MAX_PROOF  # serial of the oldest predecessor still carried
+    assert newest.payload and decode_root(newest).proof[0].root().serial == first_link
+    ok_from = items[first_link - 2]  # serial first_link - 1: its admins signed the first link
+    assert verify_succession(check_first_root(ok_from), newest, NOW + 100, ok_from).serial == len(items)
+    too_old = items[first_link - 3]
+    with pytest.raises(Refusal) as info:
+        verify_succession(check_first_root(too_old), newest, NOW + 100, too_old)
+    assert info.value.reason == "UnknownKey"
+
+
+def test_a_forged_proof_does_not_reach_back_to_an_old_root():
+    from grapevine.policy.trust import Link
+
+    first = init_root(root_of([ALICE]), [ALICE], NOW)
+    # mallory invents a serial-2 root naming herself admin, with a link signature of her own
+    fake2 = root_of([MALLORY], serial=2, now=NOW + 1)
+    v2 = Version(NOW + 1, 0, MALLORY.key_id)
+    from grapevine.policy.trust import link_bytes
+
+    link = Link(fields=fake2.encode(), version=v2,
+                signatures=((MALLORY.key_id, MALLORY.sign(link_bytes(v2, fake2.encode()))),))
+    fake3 = root_of([MALLORY], serial=3, now=NOW + 2).with_proof((link,))
+    item3 = _signed(fake3, [MALLORY], Version(NOW + 2, 0, MALLORY.key_id))
+    with pytest.raises(Refusal) as info:
+        verify_succession(check_first_root(first), item3, NOW + 3, first)
+    assert info.value.reason == "UnknownKey"
+    # the same with alice's name on the link but not her signature
+    forged = Link(fields=fake2.encode(), version=v2, signatures=((ALICE.key_id, MALLORY.sign(link_bytes(v2, fake2.encode()))),))
+    item3 = _signed(root_of([MALLORY], serial=3, now=NOW + 2).with_proof((forged,)), [MALLORY], Version(NOW + 2, 0, MALLORY.key_id))
+    with pytest.raises(Refusal) as info:
+        verify_succession(check_first_root(first), item3, NOW + 3, first)
+    assert info.value.reason == "BadSignature"
+
+
+def test_a_root_without_link_signatures_is_refused_as_a_successor(first):
+    item, root = first
+    new = root_of([ALICE, BOB], serial=2, now=NOW + 1)
+    bare = SignedItem(key="trust/root", version=Version(NOW + 1, 0, ALICE.key_id), payload=new.encode())
+    bare = bare.with_signature(ALICE.key_id, ALICE.sign(bare.signing_bytes()))
+    with pytest.raises(Refusal) as info:
+        verify_succession(root, bare, NOW + 2, item)
+    assert info.value.reason == "OutOfScope" and "link" in info.value.detail
+
+
+def test_every_single_byte_change_to_a_root_file_is_refused(first):
+    from grapevine.policy.trust import item_from_file_bytes
+
+    item, root = first
+    item2 = rotate(item, root_of([ALICE, BOB], serial=2, now=NOW + 1), [ALICE], NOW + 1)
+    data = item2.encode()
+    accepted = []
+    for pos in range(len(data)):
+        for flip in (0x01, 0x80):
+            mutated = bytearray(data)
+            mutated[pos] ^= flip
+            try:
+                verify_succession(root, item_from_file_bytes(bytes(mutated)), NOW + 2, item)
+            except Refusal:
+                continue
+            accepted.append((pos, flip))
+    assert accepted == []
