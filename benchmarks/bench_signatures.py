@@ -24,7 +24,7 @@ import nacl
 from grapevine.policy.admission import Admission
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import build_root, init_root
+from grapevine.policy.trust import MAX_PROOF, build_root, check_first_root, init_root, rotate, verify_succession
 
 NOW = 1_800_000_000_000
 
@@ -90,6 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     current = pack(make_bundle(20, 8 * 1024), publisher, NOW)
     s = timed(lambda: admission(stale, current, NOW), 5000, args.runs)
     rows.append(("refusal of a stale bundle (no signature work)", s, 1 / s))
+
+    # trust root succession: one step, and a node catching up over the whole proof
+    chain_admins = [SigningKey.generate() for _ in range(MAX_PROOF + 2)]
+    items = [init_root(build_root(serial=1, now_ms=NOW, expires_days=30, admins=[chain_admins[0].public], threshold=1), [chain_admins[0]], NOW)]
+    for n in range(2, MAX_PROOF + 2):
+        r = build_root(serial=n, now_ms=NOW + n, expires_days=30, admins=[chain_admins[n - 1].public], threshold=1,
+                       publishers=[(k.public, f"team{i}/") for i, k in enumerate(others[:50])])
+        items.append(rotate(items[-1], r, [chain_admins[n - 2]], NOW + n))
+    prev, newest = items[-2], items[-1]
+    prev_root, first_root = check_first_root(prev), check_first_root(items[0])
+    s = timed(lambda: verify_succession(prev_root, newest, NOW + 100, prev), 200, args.runs)
+    rows.append((f"trust root succession, one step ({len(newest.payload)} B root with {MAX_PROOF}-link proof)", s, 1 / s))
+    s = timed(lambda: verify_succession(first_root, newest, NOW + 100, items[0]), 100, args.runs)
+    rows.append((f"trust root catch-up over {MAX_PROOF} missed rotations", s, 1 / s))
 
     env = (
         f"Python {platform.python_version()}, PyNaCl {nacl.__version__}, {platform.machine()}, "

@@ -214,14 +214,20 @@ class TrustRoot:
         if unused:
             raise TrustError(f"trust root lists key(s) {unused} with no role")
         object.__setattr__(self, "keys", {k: self.keys[k] for k in sorted(self.keys)})
-        object.__setattr__(self, "_public", {k: PublicKey(raw) for k, raw in self.keys.items()})
+        object.__setattr__(self, "_public", {})  # filled on first use: most keys are never looked up
         if not isinstance(self.proof, tuple) or len(self.proof) > MAX_PROOF or not all(isinstance(x, Link) for x in self.proof):
             raise TrustError(f"a trust root proof is at most {MAX_PROOF} links")
 
     # -- questions asked by admission and runs ---------------------------------
 
     def public_key(self, kid: str) -> PublicKey | None:
-        return self._public.get(kid)
+        pub = self._public.get(kid)
+        if pub is None:
+            raw = self.keys.get(kid)
+            if raw is None:
+                return None
+            pub = self._public[kid] = PublicKey(raw)
+        return pub
 
     def expired(self, now_ms: int) -> bool:
         return now_ms >= self.expires_ms
@@ -387,7 +393,9 @@ def check_link(link: Link, signers_root: TrustRoot) -> TrustRoot:
     return root
 
 
-def check_admin_signatures(item: SignedItem, signers_root: TrustRoot, require_threshold: bool = True) -> int:
+def check_admin_signatures(
+    item: SignedItem, signers_root: TrustRoot, require_threshold: bool = True, root: TrustRoot | None = None
+) -> int:
     """Every signature must be a valid one by an admin of ``signers_root``; at least its threshold of them.
 
     Returns the number of valid admin signatures. With ``require_threshold``
@@ -396,7 +404,7 @@ def check_admin_signatures(item: SignedItem, signers_root: TrustRoot, require_th
     _distinct_signers(item)
     plain, links = _split_signatures(item)
     n = _check_signer_set(item.key, plain, item.signing_bytes(), signers_root, require_threshold)
-    root = decode_root_item(item)
+    root = decode_root_item(item) if root is None else root
     # the link signatures let nodes further behind catch up later: same signers, same threshold
     _check_signer_set(f"{item.key} (link)", links, link_bytes(item.version, root.fields_bytes()), signers_root, require_threshold)
     return n
@@ -428,7 +436,7 @@ def verify_succession(
             if step.serial >= new.serial:
                 raise Refusal(MALFORMED, f"trust root serial {new.serial} lists serial {step.serial} in its proof")
             signers = step
-    check_admin_signatures(candidate, signers, require_threshold)
+    check_admin_signatures(candidate, signers, require_threshold, new)
     if new.expired(now_ms):
         raise Refusal(EXPIRED, f"the new trust root (serial {new.serial}) has already expired")
     return new
