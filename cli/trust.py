@@ -271,6 +271,8 @@ def show(path, as_json) -> None:
         return
     click.echo(f"serial {root.serial}  threshold {root.threshold}  fingerprint {doc['fingerprint']}")
     click.echo(f"expires_ms {root.expires_ms}  signed by {', '.join(doc['signed_by'])}")
+    if doc["proof_serials"]:
+        click.echo(f"proof: predecessors {', '.join(map(str, doc['proof_serials']))} (nodes on those serials can catch up)")
     for kid in root.keys:
         line = f"  {kid}  {','.join(root.roles(kid))}"
         if kid in root.publishers:
