@@ -10,8 +10,10 @@ An item is admitted only if
   author is a key the root knows (``UnknownKey``), the one signature is the
   author's and verifies (``BadSignature``), and the author is a publisher
   whose prefixes cover the name (``OutOfScope``);
-- for ``trust/root``: a threshold of the current root's admins signed it and
-  its serial is higher (see ``trust.verify_succession``).
+- for ``trust/root``: a threshold of the current root's admins signed it, or
+  of the admins of a predecessor reached through its proof, and its serial is
+  higher (see ``trust.verify_succession``). A node with no root yet
+  (``Admission.from_fingerprint``) admits only the root it was pinned to.
 
 Cheap checks come first, so a flood of stale or oversized items costs no
 signature verification. Each refusal is logged on ``grapevine.policy`` with
