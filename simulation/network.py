@@ -26,7 +26,6 @@ import logging
 import math
 import random
 from dataclasses import dataclass, replace
-from heapq import heappush
 from typing import TYPE_CHECKING, Any, Callable
 
 from grapevine.gossip.errors import ConfigError
@@ -152,8 +151,7 @@ class Network:
         self._last_msg: Any = None
         self._last_size = 0
         self._by_id = sim.by_id
-        self._heap = sim._heap
-        self._seq = sim._seq
+        self._schedule = sim.schedule
         self._bits = rng.getrandbits
         self._groups: dict[int, int] | None = None  # host idx -> side; None: no partition
         self._fifo: dict[int, int] = {}  # (src idx << 32 | dst idx) -> last delivery time
@@ -242,7 +240,7 @@ class Network:
             if at < last:
                 at = last
             fifo[link] = at
-            heappush(self._heap, (at, next(self._seq), DELIVER, dst, dst.incarnation, src.node_id, msg))
+            self._schedule(at, (DELIVER, dst, dst.incarnation, src.node_id, msg))
         if cfg.duplicate and self.rng.random() < cfg.duplicate:
             self.traffic.duplicated += 1
             self._deliver_later(src, dst, msg, now)
