@@ -5,6 +5,21 @@ Bundles store maps key-sorted, so the type is found by which key names a
 known type, never by position. A type name can also be an attribute
 (``group`` of a file or a user): an entry's type is then the type key whose
 remaining keys are all attributes of that type.
+
+Attributes (every type also takes ``require``, ``notify`` and ``when``):
+
+- ``file: PATH`` — ensure present|absent, content | source (attached file;
+  rendered when it ends in .j2 or ``template: true``), template, mode,
+  owner, group.
+- ``directory: PATH`` — ensure, mode, owner, group, force (remove a tree).
+- ``symlink: PATH`` — to, ensure, force (replace a directory).
+- ``package: NAME`` — provider apt|pip, ensure present|absent, version,
+  source (.deb / wheel path under the root), virtualenv (pip).
+- ``service: UNIT`` — running, enabled, reload (notify reloads).
+- ``user: NAME`` — ensure, uid, group, groups, home, shell, comment, system.
+- ``group: NAME`` — ensure, gid, system.
+- ``exec: NAME`` — command (argv list or shell string), creates, onlyif,
+  unless, timeout, cwd, env, refresh_only, returns.
 """
 
 from __future__ import annotations
