@@ -59,6 +59,11 @@ def entry_type(entry: Mapping[str, Any]) -> str:
         ]
         if len(fitting) == 1:
             return fitting[0]
+        # None fits (a misspelt attribute too): the type is the key that is
+        # not an attribute of another named type (`file` + `group` is a file).
+        primary = [t for t in candidates if not any(t in TYPES[o].ATTRS for o in candidates if o != t)]
+        if not fitting and len(primary) == 1:
+            return primary[0]
         raise PolicyError(f"entry names several resource types ({', '.join(sorted(candidates))}); give one per entry")
     if candidates:
         return candidates[0]

@@ -44,6 +44,8 @@ BROKEN = [
     # (resources, files, words every message must contain)
     ([{"packag": "nginx"}], {}, ["resource #1", "unknown resource type 'packag'"]),
     ([{"file": "/etc/x", "mdoe": "0644"}], {}, ["file:/etc/x", "unknown attribute 'mdoe'"]),
+    ([{"file": "/etc/x", "group": "adm", "mdoe": "0644"}], {}, ["file:/etc/x", "unknown attribute 'mdoe'"]),
+    ([{"file": "/etc/x", "exec": "y"}], {}, ["several resource types (exec, file)"]),
     ([{"exec": "warm"}], {}, ["exec:warm", "missing attribute 'command'"]),
     ([{"symlink": "/srv/current"}], {}, ["symlink:/srv/current", "missing attribute 'to'"]),
     ([{"file": "/etc/x", "mode": "0999"}], {}, ["file:/etc/x", "bad mode '0999'"]),
