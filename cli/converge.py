@@ -21,6 +21,7 @@ import importlib
 import logging
 import sys
 from pathlib import Path
+from typing import Any, Iterable
 
 import click
 
@@ -76,11 +77,38 @@ def _print_text(report, *, verbose: bool) -> None:
         return
     from rich.console import Console
 
-    from grapevine.policy.report import render_table
-
     console = Console(soft_wrap=False)
     for part in render_table(report, show_unchanged=verbose, diffs=report.dry_run):
         console.print(part)
+
+
+def render_table(report: Any, *, show_unchanged: bool = True, diffs: bool = False) -> Iterable[Any]:
+    """Rich renderables for a report: a table, then the diffs when asked."""
+    from rich.syntax import Syntax
+    from rich.table import Table
+    from rich.text import Text
+
+    title = "plan (dry run)" if report.dry_run else "converge"
+    table = Table(title=f"{title} on {report.node or 'this node'} (root {report.root})", show_lines=False)
+    table.add_column("resource", overflow="fold")
+    table.add_column("status")
+    table.add_column("what", overflow="fold")
+    table.add_column("ms", justify="right")
+    style = {"changed": "yellow", "unchanged": "green", "failed": "bold red", "skipped": "magenta"}
+    for r in report.resources:
+        if r.status == "unchanged" and not show_unchanged:
+            continue
+        status = "would change" if report.dry_run and r.status == "changed" else r.status
+        what = r.error or "; ".join(r.changes) or r.reason
+        table.add_row(r.id, Text(status, style=style[r.status]), what, f"{r.duration_ms:.1f}")
+    out: list[Any] = [table]
+    if diffs:
+        for r in report.resources:
+            if r.status == "changed" and r.diff:
+                out.append(Text(f"--- {r.id}", style="bold"))
+                out.append(Syntax(r.diff, "diff", theme="ansi_dark", word_wrap=True))
+    out.append(Text(report.summary_line()))
+    return out
 
 
 @click.command()

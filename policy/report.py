@@ -13,7 +13,7 @@ not match this node are not part of the converge and do not appear.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 STATUSES = ("unchanged", "changed", "failed", "skipped")
 
@@ -135,32 +135,3 @@ class Report:
             f"{self.changed} {verb}, {self.unchanged} unchanged, {self.failed} failed, "
             f"{self.skipped} skipped in {self.duration_ms:.0f} ms"
         )
-
-
-def render_table(report: Report, *, show_unchanged: bool = True, diffs: bool = False) -> Iterable[Any]:
-    """Rich renderables for a report: a table, then the diffs when asked."""
-    from rich.syntax import Syntax
-    from rich.table import Table
-    from rich.text import Text
-
-    title = "plan (dry run)" if report.dry_run else "converge"
-    table = Table(title=f"{title} on {report.node or 'this node'} (root {report.root})", show_lines=False)
-    table.add_column("resource", overflow="fold")
-    table.add_column("status")
-    table.add_column("what", overflow="fold")
-    table.add_column("ms", justify="right")
-    style = {"changed": "yellow", "unchanged": "green", "failed": "bold red", "skipped": "magenta"}
-    for r in report.resources:
-        if r.status == "unchanged" and not show_unchanged:
-            continue
-        status = "would change" if report.dry_run and r.status == "changed" else r.status
-        what = r.error or "; ".join(r.changes) or r.reason
-        table.add_row(r.id, Text(status, style=style[r.status]), what, f"{r.duration_ms:.1f}")
-    out: list[Any] = [table]
-    if diffs:
-        for r in report.resources:
-            if r.status == "changed" and r.diff:
-                out.append(Text(f"--- {r.id}", style="bold"))
-                out.append(Syntax(r.diff, "diff", theme="ansi_dark", word_wrap=True))
-    out.append(Text(report.summary_line()))
-    return out
