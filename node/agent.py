@@ -55,7 +55,7 @@ BUNDLE_PREFIX = "bundle/"
 ROOT_KEY = "trust/root"
 NODE_KEY_FILE = "node.key"
 LOCK_FILE = "agent.lock"
-PEERS_SAVE_S = 15.0  # known peers are written back this often (they change slowly)
+PEERS_SAVE_S = 60.0  # the passive view is written back this often (active peers are written when they come up)
 MIN_TICK_S = 0.002  # never spin faster than this even if the core asks for "now"
 HELLO_ROUTE = "hello"
 FORWARD_FIRST_S = 0.05  # a converge waits at most this long for queued frames to leave
@@ -629,8 +629,9 @@ class Agent:
             loop.add_signal_handler(sig, self.request_stop)
         host, port = self.config.bind.rsplit(":", 1)
         host = host.strip("[]")
-        peer_runner = web.AppRunner(self.transport.make_app(), access_log=None, handle_signals=False)
-        api_runner = web.AppRunner(make_api_app(self), access_log=None, handle_signals=False)
+        bound = self.config.drain_timeout_s  # open requests get this long when the servers stop
+        peer_runner = web.AppRunner(self.transport.make_app(), access_log=None, handle_signals=False, shutdown_timeout=bound)
+        api_runner = web.AppRunner(make_api_app(self), access_log=None, handle_signals=False, shutdown_timeout=bound)
         sock = self.config.socket_path
         try:
             async with contextlib.AsyncExitStack() as stack:

@@ -117,7 +117,9 @@ class AgentConfig:
     rejoin_min_s: float = 0.5  # first retry delay when isolated; doubles up to rejoin_max_s
     rejoin_max_s: float = 30.0
     send_timeout_s: float = 5.0  # one POST or WebSocket connect to a peer
-    link_heartbeat_s: float = 5.0  # WebSocket ping period; a missing pong closes the link
+    # WebSocket ping period of a link; a missing pong closes it. The core's own probes already catch a
+    # silent peer within probe_timeout_ms (9 s on lan), so this only has to catch what they cannot.
+    link_heartbeat_s: float = 15.0
     drain_timeout_s: float = 5.0  # SIGTERM: in-flight work gets this long, then is cancelled
     # every commit survives a crash of the agent; "always" also waits for the disk on every commit,
     # "local" on all but items received from peers (which anti-entropy restores after a machine crash)

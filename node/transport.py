@@ -140,8 +140,9 @@ class Transport:
             link.closing = True
             if link.task:
                 link.task.cancel()
-        for ws in list(self._server_ws):
-            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown")
+        if self._server_ws:
+            closing = [ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown") for ws in list(self._server_ws)]
+            await asyncio.wait([asyncio.ensure_future(c) for c in closing], timeout=self.send_timeout_s)
         pending = [t for t in self._tasks if not t.done()] + [l.task for l in self.links.values() if l.task]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
@@ -248,7 +249,7 @@ class Transport:
 
     async def _handle_link(self, request: web.Request) -> web.StreamResponse:
         # the dialling side pings every heartbeat_s; this side only needs to notice a vanished dialler
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=self.heartbeat_s * 3)
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=self.heartbeat_s * 3, timeout=self.send_timeout_s)
         await ws.prepare(request)
         self._server_ws.add(ws)
         bad = 0

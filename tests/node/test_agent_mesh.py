@@ -215,6 +215,11 @@ def test_network_key_rotates_on_running_agents_without_restart(fleet, tmp_path):
     wait_until(lambda: (a.root / "etc/two").is_file(), 20, what="delivery after rotation")
     bad = fleet.cli("netkey", "remove", new_id, agent=a, check=False)
     assert bad.returncode == 2 and "KeyInUse" in bad.stderr
+    # SIGTERM: b leaves the mesh (a drops it at once, no failure timeout) and exits 0 within its drain bound
+    t0 = time.monotonic()
+    assert b.stop(grace=10) == 0
+    assert time.monotonic() - t0 < 5
+    wait_until(lambda: a.status()["active"] == 0, 3, 0.05, what="a to drop the leaving b")
 
 
 def test_rollback_reinjects_old_content_as_a_new_version(fleet, tmp_path):
