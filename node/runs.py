@@ -53,6 +53,7 @@ ANSWER_ROUTE = "query.answer"  # node -> origin: "I match"
 ORDER_ROUTE = "run.order"  # origin -> node: the signed order
 RESULT_ROUTE = "run.result"  # node -> origin: the signed result
 KEY_ROUTE = "run.key"  # origin -> node: the key held at the node's own address, to check an answer against
+CONFIRM_ROUTE = "run.confirm"  # node -> origin: "did you send me this run?", asked before executing
 
 QUIET_MS = 200  # discovery ends this long after the last answer: answers from a tree come in one burst
 QUIET_STRETCH = 0.5  # ...or half the time the answers took so far, when a busy fleet answers slowly
@@ -120,6 +121,7 @@ class _Run:
     refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # node -> (reason, detail)
     unreachable: dict[str, str] = field(default_factory=dict)
     reply_ms: dict[str, float] = field(default_factory=dict)  # order POST -> reply, per node
+    sent: set[str] = field(default_factory=set)  # nodes the origin has posted the order to
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -152,6 +154,7 @@ class RunService:
         a.add_peer_route(ORDER_ROUTE, self._on_order)
         a.add_peer_route(RESULT_ROUTE, self._on_result)
         a.add_peer_route(KEY_ROUTE, self._on_key_request)
+        a.add_peer_route(CONFIRM_ROUTE, self._on_confirm)
         a.add_api_route("GET", "/v1/run/origin", self._api_origin)
         a.add_api_route("POST", "/v1/run", self._api_run)
         a.add_api_route("POST", "/v1/fleet/query", self._api_query)
@@ -269,6 +272,10 @@ class RunService:
             wire = body.get("order") if isinstance(body, dict) else None
             signed = SignedOrder.from_wire(wire)
             order = runorder.check_order(signed, root=self.agent.admission.root, now_ms=now_ms(), facts=self.agent.facts)
+            if self.agent.state.run_seen(order.run_id):
+                raise RunRefused("Replayed", f"run {order.run_id} was already received here")
+            if not await self._sent_by_origin(order):
+                raise RunRefused("NotSentByOrigin", f"origin {order.origin} has not sent run {order.run_id} here")
             if not self.agent.state.mark_run_seen(order.run_id, order.deadline_ms):
                 raise RunRefused("Replayed", f"run {order.run_id} was already received here")
         except RunRefused as exc:
@@ -283,6 +290,26 @@ class RunService:
             return {"ok": True, "result": task.result().to_wire()}  # a quick command: the reply carries it
         self._spawn(self._report_later(order, task))
         return {"ok": True}
+
+    async def _sent_by_origin(self, order: runorder.RunOrder) -> bool:
+        """Whether the origin itself sent this order here. Any target holds the signed order and
+        could post it to every other target ahead of the origin's batches; only the origin, asked
+        at its own address, knows which nodes it has started."""
+        me = self.agent.node_id
+        if order.origin == me:
+            run = self._runs.get(order.run_id)
+            return run is not None and me in run.sent
+        try:
+            reply = await self.agent.send_direct(order.origin, CONFIRM_ROUTE, {"r": order.run_id, "n": me})
+        except Exception as exc:  # the origin is gone or unreachable: nothing confirms the order
+            log.info("run %s: origin %s did not confirm: %s", order.run_id, order.origin, exc)
+            return False
+        return isinstance(reply, dict) and reply.get("ok") is True
+
+    async def _on_confirm(self, body: Any) -> dict:
+        run_id, node = (body.get("r"), body.get("n")) if isinstance(body, dict) else (None, None)
+        run = self._runs.get(run_id) if isinstance(run_id, str) else None
+        return {"ok": run is not None and isinstance(node, str) and node in run.sent}
 
     async def _execute_and_sign(self, order: runorder.RunOrder) -> SignedResult:
         async with self._slots:
@@ -399,6 +426,7 @@ class RunService:
 
     async def _post_order(self, run: _Run, node: str) -> None:
         body = {"order": run.signed.to_wire()}
+        run.sent.add(node)
         sent = time.monotonic()
         try:
             if node == self.agent.node_id:

@@ -194,6 +194,10 @@ class State:
             self.prune_runs(int(deadline_ms) - 24 * 3600 * 1000)
         return new
 
+    def run_seen(self, run_id: str) -> bool:
+        """Whether a run-order id was marked seen (and not yet pruned)."""
+        return self.db.execute("SELECT 1 FROM seen_runs WHERE run_id = ?", (run_id,)).fetchone() is not None
+
     def prune_runs(self, before_ms: int) -> int:
         """Forget run ids whose deadline passed before ``before_ms`` (expired orders are refused anyway)."""
         with self._tx(sync=self.fsync == "always"):
