@@ -31,10 +31,13 @@ SEND_TIMEOUT_S = 5.0
 
 
 class HostileServer:
-    def __init__(self, peer, port: int, honest_ids: list[str]) -> None:
+    def __init__(self, peer, port: int, honest_ids: list[str], *, lie: bool = True, replay_orders: bool = False) -> None:
         self.peer = peer  # HostilePeer: network key, node key, frame sealing
         self.port = port
         self.honest_ids = list(honest_ids)
+        self.lie = lie  # answer discovery in honest nodes' names too, and forge their results
+        self.replay_orders = replay_orders  # post every order it is sent on to every honest node at once
+        self.replayed: list[Any] = []  # honest nodes' replies to replayed orders
         self.queries: list[str] = []  # discovery query ids seen
         self.forged_answers = 0
         self.orders: list[str] = []  # run ids of orders sent to the hostile
@@ -141,8 +144,9 @@ class HostileServer:
         """Answer the origin in every honest node's name (and its own), all with the hostile's key."""
         self.queries.append(body["q"])
         pk = self.peer.node_key.public.raw
+        names = (self.honest_ids if self.lie else []) + [self.peer.node_id]
         sends = [self.request(body["o"], "query.answer", {"q": body["q"], "n": n, "pk": pk, "i": {}})
-                 for n in self.honest_ids + [self.peer.node_id] if n != body["o"]]
+                 for n in names if n != body["o"]]
         for r in await asyncio.gather(*sends, return_exceptions=True):
             if isinstance(r, dict) and r.get("ok"):
                 self.forged_answers += 1
@@ -163,7 +167,10 @@ class HostileServer:
 
     async def _forge_results(self, signed: SignedOrder) -> None:
         order = signed.order
-        for node in self.honest_ids:
+        if self.replay_orders:  # the genuine order, to every honest node, ahead of the origin's batches
+            sends = [self.request(n, "run.order", {"order": signed.to_wire()}) for n in self.honest_ids]
+            self.replayed += await asyncio.gather(*sends, return_exceptions=True)
+        for node in self.honest_ids if self.lie else []:
             if node == order.origin:
                 continue
             lie = RunResult(run_id=order.run_id, node=node, exit_code=0, stdout=b"forged\n", stderr=b"", duration_ms=1)

@@ -418,6 +418,38 @@ def test_lies_in_discovery_cannot_plant_forged_run_results(world):
         server.stop()
 
 
+def test_a_target_cannot_run_the_order_on_later_batches_ahead_of_the_origin(world):
+    """A hostile member in the first batch of a rolling run posts the genuine signed order to every
+    other target at once: no honest node may run it before the origin sends it there."""
+    port = free_port()
+    member = HostilePeer(world.mesh.netkey_path, name="aaa-first", port=port)  # sorts first: batch 1
+    server = HostileServer(member, port, [a.node_id for a in world.agents], lie=False, replay_orders=True)
+    server.start()
+    try:
+        origin = world.agents[0]
+        server.call(server.join(origin.node_id))
+        world.mesh.wait_until(lambda: member.node_id in world.mesh.api(origin, "GET", "/v1/members")["active"],
+                              20, "the hostile member to be in the origin's active view")
+        marker = world.base / "batches.marker"
+        op = world.mesh.key
+        order = _order(world, key=op, command=f"echo ran >> {marker}; sleep 0.5; exit 1")
+        signed = SignedOrder.sign(order, op)
+        summary = None
+        body = {"order": signed.encode().hex(), "batch": "1", "max_failures": 0}
+        for ev in agent_stream(origin.socket, "/v1/run", body):
+            if ev.get("event") == "done":
+                summary = ev["summary"]
+        assert summary is not None
+        time.sleep(SETTLE_S + 0.5)  # a command started by a replay would have written its line by now
+        started = [n for b in summary["batches"] for n in b["nodes"] if n != member.node_id]
+        assert server.replayed, "the hostile member was never sent the order: the attack did not happen"
+        ran = len(marker.read_text().splitlines()) if marker.exists() else 0
+        assert ran == len(started), (ran, summary["batches"], summary["stopped_reason"], server.replayed)
+        assert not [r for r in server.replayed if isinstance(r, dict) and r.get("ok")], server.replayed
+    finally:
+        server.stop()
+
+
 def test_attack_shows_by_reason_in_every_honest_nodes_metrics(world, hostile_report):
     per_node = {a.name: metrics_delta(world.baseline[a.port], scrape_metrics(a.port)) for a in world.agents}
     total: Counter = Counter()
