@@ -84,7 +84,10 @@ class Broadcast:
         if msg.cause:
             known = self.seen.get(msg.cause)
             if known is not None and known[1] == peer:
-                return  # stale: this node has since taken ``peer`` as its parent for that message
+                # Stale: this node has since taken ``peer`` as its parent for
+                # that message. Graft again, in case the prune overtook ours.
+                out.append(Send(peer=peer, msg=_GRAFT_LINK))
+                return
         if peer in self.active:
             self.lazy.add(peer)
 
@@ -123,7 +126,7 @@ class Broadcast:
             return  # near the source every link carries the message anyway
         known = self.seen.get(msg_id)
         if known is not None and hops < known[0] and known[1] is not None and known[1] != peer:
-            if self._reparent(msg_id, known[1], peer, out, force=True):
+            if self._reparent(msg_id, known[1], peer, out):
                 self._improved(msg_id, hops, peer)
                 return
         if peer in self.active and peer not in self.lazy:
@@ -204,14 +207,17 @@ class Broadcast:
             else:
                 entry[1].append((peer, hops))
 
-    def _reparent(self, msg_id: bytes, old: str, new: str, out: list[Effect], *, force: bool = False) -> bool:
-        """Take ``new`` (a shorter path) as the eager link instead of ``old``."""
+    def _reparent(self, msg_id: bytes, old: str, new: str, out: list[Effect]) -> bool:
+        """Take ``new`` (a shorter path) as the eager link instead of ``old``.
+
+        The graft goes out even when ``new`` already looks eager from here:
+        the other end may have pruned this link meanwhile.
+        """
         active = self.active
         if new not in active or old == new:
             return False
-        if force or new in self.lazy:
-            self.lazy.discard(new)
-            out.append(Send(peer=new, msg=_GRAFT_LINK))
+        self.lazy.discard(new)
+        out.append(Send(peer=new, msg=_GRAFT_LINK))
         if old in active and old not in self.lazy:
             self.lazy.add(old)
             out.append(Send(peer=old, msg=Prune(cause=msg_id)))

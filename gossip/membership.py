@@ -122,18 +122,23 @@ class Membership:
         self.next_shuffle = now + self._jitter(self.config.shuffle_interval_ms)
 
     def next_deadline(self) -> int:
-        t = self.next_probe if self.active else NEVER
-        if self.active and self.next_shuffle < t:
-            t = self.next_shuffle
-        if len(self.active) < self.config.active_view_size and self.passive and self.next_repair < t:
-            t = self.next_repair
-        if not self.active and self.contacts and self.next_join < t:
-            t = self.next_join
+        active = self.active
+        if active:
+            t = self.next_probe if self.next_probe < self.next_shuffle else self.next_shuffle
+            if len(active) < self.config.active_view_size and self.passive and self.next_repair < t:
+                t = self.next_repair
+        else:
+            t = NEVER
+            if self.passive and self.next_repair < t:
+                t = self.next_repair
+            if self.contacts and self.next_join < t:
+                t = self.next_join
         if self.graveyard and self.next_rejoin < t:
             t = self.next_rejoin
-        for deadline in self.pending.values():
-            if deadline < t:
-                t = deadline
+        if self.pending:
+            for deadline in self.pending.values():
+                if deadline < t:
+                    t = deadline
         return t
 
     # --- state and transitions ------------------------------------------

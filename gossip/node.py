@@ -88,6 +88,9 @@ class GossipNode:
         )
         self.tree = Broadcast(node_id, config, self.membership.active, self._resolve)
         self.antientropy = AntiEntropy(node_id, config, rng, self.store, self._admit_synced)
+        self._last_heard = self.membership.last_heard
+        self._graveyard = self.membership.graveyard
+        self._lazy_queue = self.tree._queue
         self._started = False
         self._now = 0
         self._debug = log.isEnabledFor(logging.DEBUG)
@@ -153,7 +156,10 @@ class GossipNode:
         return out
 
     def on_message(self, peer: str, msg: Message, now: int) -> list[Effect]:
-        self._begin(now)
+        # The hot path of a large simulation: kept free of avoidable calls.
+        self._now = now
+        if not self._started:
+            self._begin(now)
         handler = self._handlers.get(type(msg))
         if handler is None:
             raise ProtocolError(f"not a gossip message: {type(msg).__name__}")
@@ -163,8 +169,13 @@ class GossipNode:
         if self._debug:
             log.debug("%s <- %s %s", self.node_id, peer, type(msg).__name__)
         handler(peer, msg, now, out)
-        self.membership.heard(peer, now, out)
-        self.tree.flush(out)
+        last_heard = self._last_heard
+        if peer in last_heard:
+            last_heard[peer] = now
+        elif peer in self._graveyard:
+            self.membership.heard(peer, now, out)
+        if self._lazy_queue:
+            self.tree.flush(out)
         return out
 
     def on_send_failed(self, peer: str, now: int) -> list[Effect]:
