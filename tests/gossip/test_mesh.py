@@ -43,7 +43,8 @@ def test_publish_reaches_every_node(mesh_factory):
 
 
 def test_prune_makes_the_second_broadcast_cost_about_one_payload_per_node(mesh_factory):
-    mesh = mesh_factory(30)
+    # flood_hops=0: in 30 nodes, two flooded hops would already cover most of the mesh.
+    mesh = mesh_factory(30, config=GossipConfig(active_view_size=4, passive_view_size=24, flood_hops=0))
     links = sum(len(mesh.nodes[n].eager_peers) for n in mesh.live)
     mesh.payload_copies = 0
     mesh.publish("n3", new_item(mesh, "bundle/first"))

@@ -94,6 +94,15 @@ def test_validator_that_raises_refuses_instead_of_crashing():
     assert len(n.store) == 0
 
 
+def test_near_the_publisher_every_link_carries_the_payload():
+    n = linked(peers=("b", "c", "d"), flood_hops=2)
+    n.on_message("c", m.Prune(), NOW)  # c is a lazy link
+    effects = n.on_message("b", m.Push(hops=1, item=item()), NOW)
+    assert sorted(e.peer for e in sends(effects, m.Push)) == ["c", "d"]
+    effects = n.on_message("b", m.Push(hops=2, item=item(key="bundle/far")), NOW)
+    assert [e.peer for e in sends(effects, m.Push)] == ["d"] and [e.peer for e in sends(effects, m.IHave)] == ["c"]
+
+
 def test_received_item_is_forwarded_but_not_back_to_its_sender():
     n = linked(peers=("b", "c", "d"))
     effects = n.on_message("b", m.Push(hops=3, item=item()), NOW)
@@ -104,12 +113,12 @@ def test_received_item_is_forwarded_but_not_back_to_its_sender():
 
 
 def test_duplicate_push_prunes_the_link_and_then_only_announcements_flow():
-    n = linked(peers=("b", "c"))
-    n.on_message("b", m.Push(hops=1, item=item()), NOW)
-    effects = n.on_message("c", m.Push(hops=2, item=item()), NOW)
+    n = linked(peers=("b", "c"))  # hops beyond flood_hops (2): the tree rules apply
+    n.on_message("b", m.Push(hops=3, item=item()), NOW)
+    effects = n.on_message("c", m.Push(hops=4, item=item()), NOW)
     assert [e.peer for e in sends(effects, m.Prune)] == ["c"]
     assert n.lazy_peers == ["c"]
-    effects = n.on_message("b", m.Push(hops=1, item=item(key="bundle/other")), NOW)
+    effects = n.on_message("b", m.Push(hops=3, item=item(key="bundle/other")), NOW)
     assert [e.peer for e in sends(effects, m.IHave)] == ["c"] and not sends(effects, m.Push)
 
 
