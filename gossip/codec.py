@@ -268,12 +268,37 @@ def _uint_size(v: int) -> int:
     return 1 if v < 128 else 2 if v < 256 else 3 if v < 65536 else 5 if v < 1 << 32 else 9
 
 
+def _str_size(s: str) -> int:
+    n = len(s) if s.isascii() else len(s.encode())
+    return n + (1 if n < 32 else 2 if n < 256 else 3 if n < 65536 else 5)
+
+
+def _array_header(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 65536 else 5
+
+
 def encoded_size(msg: m.Message) -> int:
-    """``len(encode(msg))``, computed without re-encoding item payloads."""
+    """``len(encode(msg))``, computed from the fields for the frequent messages."""
     cls = type(msg)
     fixed = _FIXED_SIZES.get(cls)
     if fixed is not None:
         return fixed
+    if cls is m.Neighbor or cls is m.NeighborReply or cls is m.Disconnect:
+        return 4  # [version, type, bool]
+    if cls is m.ForwardJoin:
+        return 3 + _str_size(msg.joiner) + _uint_size(msg.ttl)  # type: ignore[union-attr]
+    if cls is m.Shuffle:
+        peers = msg.peers  # type: ignore[union-attr]
+        return 3 + _str_size(msg.origin) + _uint_size(msg.ttl) + _array_header(len(peers)) + sum(map(_str_size, peers))  # type: ignore[union-attr]
+    if cls is m.ShuffleReply:
+        peers = msg.peers  # type: ignore[union-attr]
+        return 3 + _array_header(len(peers)) + sum(map(_str_size, peers))
+    if cls is m.Graft:
+        n = len(msg.msg_ids)  # type: ignore[union-attr]
+        return 3 + _array_header(n) + 18 * n
+    if cls is m.SyncTop:
+        n = len(msg.digests)  # type: ignore[union-attr]
+        return 3 + _array_header(n) + 18 * n
     if cls is m.Push:
         return 3 + _uint_size(msg.hops) + _item_size(msg.item)  # type: ignore[union-attr]
     if cls is m.IHave:

@@ -174,3 +174,21 @@ def test_payload_flag_marks_exactly_the_full_copies():
 def test_encoded_size_matches_the_encoding(entries, count, cause):
     for msg in (m.IHave(entries=tuple(entries)), m.SyncRoot(root=bytes(16), count=count), m.Prune(cause=cause), m.Push(hops=count % 300, item=ITEM)):
         assert codec.encoded_size(msg) == len(codec.encode(msg))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=60), max_size=20), st.integers(0, 70_000), st.integers(0, 40))
+def test_encoded_size_matches_for_membership_messages(names, ttl, n):
+    peers = tuple(names)
+    origin = names[0] if names else "n1"
+    for msg in (
+        m.ForwardJoin(joiner=origin, ttl=ttl),
+        m.Shuffle(origin=origin, ttl=ttl, peers=peers),
+        m.ShuffleReply(peers=peers),
+        m.Graft(msg_ids=(bytes(16),) * n),
+        m.SyncTop(digests=(bytes(16),) * min(n, 16)),
+        m.Neighbor(high_priority=bool(n % 2)),
+        m.NeighborReply(accepted=True),
+        m.Disconnect(leaving=False),
+    ):
+        assert codec.encoded_size(msg) == len(codec.encode(msg))
