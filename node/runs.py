@@ -56,11 +56,11 @@ KEY_ROUTE = "run.key"  # origin -> node: the key held at the node's own address,
 CONFIRM_ROUTE = "run.confirm"  # node -> origin: "did you send me this run?", asked before executing
 
 QUIET_MS = 200  # discovery ends this long after the last answer: answers from a tree come in one burst
-QUIET_STRETCH = 0.5  # ...or half the time the answers took so far, when a busy fleet answers slowly
+QUIET_STRETCH = 0.25  # ...or a quarter of the time the answers took so far, when a busy fleet answers slowly
 FIRST_ANSWER_MS = 2000  # with no remote answer this long after the broadcast, nobody else matches
 DISCOVERY_MAX_MS = 8000  # discovery never takes longer, however answers trickle in
 QUERY_TTL_MS = 10_000  # a query broadcast is dropped from seen-sets after this
-INLINE_RESULT_S = 0.25  # a command done this soon rides back in the order's reply (one request, not two)
+INLINE_RESULT_S = 1.0  # a command done this soon rides back in the order's reply (one request, not two)
 RESULT_GRACE_MS = 5000  # beyond the command timeout, for the result to travel back
 RESULT_RETRY_FIRST_S = 0.2  # result post retries back off from here...
 RESULT_RETRY_MAX_S = 5.0  # ...to here, until the deadline
@@ -85,6 +85,9 @@ class _Discovery:
 
     def add(self, node: str, key: PublicKey, info: dict, *, remote: bool) -> None:
         if node in self.answers:
+            if self.answers[node][0] != key:  # someone else answered in this node's name
+                log.warning("discovery %s: a second answer for %s carries another node key (%s, kept %s)",
+                            self.qid, node, key.key_id, self.answers[node][0].key_id)
             return
         self.answers[node] = (key, info)
         if remote:

@@ -143,7 +143,7 @@ def test_forged_result_is_refused_and_the_genuine_one_counts(mesh, tmp_path):
     origin = mesh.agents[0]
     now = int(time.time() * 1000)
     order = RunOrder(run_id=runorder.new_run_id(), origin=origin.node_id, selector="idx=1",
-                     action=RunAction.shell_string("sleep 1; echo genuine"), timeout_ms=10_000, issued_ms=now,
+                     action=RunAction.shell_string("sleep 1.5; echo genuine"), timeout_ms=10_000, issued_ms=now,
                      deadline_ms=now + 60_000, operator=mesh.m.key.key_id)
     stream = mesh.run_stream(origin, SignedOrder.sign(order, mesh.m.key))
     stream.wait_for("batch")
