@@ -309,11 +309,12 @@ class Membership:
         joiner = msg.joiner
         if joiner == self.node_id or joiner in self.last_heard or self.left:
             return
-        if msg.ttl == 0 or len(self.active) <= 1:
+        ttl = min(msg.ttl, self.config.active_walk_length)  # a forged huge TTL must not walk forever
+        if ttl == 0 or len(self.active) <= 1:
             self._to_active(joiner, now, out)
             out.append(Send(peer=joiner, msg=_WELCOME))
             return
-        if msg.ttl == self.config.passive_walk_length:
+        if ttl == self.config.passive_walk_length:
             self._to_passive(joiner, out)
         choices = [p for p in self.active if p != peer and p != joiner]
         if not choices:
@@ -321,7 +322,7 @@ class Membership:
             out.append(Send(peer=joiner, msg=_WELCOME))
             return
         nxt = choices[self.rng.randrange(len(choices))]
-        out.append(Send(peer=nxt, msg=ForwardJoin(joiner=joiner, ttl=msg.ttl - 1)))
+        out.append(Send(peer=nxt, msg=ForwardJoin(joiner=joiner, ttl=ttl - 1)))
 
     def on_neighbor(self, peer: str, msg: Neighbor, now: int, out: list[Effect]) -> None:
         if peer == self.node_id or self._refuse_if_left(peer, out):
@@ -359,11 +360,12 @@ class Membership:
     def on_shuffle(self, peer: str, msg: Shuffle, now: int, out: list[Effect]) -> None:
         if msg.origin == self.node_id:
             return
-        if msg.ttl > 0 and len(self.active) > 1:
+        ttl = min(msg.ttl, self.config.shuffle_walk_length)  # a forged huge TTL must not walk forever
+        if ttl > 0 and len(self.active) > 1:
             choices = [p for p in self.active if p != peer and p != msg.origin]
             if choices:
                 nxt = choices[self.rng.randrange(len(choices))]
-                out.append(Send(peer=nxt, msg=Shuffle(origin=msg.origin, ttl=msg.ttl - 1, peers=msg.peers)))
+                out.append(Send(peer=nxt, msg=Shuffle(origin=msg.origin, ttl=ttl - 1, peers=msg.peers)))
                 return
         pool = [p for p in self.passive if p != msg.origin]
         reply = tuple(self.rng.sample(pool, min(len(pool), len(msg.peers))))

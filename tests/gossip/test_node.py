@@ -274,3 +274,26 @@ def test_stale_prune_from_the_new_parent_is_ignored():
     assert "c" in n.eager_peers
     n.on_message("c", m.Prune(cause=bytes(16)), NOW + 3)
     assert "c" in n.lazy_peers
+
+
+@pytest.mark.parametrize(
+    "msg, walk",
+    [
+        (m.ForwardJoin(joiner="j", ttl=2**40), m.ForwardJoin),
+        (m.Shuffle(origin="o", ttl=2**40, peers=("o",)), m.Shuffle),
+    ],
+)
+def test_forged_huge_ttl_is_clamped_to_the_configured_walk(msg, walk):
+    n = linked(peers=("b", "c", "d"), active_walk_length=6, shuffle_walk_length=3)
+    (fwd,) = sends(n.on_message("b", msg, NOW), walk)
+    assert fwd.msg.ttl == (5 if walk is m.ForwardJoin else 2)
+
+
+def test_node_that_left_refuses_new_links_until_it_joins_again():
+    n = linked(peers=("b",))
+    n.leave(NOW)
+    effects = n.on_message("c", m.Join(), NOW + 1)
+    assert not [e for e in effects if type(e) is PeerUp]
+    assert [(e.peer, e.msg.leaving) for e in sends(effects, m.Disconnect)] == [("c", True)]
+    n.join(["c"], NOW + 2)
+    assert PeerUp(peer="c") in n.on_message("c", m.Welcome(), NOW + 3)
