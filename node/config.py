@@ -29,13 +29,16 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # a DNS label or so:
 TAG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")  # selector grammar identifiers
 PRESETS = ("lan", "local")
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes including the terminating NUL on Linux
-# What the daemon changes in the core's presets. Over the daemon's transport a peer
-# that dies closes its link at once and a silent link fails its WebSocket heartbeat
-# (link_heartbeat_s), so the core's own pings of active peers can be three times
-# rarer than the simulator needs: idle traffic and CPU drop by about half, and a
-# dead machine is still noticed within ~9 s. The local preset is left as it is.
+# What the daemon changes in the core's presets (the ``gossip`` setting overrides these too).
+# - probes: over the daemon's transport a peer that dies closes its link at once, so the
+#   core's pings of active peers can be rarer: idle CPU per agent drops below Serf's
+#   (benchmarks/RESULTS-mesh.md), and a dead machine is still noticed within ~9 s.
+# - flood_hops: measured with 50 real agents on loopback, flooding the first hops left most
+#   broadcasts waiting ~500 ms for a graft (median delivery ~550 ms against ~140 ms
+#   without it), so the daemon keeps plain tree push until that is understood.
+# The local preset is left as it is.
 DAEMON_GOSSIP_DEFAULTS: dict[str, dict[str, int]] = {
-    "lan": {"probe_interval_ms": 3_000, "probe_timeout_ms": 9_000},
+    "lan": {"probe_interval_ms": 3_000, "probe_timeout_ms": 9_000, "flood_hops": 0},
 }
 
 
