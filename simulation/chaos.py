@@ -64,6 +64,15 @@ BOOT_WINDOW_MS = 2_000  # every node starts within 2 s
 BOOT_SETTLE_MS = 3_000  # then the overlay settles before the first fault
 PAYLOAD_BYTES = 256  # small bundles: the run is about ordering, not bandwidth
 CHECK_EVERY_MS = 5_000  # full store audits during the chaos phase
+MIN_CUT_MS = 5_000  # a cut outlasts the probe timeout (4 s): each side declares the other dead
+RESTART_SHARE = 0.7  # crashed nodes that come back by themselves during the phase...
+PERMANENT_SHARE = 0.07  # ...and those that never come back; the rest restart at the heal
+RESTART_AFTER_MS = (500, 8_000)  # a process manager restarts a crashed daemon within seconds
+WAVE_GAP_MS = (300, 2_500)  # time between two waves of concurrent injections
+MAX_WRITERS = 8  # nodes writing one key in the same wave
+FORBIDDEN_WAVE_SHARE = 0.3  # waves in which one writer publishes a refused item
+FORGERIES = (3, 10)  # forged sends per run
+FUTURE_SHARE = 0.4  # forged items stamped beyond the skew limit (the rest carry the refused mark)
 
 
 def validator(item: SignedItem, current: SignedItem | None, now: int) -> str | None:
@@ -241,7 +250,6 @@ class ChaosRun:
         }
         self.cut = False  # a partition is in place
         self.permanent: set[int] = set()
-        self.down_until_heal: set[int] = set()
         self.doc: dict[str, Any] = {}
 
     # -- helpers ---------------------------------------------------------------
@@ -305,7 +313,7 @@ class ChaosRun:
         slot = p.chaos_ms // episodes
         for i in range(episodes):
             start = t0 + i * slot + rng.randrange(max(1, slot // 4))
-            length = rng.randint(min(5_000, slot // 2), max(5_000, slot * 3 // 4))
+            length = rng.randint(min(MIN_CUT_MS, slot // 2), max(MIN_CUT_MS, slot * 3 // 4))
             sides = rng.choice((2, 2, 3))
             sim.call_at(start, self._partition, sides)
             if i < episodes - 1:
@@ -315,18 +323,18 @@ class ChaosRun:
         for _ in range(crashes):
             at = t0 + rng.randrange(p.chaos_ms)
             fate = rng.random()
-            back = at + rng.randint(500, 8_000) if fate < 0.7 else None
-            sim.call_at(at, self._crash, fate >= 0.93, back)
+            back = at + rng.randint(*RESTART_AFTER_MS) if fate < RESTART_SHARE else None
+            sim.call_at(at, self._crash, fate >= 1.0 - PERMANENT_SHARE, back)
         # Concurrent injections of the same keys from many nodes.
         at = t0 + rng.randint(200, 1_000)
         while at < end - 1_000:
-            writers = rng.randint(1, 8)
+            writers = rng.randint(1, MAX_WRITERS)
             key = f"bundle/chaos/k{rng.randrange(KEY_POOL)}"
-            sim.call_at(at, self._wave, key, writers, rng.random() < 0.3)
-            at += rng.randint(300, 2_500)
+            sim.call_at(at, self._wave, key, writers, rng.random() < FORBIDDEN_WAVE_SHARE)
+            at += rng.randint(*WAVE_GAP_MS)
         # Forgeries: a node holding the network key but no author key pushes
         # refused items straight into the broadcast and anti-entropy paths.
-        for _ in range(rng.randint(3, 10)):
+        for _ in range(rng.randint(*FORGERIES)):
             sim.call_at(t0 + rng.randrange(p.chaos_ms), self._forge)
         for t in range(t0 + CHECK_EVERY_MS, end, CHECK_EVERY_MS):
             sim.call_at(t, self.observer.audit, sim, "during the chaos phase")
@@ -356,9 +364,7 @@ class ChaosRun:
         if permanent:
             self.permanent.add(host.idx)
             self.counts["permanent_crashes"] += 1
-        elif back is None:
-            self.down_until_heal.add(host.idx)
-        else:
+        elif back is not None:
             sim.call_at(back, self._restart, host)
 
     def _restart(self, host: Host) -> None:
@@ -396,7 +402,7 @@ class ChaosRun:
         key = f"bundle/chaos/k{rng.randrange(KEY_POOL)}"
         author = f"forger-{src.node_id}"
         now = self.local_now(src)
-        future = rng.random() < 0.4
+        future = rng.random() < FUTURE_SHARE
         if future:
             # Far enough ahead that no clock within the skew limit may take it.
             wall = now + 2 * self.config.max_skew_ms + rng.randrange(60_000)
