@@ -31,7 +31,7 @@ from grapevine.gossip.errors import ConfigError, GrapevineError, PolicyError
 from . import selectors
 from .catalog import Catalog, build_catalog
 from .report import Report, ResourceReport
-from .resources import Change, Context, Converged, ResourceError, entry_type
+from .resources import Change, Context, Converged, ResourceError, entry_type, finish
 
 log = logging.getLogger("grapevine.policy")
 
@@ -168,7 +168,10 @@ def converge(
     ctx.dry_run = dry_run
     node = str(facts.get("name", ""))
     with root_lock(root, exclusive=not dry_run, wait_s=lock_wait_s):
-        results = _walk(catalog, selected, ctx, dry_run=dry_run, node=node)
+        try:
+            results = _walk(catalog, selected, ctx, dry_run=dry_run, node=node)
+        finally:
+            finish(ctx)
     chosen = sorted(b.name for b in select_bundles(bundles, facts)[0])
     return Report(
         resources=tuple(results),

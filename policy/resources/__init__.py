@@ -31,13 +31,13 @@ from grapevine.gossip.errors import PolicyError
 from .accounts import GroupResource, UserResource
 from .base import COMMON_ATTRS, Attr, Change, Context, Converged, Resource, ResourceError, ref_list
 from .execs import ExecResource
-from .files import DirectoryResource, FileResource, SymlinkResource
+from .files import DirectoryResource, FileResource, SymlinkResource, sync_written
 from .packages import PackageResource
 from .services import ServiceResource
 
 __all__ = [
     "TYPES", "Attr", "Change", "Context", "Converged", "Resource", "ResourceError",
-    "entry_type", "build", "ref_list",
+    "entry_type", "build", "ref_list", "finish",
 ]
 
 TYPES: dict[str, type[Resource]] = {
@@ -83,3 +83,8 @@ def build(entry: Mapping[str, Any], *, bundle: str, files: Mapping[str, bytes]) 
     if isinstance(res, FileResource):
         res.check_files(files)
     return res
+
+
+def finish(ctx: Context) -> None:
+    """End of a converge: flush what providers wrote without syncing each time."""
+    sync_written(ctx)
