@@ -25,7 +25,9 @@ after, so a fresh node catches up in a few quick rounds.
 
 The module is stateless between messages apart from its timer: each message
 carries what the next step needs. Admission of received items is the node's
-job (``admit``), which also re-broadcasts accepted items through the tree.
+job (``admit``), which also re-broadcasts accepted items through the tree:
+it announces them on every link, neighbours that lack them graft them, and
+from there they travel eagerly.
 """
 
 from __future__ import annotations

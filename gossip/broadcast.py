@@ -51,8 +51,11 @@ Resolver = Callable[[bytes, object, int], "Message | None"]
 class Broadcast:
     """Plumtree link states, message-id cache and graft timers of one node."""
 
-    def __init__(self, node_id: str, config: GossipConfig, active: list[str], resolve: Resolver) -> None:
+    def __init__(
+        self, node_id: str, config: GossipConfig, active: list[str], resolve: Resolver, holds: Callable[[bytes], bool]
+    ) -> None:
         self.node_id = node_id
+        self.holds = holds  # whether the node holds a message its id cache has forgotten (a stored item)
         self.config = config
         self.active = active  # the membership's live list, read-only here
         self.resolve = resolve
@@ -173,6 +176,17 @@ class Broadcast:
             else:
                 out.append(Send(peer=p, msg=msg))
 
+    def announce(self, msg_id: bytes, hops: int, exclude: str | None) -> None:
+        """Announce a message lazily on every link (no payload pushed)."""
+        queue = self._queue
+        for p in self.active:
+            if p != exclude:
+                q = queue.get(p)
+                if q is None:
+                    queue[p] = [(msg_id, hops)]
+                else:
+                    q.append((msg_id, hops))
+
     def flush(self, out: list[Effect]) -> None:
         """Send the queued announcements, one ``IHave`` per peer."""
         if not self._queue:
@@ -199,7 +213,7 @@ class Broadcast:
                 continue
             entry = missing.get(msg_id)
             if entry is None:
-                if len(missing) >= MAX_MISSING:
+                if len(missing) >= MAX_MISSING or self.holds(msg_id):
                     continue
                 deadline = now + self.config.graft_timeout_ms
                 missing[msg_id] = [deadline, [(peer, hops)]]

@@ -86,7 +86,7 @@ class GossipNode:
         self.membership = Membership(
             node_id, config, rng, on_up=self._peer_up, on_down=self._peer_down, on_revive=self._revived
         )
-        self.tree = Broadcast(node_id, config, self.membership.active, self._resolve)
+        self.tree = Broadcast(node_id, config, self.membership.active, self._resolve, self.store.has_digest)
         self.antientropy = AntiEntropy(node_id, config, rng, self.store, self._admit_synced)
         self._last_heard = self.membership.last_heard
         self._graveyard = self.membership.graveyard
@@ -284,7 +284,13 @@ class GossipNode:
         return True
 
     def _admit_synced(self, item: SignedItem, peer: str, now: int, out: list[Effect]) -> bool:
-        """An item from anti-entropy: admit it, then spread it through the tree."""
+        """An item from anti-entropy: admit it, then announce it on every link.
+
+        Announced, not pushed: a node catching up after a restart mostly
+        receives items its neighbours hold already, and they ignore the
+        announcement; neighbours that lack it (the other side of a healed
+        partition) graft it, and from them on it travels eagerly down the tree.
+        """
         if not self.store.would_accept(item):
             return False
         if not self._admit(item, peer, 1, now, out):
@@ -292,7 +298,7 @@ class GossipNode:
         msg_id = item.digest()
         if msg_id not in self.tree.seen:
             self.tree.record(msg_id, None, 1, item.key, now + self.config.message_cache_ms, now, out)
-        self.tree.forward(msg_id, Push(hops=2, item=item), 1, peer, out)
+        self.tree.announce(msg_id, 1, peer)
         return True
 
     def _on_push(self, peer: str, msg: Push, now: int, out: list[Effect]) -> None:

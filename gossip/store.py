@@ -68,7 +68,7 @@ def entry_is_newer(entry: KeyEntry, current: SignedItem | None) -> bool:
 class ItemStore:
     """In-memory LWW map ``key -> SignedItem`` with an incremental hash tree."""
 
-    __slots__ = ("_items", "_leaf", "_top", "_root", "_leaf_keys")
+    __slots__ = ("_items", "_leaf", "_top", "_root", "_leaf_keys", "_digests")
 
     def __init__(self, items: Iterator[SignedItem] | list[SignedItem] | tuple[SignedItem, ...] = ()) -> None:
         self._items: dict[str, SignedItem] = {}
@@ -76,6 +76,7 @@ class ItemStore:
         self._top: dict[int, int] = {}  # top index -> XOR of its leaves
         self._root = 0
         self._leaf_keys: dict[int, set[str]] = {}
+        self._digests: set[bytes] = set()  # digests of the stored items: "do I hold this one?"
         for item in items:
             self.put(item)
 
@@ -99,6 +100,10 @@ class ItemStore:
     def __iter__(self) -> Iterator[SignedItem]:
         return iter(list(self._items.values()))
 
+    def has_digest(self, digest: bytes) -> bool:
+        """Whether the item with this digest is the one stored under its key."""
+        return digest in self._digests
+
     def would_accept(self, item: SignedItem) -> bool:
         return is_newer(item, self._items.get(item.key))
 
@@ -108,10 +113,14 @@ class ItemStore:
         current = self._items.get(key)
         if not is_newer(item, current):
             return False
-        change = _as_int(item.digest())
+        digest = item.digest()
+        change = _as_int(digest)
         leaf = leaf_of(key)
+        self._digests.add(digest)
         if current is not None:
-            change ^= _as_int(current.digest())
+            old = current.digest()
+            self._digests.discard(old)
+            change ^= _as_int(old)
         else:
             keys = self._leaf_keys.get(leaf)
             if keys is None:
