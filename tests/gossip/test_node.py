@@ -297,3 +297,22 @@ def test_node_that_left_refuses_new_links_until_it_joins_again():
     assert [(e.peer, e.msg.leaving) for e in sends(effects, m.Disconnect)] == [("c", True)]
     n.join(["c"], NOW + 2)
     assert PeerUp(peer="c") in n.on_message("c", m.Welcome(), NOW + 3)
+
+
+def test_item_from_antientropy_is_announced_not_pushed():
+    n = linked(peers=("b", "c", "d"))
+    it = item()
+    effects = n.on_message("x", m.SyncItems(items=(it,), want=()), NOW)
+    assert [(e.source, e.hops) for e in effects if type(e) is ItemAccepted] == [("x", 1)]
+    assert not sends(effects, m.Push)
+    assert sorted(e.peer for e in sends(effects, m.IHave)) == ["b", "c", "d"]
+
+
+def test_announcement_of_a_held_item_is_ignored_even_after_its_id_is_forgotten():
+    n = linked(peers=("b", "c"), message_cache_ms=1_000)
+    it = item()
+    n.on_message("b", m.Push(hops=3, item=it), NOW)
+    n.on_tick(NOW + 5_000)  # the id cache has forgotten it
+    assert not n.tree.is_seen(it.digest()) and n.store.has_digest(it.digest())
+    n.on_message("c", m.IHave(entries=((it.digest(), 2),)), NOW + 5_001)
+    assert not n.tree.missing
