@@ -29,6 +29,10 @@ from grapevine.cli.output import emit_json, fail, json_option
 from grapevine.gossip.errors import PolicyError
 
 
+# Past this many rows the report is printed one plain line per resource.
+MAX_TABLE_ROWS = 200
+
+
 def _fleet(target: str | None, dry_run: bool, check: bool, as_json: bool, agent: str | None) -> int:
     try:
         fleet = importlib.import_module("grapevine.cli.fleet")
@@ -73,6 +77,16 @@ def _exit_status(report, check: bool, as_json: bool) -> int:
 def _print_text(report, *, verbose: bool) -> None:
     interesting = verbose or any(r.status != "unchanged" for r in report.resources)
     if not interesting:
+        click.echo(report.summary_line())
+        return
+    rows = [r for r in report.resources if verbose or r.status != "unchanged"]
+    if len(rows) > MAX_TABLE_ROWS:
+        # A table this long is unreadable and slow to lay out: one line each.
+        for r in rows:
+            status = "would change" if report.dry_run and r.status == "changed" else r.status
+            click.echo(f"{status:12} {r.id}  {r.error or '; '.join(r.changes) or r.reason}")
+            if report.dry_run and r.diff:
+                click.echo(r.diff, nl=False)
         click.echo(report.summary_line())
         return
     from rich.console import Console

@@ -288,3 +288,19 @@ def test_secrets_sealed_to_this_node_fill_templates_and_never_show(tmp_path):
     without_key = grapevine(*args)
     assert without_key.returncode == 2
     assert "db_password" in without_key.stderr and "file:/etc/app/db.conf" in without_key.stderr
+
+
+def test_a_long_report_is_printed_one_line_per_resource(tmp_path):
+    import yaml
+
+    policy = tmp_path / "many.yaml"
+    resources = [{"file": f"/data/f{i:03d}", "content": f"{i}\n"} for i in range(250)]
+    policy.write_text(yaml.safe_dump({"bundle": "many/files", "resources": resources}))
+    root = tmp_path / "root"
+    root.mkdir()
+    res = grapevine("converge", "--local", str(policy), "--root", str(root))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "changed      file:/data/f000  create"
+    assert lines[-1].startswith("250 changed, 0 unchanged, 0 failed, 0 skipped")
+    assert len(lines) == 251
