@@ -290,10 +290,10 @@ class Simulator:
             t = pop(times)
             batch = calendar.pop(t)
             self.now = t
+            self.events += len(batch)
+            if progress is not None and (self.events ^ (self.events - len(batch))) >= PROGRESS_EVERY:
+                progress(self)
             for i, (kind, host, inc, a, b) in enumerate(batch):
-                self.events += 1
-                if progress is not None and not (self.events & (PROGRESS_EVERY - 1)):
-                    progress(self)
                 if kind == DELIVER:
                     if not host.alive or host.incarnation != inc:
                         src = self.by_id.get(a)
@@ -349,6 +349,7 @@ class Simulator:
         rest = batch[start:]
         if not rest:
             return
+        self.events -= len(rest)  # counted with their batch, they have not run yet
         later = self._calendar.get(t)
         if later is None:
             self._calendar[t] = rest

@@ -26,6 +26,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass, replace
+from heapq import heappush
 from typing import TYPE_CHECKING, Any, Callable
 
 from grapevine.gossip.errors import ConfigError
@@ -151,7 +152,8 @@ class Network:
         self._last_msg: Any = None
         self._last_size = 0
         self._by_id = sim.by_id
-        self._schedule = sim.schedule
+        self._calendar = sim._calendar
+        self._times = sim._times
         self._bits = rng.getrandbits
         self._groups: dict[int, int] | None = None  # host idx -> side; None: no partition
         self._fifo: dict[int, int] = {}  # (src idx << 32 | dst idx) -> last delivery time
@@ -240,7 +242,13 @@ class Network:
             if at < last:
                 at = last
             fifo[link] = at
-            self._schedule(at, (DELIVER, dst, dst.incarnation, src.node_id, msg))
+            event = (DELIVER, dst, dst.incarnation, src.node_id, msg)
+            bucket = self._calendar.get(at)  # Simulator.schedule, inlined on the hottest path
+            if bucket is None:
+                self._calendar[at] = [event]
+                heappush(self._times, at)
+            else:
+                bucket.append(event)
         if cfg.duplicate and self.rng.random() < cfg.duplicate:
             self.traffic.duplicated += 1
             self._deliver_later(src, dst, msg, now)
