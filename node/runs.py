@@ -52,8 +52,8 @@ QUERY_KIND = "query"  # broadcast kind of a discovery query (runs and fleet stat
 ANSWER_ROUTE = "query.answer"  # node -> origin: "I match"
 ORDER_ROUTE = "run.order"  # origin -> node: the signed order
 RESULT_ROUTE = "run.result"  # node -> origin: the signed result
-KEY_ROUTE = "run.key"  # origin -> node: the key held at the node's own address, to check an answer against
-CONFIRM_ROUTE = "run.confirm"  # node -> origin: "did you send me this run?", asked before executing
+KEY_ROUTE = "run.key"  # node -> origin: the node key held at the origin's address (checks tickets)
+TICKET_DOMAIN = "grapevine/run-ticket/1"  # what an origin signs for each node it starts
 
 QUIET_MS = 200  # discovery ends this long after the last answer: answers from a tree come in one burst
 QUIET_STRETCH = 0.25  # ...or a quarter of the time the answers took so far, when a busy fleet answers slowly
@@ -66,6 +66,7 @@ RESULT_RETRY_FIRST_S = 0.2  # result post retries back off from here...
 RESULT_RETRY_MAX_S = 5.0  # ...to here, until the deadline
 MAX_CONCURRENT_RUNS = 16  # commands one node runs at once; more wait their turn
 MAX_REPORT_BYTES = 64 * 1024  # a converge report attached to a result, diffs dropped past this
+MAX_ORIGIN_KEYS = 1024  # origin node keys a node keeps (one per agent that ever started a run here)
 MAX_DETAIL_CHARS = 240  # refusal details in peer replies: the envelope decoder caps strings at 320
 
 
@@ -83,16 +84,19 @@ class _Discovery:
     last: float | None = None  # monotonic time of the latest remote answer
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def add(self, node: str, key: PublicKey, info: dict, *, remote: bool) -> None:
+    def add(self, node: str, key: PublicKey, info: dict, *, remote: bool) -> bool:
+        """Record an answer; False when another answer for the node carried another key."""
         if node in self.answers:
             if self.answers[node][0] != key:  # someone else answered in this node's name
                 log.warning("discovery %s: a second answer for %s carries another node key (%s, kept %s)",
                             self.qid, node, key.key_id, self.answers[node][0].key_id)
-            return
+                return False
+            return True
         self.answers[node] = (key, info)
         if remote:
             self.last = time.monotonic()
         self.arrived.set()
+        return True
 
     async def settle(self) -> float:
         """Wait until answers stop arriving; returns how long discovery took (ms)."""
@@ -124,7 +128,7 @@ class _Run:
     refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # node -> (reason, detail)
     unreachable: dict[str, str] = field(default_factory=dict)
     reply_ms: dict[str, float] = field(default_factory=dict)  # order POST -> reply, per node
-    sent: set[str] = field(default_factory=set)  # nodes the origin has posted the order to
+    confirmed: dict[str, PublicKey] = field(default_factory=dict)  # keys from order replies (address-bound)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -141,6 +145,7 @@ class RunService:
         self._runs: dict[str, _Run] = {}
         self._tasks: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_RUNS)
+        self._origin_keys: dict[str, PublicKey] = {}  # origin node id -> its node key, fetched at its address
         self.refusals: collections.Counter[str] = collections.Counter()  # orders and results refused here
 
     def _refused(self, reason: str) -> None:
@@ -157,7 +162,6 @@ class RunService:
         a.add_peer_route(ORDER_ROUTE, self._on_order)
         a.add_peer_route(RESULT_ROUTE, self._on_result)
         a.add_peer_route(KEY_ROUTE, self._on_key_request)
-        a.add_peer_route(CONFIRM_ROUTE, self._on_confirm)
         a.add_api_route("GET", "/v1/run/origin", self._api_origin)
         a.add_api_route("POST", "/v1/run", self._api_run)
         a.add_api_route("POST", "/v1/fleet/query", self._api_query)
@@ -230,20 +234,8 @@ class RunService:
             key = PublicKey.from_bytes(raw)
         except Exception:
             return {"ok": False}
-        if remote:
-            # Anyone holding the network key can answer in another node's name; only the node
-            # listening at that id's address can say which key results from it are signed with.
-            try:
-                held = await self.agent.send_direct(node, KEY_ROUTE, {})
-            except Exception as exc:
-                self._refused("Unverified")
-                log.warning("discovery answer for %s refused: its address does not answer (%s)", node, exc)
-                return {"ok": False, "refused": "Unverified"}
-            if not isinstance(held, dict) or held.get("n") != node or held.get("pk") != raw:
-                self._refused("KeyMismatch")
-                log.warning("discovery answer for %s refused: the node at that address holds another key", node)
-                return {"ok": False, "refused": "KeyMismatch"}
-        disc.add(node, key, info, remote=remote)
+        if not disc.add(node, key, info, remote=remote):
+            self._refused("KeyMismatch")
         return {"ok": True}
 
     async def _on_key_request(self, body: Any) -> dict:
@@ -277,7 +269,7 @@ class RunService:
             order = runorder.check_order(signed, root=self.agent.admission.root, now_ms=now_ms(), facts=self.agent.facts)
             if self.agent.state.run_seen(order.run_id):
                 raise RunRefused("Replayed", f"run {order.run_id} was already received here")
-            if not await self._sent_by_origin(order):
+            if not await self._sent_by_origin(order, body.get("ticket")):
                 raise RunRefused("NotSentByOrigin", f"origin {order.origin} has not sent run {order.run_id} here")
             if not self.agent.state.mark_run_seen(order.run_id, order.deadline_ms):
                 raise RunRefused("Replayed", f"run {order.run_id} was already received here")
@@ -287,32 +279,52 @@ class RunService:
             return {"ok": False, "refused": exc.reason, "detail": exc.detail[:MAX_DETAIL_CHARS]}
         log.info("run %s from %s accepted: %s", order.run_id, order.operator,
                  order.action.describe())
+        me_pk = self.agent.node_key.public.raw  # the reply binds this key to the address the order went to
         task = self._spawn(self._execute_and_sign(order))
         done, _ = await asyncio.wait({task}, timeout=INLINE_RESULT_S)
         if task in done and task.exception() is None:
-            return {"ok": True, "result": task.result().to_wire()}  # a quick command: the reply carries it
+            return {"ok": True, "pk": me_pk, "result": task.result().to_wire()}  # a quick command: the reply carries it
         self._spawn(self._report_later(order, task))
-        return {"ok": True}
+        return {"ok": True, "pk": me_pk}
 
-    async def _sent_by_origin(self, order: runorder.RunOrder) -> bool:
-        """Whether the origin itself sent this order here. Any target holds the signed order and
-        could post it to every other target ahead of the origin's batches; only the origin, asked
-        at its own address, knows which nodes it has started."""
-        me = self.agent.node_id
-        if order.origin == me:
-            run = self._runs.get(order.run_id)
-            return run is not None and me in run.sent
-        try:
-            reply = await self.agent.send_direct(order.origin, CONFIRM_ROUTE, {"r": order.run_id, "n": me})
-        except Exception as exc:  # the origin is gone or unreachable: nothing confirms the order
-            log.info("run %s: origin %s did not confirm: %s", order.run_id, order.origin, exc)
+    async def _sent_by_origin(self, order: runorder.RunOrder, ticket: Any) -> bool:
+        """Whether the origin itself sent this order here.
+
+        Any target holds the signed order and could post it to every other
+        target ahead of the origin's batches. So the origin signs, with its
+        node key, a ticket naming the run and this node for every node it
+        starts; the origin's key is asked once of the node listening at the
+        origin's address (the id is the address) and then kept.
+        """
+        if not isinstance(ticket, bytes):
             return False
-        return isinstance(reply, dict) and reply.get("ok") is True
+        data = _ticket_bytes(order.run_id, self.agent.node_id)
+        for fresh in (False, True):  # a cached key may be stale: the origin's data dir may have been reset
+            key = await self._origin_key(order.origin, fresh)
+            if key is None:
+                return False
+            if key.verify(data, ticket):
+                return True
+        return False
 
-    async def _on_confirm(self, body: Any) -> dict:
-        run_id, node = (body.get("r"), body.get("n")) if isinstance(body, dict) else (None, None)
-        run = self._runs.get(run_id) if isinstance(run_id, str) else None
-        return {"ok": run is not None and isinstance(node, str) and node in run.sent}
+    async def _origin_key(self, origin: str, fresh: bool) -> PublicKey | None:
+        if origin == self.agent.node_id:
+            return self.agent.node_key.public
+        key = None if fresh else self._origin_keys.get(origin)
+        if key is not None:
+            return key
+        try:
+            held = await self.agent.send_direct(origin, KEY_ROUTE, {})
+            if not isinstance(held, dict) or held.get("n") != origin or not isinstance(held.get("pk"), bytes):
+                raise ValueError("the node at that address is another node")
+            key = PublicKey.from_bytes(held["pk"])
+        except Exception as exc:  # the origin is gone, unreachable or not who the order names
+            log.info("origin %s: its node key could not be fetched at its address: %s", origin, exc)
+            return None
+        if len(self._origin_keys) >= MAX_ORIGIN_KEYS:
+            self._origin_keys.pop(next(iter(self._origin_keys)))
+        self._origin_keys[origin] = key
+        return key
 
     async def _execute_and_sign(self, order: runorder.RunOrder) -> SignedResult:
         async with self._slots:
@@ -329,6 +341,8 @@ class RunService:
                     reply = await self._on_result(signed.to_wire())
                 else:
                     reply = await self.agent.send_direct(order.origin, RESULT_ROUTE, signed.to_wire())
+                if isinstance(reply, dict) and reply.get("retry"):
+                    raise RuntimeError("the origin has not seen this node's reply to the order yet")
                 if isinstance(reply, dict) and not reply.get("ok") and not reply.get("gone"):
                     log.warning("origin %s refused the result of run %s: %s",
                                 order.origin, order.run_id, reply.get("refused"))
@@ -411,9 +425,12 @@ class RunService:
         if run is None:
             return {"ok": False, "gone": True}
         try:
-            key = run.keys.get(claimed.node)
-            if key is None:
+            if claimed.node not in run.keys:
                 raise RunRefused("UnknownNode", f"result for run {claimed.run_id} from {claimed.node}, which is not a target")
+            key = run.confirmed.get(claimed.node)
+            if key is None:  # no reply to the order yet: only the discovery key to check against
+                signed.verify(run.keys[claimed.node], run_id=claimed.run_id, node=claimed.node)
+                return {"ok": False, "retry": True}  # kept until the node's own address confirms the key
             result = signed.verify(key, run_id=claimed.run_id, node=claimed.node)
         except RunRefused as exc:
             self._refused(exc.reason)
@@ -428,8 +445,8 @@ class RunService:
         return {"ok": True}
 
     async def _post_order(self, run: _Run, node: str) -> None:
-        body = {"order": run.signed.to_wire()}
-        run.sent.add(node)
+        body = {"order": run.signed.to_wire(),
+                "ticket": self.agent.node_key.sign(_ticket_bytes(run.signed.order.run_id, node))}
         sent = time.monotonic()
         try:
             if node == self.agent.node_id:
@@ -442,13 +459,33 @@ class RunService:
             run.events.put_nowait({"event": "unreachable", "node": node, "detail": run.unreachable[node]})
             run.changed.set()
             return
-        if isinstance(reply, dict) and reply.get("ok") and reply.get("result") is not None:
-            await self._on_result(reply["result"])
+        if isinstance(reply, dict) and reply.get("ok"):
+            self._bind_key(run, node, reply.get("pk"))
+            if reply.get("result") is not None:
+                await self._on_result(reply["result"])
         elif isinstance(reply, dict) and not reply.get("ok"):
             reason, detail = str(reply.get("refused") or "Refused"), str(reply.get("detail") or "")
             run.refused[node] = (reason, detail)
             run.events.put_nowait({"event": "refused", "node": node, "reason": reason, "detail": detail})
             run.changed.set()
+
+    def _bind_key(self, run: _Run, node: str, raw: Any) -> None:
+        """The key in the order reply came from the node at that id's address: results verify with it.
+
+        Anyone holding the network key can answer discovery in another node's
+        name; only the node listening at the id's address answers the order.
+        """
+        try:
+            key = PublicKey.from_bytes(raw) if isinstance(raw, bytes) else None
+        except Exception:
+            key = None
+        if key is None:
+            return  # results stay unverifiable for this node and are refused
+        if run.keys.get(node) != key:
+            self._refused("KeyMismatch")
+            log.warning("run %s: discovery named key %s for %s, the node at its address holds %s",
+                        run.signed.order.run_id, getattr(run.keys.get(node), "key_id", None), node, key.key_id)
+        run.confirmed[node] = key
 
     async def run(self, signed: SignedOrder, *, batch: runorder.BatchSize | None,
                   max_failures: int | None) -> dict:
@@ -591,6 +628,10 @@ def _json_default(obj: Any) -> Any:
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=_json_default))
+
+
+def _ticket_bytes(run_id: str, node: str) -> bytes:
+    return msgpack.packb([TICKET_DOMAIN, run_id, node], use_bin_type=True)
 
 
 def _percentiles(values: list[float]) -> dict | None:
