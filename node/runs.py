@@ -11,15 +11,21 @@ Two roles live here; every agent plays both.
      bounded in time;
   3. posts the signed order to the targets directly, all at once or in
      batches, each batch after the previous one finished, and stops starting
-     batches once failures pass ``max_failures``;
-  4. verifies every result with the node key learned at discovery and refuses
-     (and logs) any that does not verify;
+     batches once failures pass ``max_failures``. Each post carries a ticket:
+     the origin's node-key signature over (run id, target), so a target that
+     holds the order cannot start it on other nodes ahead of their batch;
+  4. verifies every result with the node key learned at discovery, once the
+     node at that id's address has confirmed it in its reply to the order
+     (anyone holding the network key could answer discovery in another
+     node's name; only the real node answers at its address); refuses and
+     logs anything else (``KeyMismatch``, ``BadSignature``, ``UnknownNode``);
   5. streams progress to the command line as NDJSON lines.
 
-*Node* (every target): checks the order (``policy.runorder.check_order``,
-then that the id is new via the durable seen-run table), executes it with a
-timeout and bounded output as the configured user and signs the result with
-its node key. A command done within ``INLINE_RESULT_S`` answers in the reply
+*Node* (every target): checks the order (``policy.runorder.check_order``),
+that the id is new, and the origin's ticket (the origin's node key is asked
+once of the node at the origin's address, then kept); records the id in the
+durable seen-run table; executes it with a timeout and bounded output as the
+configured user and signs the result with its node key. A command done within ``INLINE_RESULT_S`` answers in the reply
 to the order itself; a longer one is posted to the origin when it ends,
 retried until the deadline. Either way the origin verifies the signature.
 
