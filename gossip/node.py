@@ -157,12 +157,12 @@ class GossipNode:
 
     def on_message(self, peer: str, msg: Message, now: int) -> list[Effect]:
         # The hot path of a large simulation: kept free of avoidable calls.
+        handler = self._handlers.get(type(msg))
+        if handler is None:  # refused before anything changes
+            raise ProtocolError(f"not a gossip message: {type(msg).__name__}")
         self._now = now
         if not self._started:
             self._begin(now)
-        handler = self._handlers.get(type(msg))
-        if handler is None:
-            raise ProtocolError(f"not a gossip message: {type(msg).__name__}")
         out: list[Effect] = []
         if peer == self.node_id:
             return out
