@@ -28,6 +28,7 @@ from grapevine.policy.runorder import RunResult, SignedOrder, SignedResult
 
 START_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 5.0
+OWN_RESULT_TRIES = 20  # 0.1 s apart: the origin answers "retry" until it has read the order reply
 
 
 class HostileServer:
@@ -38,6 +39,7 @@ class HostileServer:
         self.lie = lie  # answer discovery in honest nodes' names too, and forge their results
         self.replay_orders = replay_orders  # post every order it is sent on to every honest node at once
         self.replayed: list[Any] = []  # honest nodes' replies to replayed orders
+        self.own_replies: list[Any] = []  # the origin's replies to the hostile's result for itself
         self.queries: list[str] = []  # discovery query ids seen
         self.forged_answers = 0
         self.orders: list[str] = []  # run ids of orders sent to the hostile
@@ -160,7 +162,7 @@ class HostileServer:
             signed = SignedOrder.from_wire(body.get("order"))
             self.orders.append(signed.order.run_id)
             asyncio.ensure_future(self._forge_results(signed))
-            answer = {"ok": True}
+            answer = {"ok": True, "pk": self.peer.node_key.public.raw}  # what an honest node's reply carries
         else:  # a key or status question: answer with the hostile's own key, as if it were anyone
             answer = {"ok": True, "n": self.peer.node_id, "pk": self.peer.node_key.public.raw}
         return web.Response(body=self.peer.frame(answer), content_type="application/octet-stream")
@@ -181,7 +183,12 @@ class HostileServer:
             self.forged_results.append((node, reply))
         # its own result, so the run does not wait out the timeout for it (withholding it only delays)
         own = RunResult(run_id=order.run_id, node=self.peer.node_id, exit_code=0, stdout=b"", stderr=b"", duration_ms=1)
-        try:
-            await self.request(order.origin, "run.result", SignedResult.sign(own, self.peer.node_key).to_wire())
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            pass
+        for _ in range(OWN_RESULT_TRIES):  # the origin may ask for it again once it has the order reply
+            try:
+                reply = await self.request(order.origin, "run.result", SignedResult.sign(own, self.peer.node_key).to_wire())
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                reply = {"error": str(exc)}
+            self.own_replies.append(reply)
+            if not (isinstance(reply, dict) and reply.get("retry")):
+                break
+            await asyncio.sleep(0.1)
