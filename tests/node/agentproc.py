@@ -171,15 +171,14 @@ class AgentProc:
             return e.code, e.read()
 
     def metric(self, name: str, labels: str = "") -> float:
-        """Value of one sample of /metrics (0 if absent)."""
+        """One sample of /metrics, or with no labels the sum over all label values (0 if absent)."""
         _, body = self.http_get("/metrics")
-        want = f"{name}{{{labels}}}" if labels else name
         total = 0.0
         for line in body.decode().splitlines():
             if line.startswith("#"):
                 continue
             key, _, value = line.rpartition(" ")
-            if key == want:
+            if key == f"{name}{{{labels}}}" or (not labels and (key == name or key.startswith(name + "{"))):
                 total += float(value)
         return total
 

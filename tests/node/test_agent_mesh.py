@@ -66,6 +66,13 @@ def test_bundle_injected_anywhere_is_applied_on_every_targeted_node_and_only_the
     assert rows["web/motd"]["targeted"] is False and rows["db/conf"]["applied"] is True
     st = fleet.cli_json("status", agent=web[0])
     assert st["status"] == "ok" and st["last_converge"]["failed"] == 0
+    m = web[0]
+    assert m.metric("grapevine_items") == 3  # the trust root and two bundles
+    assert m.metric("grapevine_admissions_total", 'origin="peer"') >= 2
+    assert m.metric("grapevine_messages_received_total", 'type="Push"') >= 1
+    assert m.metric("grapevine_bytes_sent_total") > 0
+    assert m.metric("grapevine_converge_duration_seconds_count", 'trigger="bundle"') >= 1
+    assert m.metric("grapevine_active_peers") >= 1
 
 
 def test_killed_agent_keeps_every_acknowledged_item_then_catches_up_and_converges(fleet):
@@ -312,3 +319,14 @@ def test_rotated_trust_root_spreads_by_gossip_and_changes_who_may_publish(fleet,
     assert refused.returncode == 2 and "OutOfScope" in refused.stderr
     fleet.cli("inject", str(site), "--key", str(tmp_path / "bob.key"), agent=b)
     wait_until(lambda: (a.root / "etc/x").is_file(), 20, what="bob's bundle applied on a")
+
+
+def test_periodic_converge_puts_back_a_file_that_drifted(fleet, tmp_path):
+    a = fleet.make("drift", free_ports(1)[0], env={"GRAPEVINE_CONVERGE_INTERVAL_S": "0.5", "GRAPEVINE_CONVERGE_SPLAY_S": "0.2"})
+    fleet.start(a)
+    a.client().post("/v1/inject", data=pack_bundle(fleet.keys, "d/motd", None, {"/etc/motd": "managed\n"}).encode())
+    wait_until(lambda: (a.root / "etc/motd").is_file(), 10, what="the bundle applied")
+    (a.root / "etc/motd").write_text("hand edit\n")
+    wait_until(lambda: (a.root / "etc/motd").read_text() == "managed\n", 10, 0.05, what="the drift corrected")
+    triggers = {r["trigger"] for r in a.client().get("/v1/reports?limit=50")["reports"]}
+    assert "timer" in triggers
