@@ -637,7 +637,10 @@ class Agent:
             async with contextlib.AsyncExitStack() as stack:
                 await stack.enter_async_context(self.transport)
                 await peer_runner.setup()
-                await web.TCPSite(peer_runner, host, int(port), reuse_address=True).start()
+                try:
+                    await web.TCPSite(peer_runner, host, int(port), reuse_address=True).start()
+                except OSError as exc:
+                    raise ConfigError(f"bind: cannot listen on {self.config.bind}: {exc.strerror or exc}") from None
                 await api_runner.setup()
                 with contextlib.suppress(FileNotFoundError):
                     sock.unlink()

@@ -330,3 +330,16 @@ def test_periodic_converge_puts_back_a_file_that_drifted(fleet, tmp_path):
     wait_until(lambda: (a.root / "etc/motd").read_text() == "managed\n", 10, 0.05, what="the drift corrected")
     triggers = {r["trigger"] for r in a.client().get("/v1/reports?limit=50")["reports"]}
     assert "timer" in triggers
+
+
+def test_agent_refuses_a_busy_port_and_a_data_dir_in_use_with_exit_status_2(fleet):
+    a = fleet.make("first", free_ports(1)[0])
+    fleet.start(a)
+    busy = fleet.make("busy", a.port)  # the same port, its own data dir
+    same_dir = fleet.make("twin", free_ports(1)[0])
+    same_dir.argv[same_dir.argv.index("--data-dir") + 1] = str(a.data_dir)
+    for x, message in ((busy, "bind: cannot listen"), (same_dir, "another agent is running")):
+        x.start()
+        assert x.proc.wait(timeout=30) == 2
+        assert message in x.log_path.read_text()
+    assert a.alive() and a.status()["node"] == a.node_id
