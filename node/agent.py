@@ -2,7 +2,8 @@
 
 ``Agent`` wires the pieces together: the sans-I/O ``GossipNode`` (gossip/),
 the peer transport (node/transport.py), the SQLite state (node/state.py),
-admission and convergence (policy/), the local API (node/api.py).
+admission (policy/), convergence (node/convergence.py), the local API
+(node/api.py).
 
 Effects from the core are applied in one place, ``_apply``: accepted items
 are committed to SQLite first, in one transaction, and only then are the
@@ -44,6 +45,7 @@ from grapevine.gossip.item import SignedItem, Version
 from grapevine.policy.keys import SigningKey
 
 from .config import AgentConfig
+from .convergence import Convergence
 from .metrics import AgentMetrics
 from .netkey import KeyRing, read_key_file
 from .state import State, version_text
@@ -58,7 +60,6 @@ LOCK_FILE = "agent.lock"
 PEERS_SAVE_S = 60.0  # the passive view is written back this often (active peers are written when they come up)
 MIN_TICK_S = 0.002  # never spin faster than this even if the core asks for "now"
 HELLO_ROUTE = "hello"
-FORWARD_FIRST_S = 0.05  # a converge waits at most this long for queued frames to leave
 JOINER_IDLE_S = 30.0  # a connected node re-checks its join list this often (it is woken when isolated)
 BroadcastHandler = Callable[[str, Any, bytes], Awaitable[Any] | Any]
 
@@ -151,17 +152,13 @@ class Agent:
         self.transport.routes[HELLO_ROUTE] = self._hello
         self._broadcast_handlers: dict[str, BroadcastHandler] = {}
         self.api_routes: dict[tuple[str, str], Callable] = {}
-        self.last_report: dict | None = None
         self.started_ms = now_ms()
         self.last_heard_ms = self.started_ms
         self._wake = asyncio.Event()
         self._sleep_until = 0  # wall ms at which the ticker wakes by itself
         self._stop = asyncio.Event()
         self._isolated = asyncio.Event()
-        self._converge_lock = asyncio.Lock()
-        self._converge_handle: asyncio.TimerHandle | None = None
-        self._last_converge_start = float("-inf")  # loop time the last converge began
-        self._bundle_cache: dict[str, tuple[Version, int, Any]] = {}  # key -> (version, root serial, bundle or None)
+        self.convergence = Convergence(self)
         self._tasks: set[asyncio.Task] = set()
         self._join_ids: dict[str, str] = {}  # configured HOST:PORT -> node id learned by hello
         self._isolated_since: int | None = None
@@ -282,7 +279,7 @@ class Agent:
                 self.metrics.admissions.labels("local" if e.source is None else "peer").inc()
                 log.info("accepted %s %s from %s (%d hops)", e.item.key, version_text(e.item.version), e.source or "local", e.hops)
             self.metrics.items.set(len(self.node.store))
-            if any(e.item.key.startswith(BUNDLE_PREFIX) and self._concerns_me(e.item, now) for e in accepted):
+            if any(e.item.key.startswith(BUNDLE_PREFIX) and self.convergence.concerns_me(e.item, now) for e in accepted):
                 self.schedule_converge("bundle")
             elif any(e.item.key == ROOT_KEY for e in accepted):
                 self.schedule_converge("trust")  # a revoked publisher's bundles stop being applied
@@ -350,7 +347,7 @@ class Agent:
             log.exception("broadcast handler %s failed", kind)
             return
         if asyncio.iscoroutine(result):
-            self._spawn(result, f"broadcast:{kind}")
+            self.spawn(result, f"broadcast:{kind}")
 
     def publish(self, item: SignedItem) -> tuple[bool, str, str]:
         """Admit a locally injected item: (accepted, reason, detail). Durable when accepted."""
@@ -367,127 +364,20 @@ class Agent:
     async def _hello(self, body: Any) -> Any:
         return {"id": self.node_id}
 
-    # -- convergence ----------------------------------------------------
-    def _usable_bundle(self, item: SignedItem, now: int) -> Any | None:
-        """The bundle in a stored item if the current root still trusts it (cached per version and root)."""
-        from grapevine.policy.bundle import Bundle
-
-        serial = self.admission.root.serial
-        cached = self._bundle_cache.get(item.key)
-        if cached is not None and cached[0] == item.version and cached[1] == serial:
-            return cached[2]
-        bundle = None
-        refusal = self.admission.still_valid(item, now)
-        if refusal is not None:
-            log.warning("stored %s is not applied: %s under trust root serial %d", item.key, refusal, serial)
-        else:
-            try:
-                bundle = Bundle.decode(item.payload)
-            except GrapevineError as exc:
-                log.warning("stored %s cannot be used: %s", item.key, exc)
-        self._bundle_cache[item.key] = (item.version, serial, bundle)
-        return bundle
-
-    def _targets_me(self, bundle: Any) -> bool:
-        from grapevine.policy import selectors
-
-        try:
-            return selectors.matches(bundle.target or None, self.facts)
-        except GrapevineError as exc:
-            log.warning("bundle %s has an unusable target: %s", bundle.name, exc)
-            return False
-
+    # -- convergence (node/convergence.py) ----------------------------------
     def targeted_bundles(self) -> list[tuple[Any, Version]]:
-        """Stored bundles that target this node and that the current trust root still trusts."""
-        now = now_ms()
-        if self.admission.root.expired(now):
-            log.warning("trust root serial %d has expired: no bundle is applied", self.admission.root.serial)
-            return []
-        out = []
-        for item in self.node.store.items():
-            if not item.key.startswith(BUNDLE_PREFIX):
-                continue
-            bundle = self._usable_bundle(item, now)
-            if bundle is not None and self._targets_me(bundle):
-                out.append((bundle, item.version))
-        return sorted(out, key=lambda bv: bv[0].name)
-
-    def _concerns_me(self, item: SignedItem, now: int) -> bool:
-        """An accepted bundle version that targets this node, or replaces one applied here."""
-        bundle = self._usable_bundle(item, now)
-        if bundle is not None and self._targets_me(bundle):
-            return True
-        return item.key[len(BUNDLE_PREFIX):] in self.state.applied()
+        return self.convergence.targeted_bundles()
 
     def schedule_converge(self, trigger: str) -> None:
-        """Converge soon, at most once per debounce window.
-
-        The first arrival after a quiet window converges at once; arrivals
-        within ``converge_debounce_ms`` of the last converge's start join one
-        converge at the end of the window, so a burst of bundles costs two
-        converges, not one per bundle.
-        """
-        if self._converge_handle is not None or self._stop.is_set():
-            return  # already scheduled: this arrival joins it
-        loop = asyncio.get_running_loop()
-        since = loop.time() - self._last_converge_start
-        delay = max(0.0, self.config.converge_debounce_ms / 1000 - since)
-
-        def fire() -> None:
-            self._converge_handle = None
-            self._spawn(self._converge_quiet(trigger), "converge")
-
-        self._converge_handle = loop.call_later(delay, fire)
-
-    async def _converge_quiet(self, trigger: str) -> None:
-        # the mesh first: frames this node is forwarding leave before the converge takes the CPU
-        await self.transport.drain(FORWARD_FIRST_S)
-        try:
-            await self.converge_now(trigger=trigger)
-        except Exception:
-            log.exception("converge (%s) failed", trigger)
+        self.convergence.schedule(trigger)
 
     async def converge_now(self, bundle_names: list[str] | None = None, dry_run: bool = False, trigger: str = "api") -> dict:
-        """Converge this node to the bundles that target it; returns the report JSON."""
-        from grapevine.policy import engine
+        """Converge this node to the bundles that target it now; returns the report JSON."""
+        return await self.convergence.converge_now(bundle_names, dry_run=dry_run, trigger=trigger)
 
-        async with self._converge_lock:
-            self._last_converge_start = asyncio.get_running_loop().time()
-            targeted = self.targeted_bundles()
-            if bundle_names:
-                wanted = set(bundle_names)
-                targeted = [bv for bv in targeted if bv[0].name in wanted]
-            bundles = [b for b, _ in targeted]
-            versions = {b.name: v for b, v in targeted}
-            t0 = time.monotonic()
-            at = now_ms()
-            try:
-                report = await asyncio.to_thread(
-                    engine.converge, bundles, root=self.config.root, facts=self.facts, dry_run=dry_run
-                )
-                doc = report.to_json()
-            except GrapevineError as exc:
-                doc = {"changed": 0, "unchanged": 0, "failed": 1, "skipped": 0, "resources": [], "error": str(exc)}
-            took = time.monotonic() - t0
-            ok = not doc.get("failed") and not doc.get("error")
-            doc.update(
-                node=self.node_id, at_ms=at, trigger=trigger, dry_run=dry_run,
-                versions={n: version_text(v) for n, v in versions.items()},
-            )
-            doc.setdefault("bundles", sorted(versions))
-            doc.setdefault("duration_ms", int(took * 1000))
-            if not dry_run:
-                self.state.add_report(at_ms=at, trigger=trigger, bundles=sorted(versions), ok=ok, report=doc)
-                self.state.set_applied(versions, at, ok)
-                self.last_report = doc
-                self.metrics.converge_seconds.labels(trigger).observe(took)
-                if not ok:
-                    self.metrics.converge_failures.inc()
-            log.info(
-                "converge (%s%s): %d bundles, %s changed, %s failed in %d ms",
-                trigger, ", dry run" if dry_run else "", len(bundles), doc.get("changed"), doc.get("failed"), int(took * 1000),
-            )
-            return doc
+    @property
+    def last_report(self) -> dict | None:
+        return self.convergence.last_report
 
     # -- status ---------------------------------------------------------
     def status(self) -> dict:
@@ -597,13 +487,6 @@ class Agent:
             await asyncio.sleep(delay * (0.5 + self.rng.random()))
             delay = min(delay * 2, self.config.rejoin_max_s)
 
-    async def _periodic_converge(self) -> None:
-        if self.config.converge_on_start and self.targeted_bundles():
-            self.schedule_converge("start")
-        while True:
-            await asyncio.sleep(self.config.converge_interval_s + self.rng.uniform(0, self.config.converge_splay_s))
-            self.schedule_converge("timer")
-
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(PEERS_SAVE_S)
@@ -611,7 +494,8 @@ class Agent:
             self.state.touch_peers(peers, now_ms())
             self.state.prune_runs(now_ms() - 3600 * 1000)
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
+        """Run ``coro`` as a task the agent awaits (bounded) at shutdown."""
         task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -620,6 +504,10 @@ class Agent:
     # -- lifecycle ------------------------------------------------------
     def request_stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     async def run(self, *, ready: Callable[[], None] | None = None) -> None:
         from .api import make_api_app
@@ -653,7 +541,7 @@ class Agent:
                 self._publish_trust_root()
                 for loop_name, fn in (
                     ("ticker", self._ticker), ("joiner", self._joiner),
-                    ("converge-timer", self._periodic_converge), ("housekeeping", self._housekeeping),
+                    ("converge-timer", self.convergence.periodic), ("housekeeping", self._housekeeping),
                 ):
                     await stack.enter_async_context(Background(loop_name, fn))
                 log.info(
@@ -686,9 +574,7 @@ class Agent:
         """Bounded drain: goodbyes and queued frames out, running work given drain_timeout_s."""
         budget = self.config.drain_timeout_s
         deadline = time.monotonic() + budget
-        if self._converge_handle is not None:
-            self._converge_handle.cancel()
-            self._converge_handle = None
+        self.convergence.cancel()
         try:
             now = now_ms()
             self._apply(self.node.leave(now), now)
