@@ -51,6 +51,8 @@ ADDRS_PER_SSHD = 16  # OpenSSH's limit of ListenAddress sockets per daemon
 MAX_STARTUPS = "400:30:800"  # parallel unauthenticated connections sshd accepts before dropping
 TOOL_TIMEOUT_S = 600  # one tool run; ansible --forks 5 on 100 hosts is the slowest
 SETTLE_S = 3.0  # after the mesh formed: joins and first shuffles done before timing
+SETTLE_MAX_S = 90.0  # ...and at most this long for the start-up CPU burst of a big mesh to pass
+IDLE_CORES = 0.6  # agents using less than this many cores over a second are idle (100 idle agents use ~0.35)
 LOADS: list[float] = []  # 1-minute load average after each timed run, for the record
 TOOLS = ("grapevine", "fabric", "pyinfra", "ansible-f5", "ansible-f50")
 
@@ -175,6 +177,30 @@ def run_ansible(venv: Path, key: Path, addrs: list[str], work: Path, forks: int)
         shutil.rmtree(cp, ignore_errors=True)
 
 
+def _cpu_s(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def settle(pids: list[int]) -> float:
+    """Wait until the agents are done starting: their CPU use over a second falls to an idle level."""
+    t0 = time.monotonic()
+    time.sleep(SETTLE_S)
+    while time.monotonic() - t0 < SETTLE_MAX_S:
+        before = _cpu_s(pids)
+        time.sleep(1.0)
+        if _cpu_s(pids) - before < IDLE_CORES:
+            break
+    return time.monotonic() - t0
+
+
 def grapevine_times(n: int, repeat: int, base: str | None) -> list[float]:
     """Start n agents (production "lan" preset, state on disk), time `grapevine run -- true`."""
     from grapevine.cli.demo import local_mesh
@@ -186,7 +212,8 @@ def grapevine_times(n: int, repeat: int, base: str | None) -> list[float]:
         mesh.start_all()
         mesh.wait_ready(timeout_s=180)
         mesh.wait_mesh(timeout_s=180)
-        time.sleep(SETTLE_S)
+        settled = settle([a.proc.pid for a in mesh.agents])
+        print(f"  {n} agents settled ({settled:.1f} s after the mesh formed)", flush=True)
         for r in range(repeat + 1):
             t, code, out = timed([sys.executable, "-m", "grapevine.cli.main", "run", "--agent", mesh.agents[0].socket,
                                   "--key", str(mesh.key_path), "--json", "--", "true"])
@@ -213,6 +240,8 @@ def main() -> int:
                     help="Where the agents keep their state (default: the system temp dir, on disk)")
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--venv", default="/tmp/sshbench-venv")
+    ap.add_argument("--merge", default=None,
+                    help="A previous RESULTS file: its raw times stand in for tools not measured in this run")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS-run.md"))
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -259,8 +288,26 @@ def main() -> int:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
 
+    if args.merge:
+        for tool, per in read_raw(Path(args.merge)).items():
+            if tool not in results:
+                results[tool] = per
     report(results, sizes, args)
     return 0
+
+
+def read_raw(path: Path) -> dict[str, dict[int, list[float]]]:
+    """The raw times listed at the end of a RESULTS file written by this script."""
+    out: dict[str, dict[int, list[float]]] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("- ") and " n=" in line and ": " in line:
+            head, _, values = line[2:].partition(": ")
+            tool, _, n = head.partition(" n=")
+            try:
+                out.setdefault(tool, {})[int(n)] = [float(v) for v in values.split(",")]
+            except ValueError:
+                continue
+    return out
 
 
 def report(results: dict[str, dict[int, list[float]]], sizes: list[int], args: argparse.Namespace) -> None:
@@ -272,10 +319,12 @@ def report(results: dict[str, dict[int, list[float]]], sizes: list[int], args: a
         "",
         f"`python benchmarks/bench_run.py --sizes {args.sizes} --repeat {args.repeat}` on "
         f"{platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()}), "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        + (f"; the SSH tools' times come from {args.merge}, measured earlier the same way" if args.merge else "")
+        + ".",
         "",
         "Whole-process wall time of running `true` on every node until every result is back; "
-        f"median of {args.repeat} runs after one warm-up run. Every node and every sshd is on this one machine, "
+        "median of the runs listed at the end, each tool after one warm-up run. Every node and every sshd is on this one machine, "
         "so all tools share its cores with the targets. The agents use the production (`lan`) gossip preset "
         "and keep their state on disk (a run id is fsynced before a node executes it). "
         f"1-minute load average during the runs: min {min(LOADS, default=0):.1f}, "
