@@ -69,6 +69,9 @@ class Broadcast:
         self._timers: list[tuple[int, bytes]] = []  # heap of (deadline, msg_id); stale entries skipped
         self._queue: dict[str, list[tuple[bytes, int]]] = {}  # lazy announcements not yet sent
         self._announced: list[str] | tuple = ()  # peers that announced the message just recorded
+        self.parent: str | None = None  # the peer the latest message came by
+        self._heard_hops: dict[str, int] = {}  # lazy peer -> hops it announced last (a distance hint)
+        self.extra: list[Send] = []  # control messages raised outside a handler, sent at flush
 
     # --- links -----------------------------------------------------------
 
@@ -78,6 +81,17 @@ class Broadcast:
     def peer_down(self, peer: str) -> None:
         self.lazy.discard(peer)
         self._queue.pop(peer, None)
+        self._heard_hops.pop(peer, None)
+        if peer == self.parent:
+            # The link the last messages came by is gone: graft a lazy link
+            # now rather than leave the next message to a graft timer.
+            self.parent = None
+            lazy = [p for p in self.active if p in self.lazy and p != peer]
+            if lazy:
+                best = min(lazy, key=lambda p: self._heard_hops.get(p, 1 << 30))
+                self.lazy.discard(best)
+                self.parent = best
+                self.extra.append(Send(peer=best, msg=_GRAFT_LINK))
 
     def eager_peers(self) -> list[str]:
         lazy = self.lazy
@@ -102,6 +116,8 @@ class Broadcast:
     def record(self, msg_id: bytes, peer: str | None, hops: int, ref: object, forget_at: int, now: int, out: list[Effect]) -> None:
         """A message arrived (or was published) for the first time."""
         self.seen[msg_id] = [hops, peer, ref]
+        if peer is not None:
+            self.parent = peer
         heapq.heappush(self._expiry, (forget_at, msg_id))
         if peer is not None and hops > self._flood_hops:
             self.lazy.discard(peer)
@@ -146,6 +162,7 @@ class Broadcast:
         known = self.seen[msg_id]
         known[0] = hops
         known[1] = parent
+        self.parent = parent
         queue = self._queue
         for p in self.active:
             if p != parent:
@@ -189,6 +206,9 @@ class Broadcast:
 
     def flush(self, out: list[Effect]) -> None:
         """Send the queued announcements, one ``IHave`` per peer."""
+        if self.extra:
+            out.extend(self.extra)
+            self.extra.clear()
         if not self._queue:
             return
         for peer, entries in self._queue.items():
@@ -200,6 +220,8 @@ class Broadcast:
         seen = self.seen
         missing = self.missing
         threshold = self.config.hop_optimization_threshold
+        if msg.entries:
+            self._heard_hops[peer] = msg.entries[-1][1]
         for msg_id, hops in msg.entries:
             known = seen.get(msg_id)
             if known is not None:

@@ -91,6 +91,7 @@ class GossipNode:
         self._last_heard = self.membership.last_heard
         self._graveyard = self.membership.graveyard
         self._lazy_queue = self.tree._queue
+        self._tree_extra = self.tree.extra
         self._started = False
         self._now = 0
         self._debug = log.isEnabledFor(logging.DEBUG)
@@ -174,7 +175,7 @@ class GossipNode:
             last_heard[peer] = now
         elif peer in self._graveyard:
             self.membership.heard(peer, now, out)
-        if self._lazy_queue:
+        if self._lazy_queue or self._tree_extra:
             self.tree.flush(out)
         return out
 
@@ -240,6 +241,7 @@ class GossipNode:
         self._begin(now)
         out: list[Effect] = []
         self.membership.leave(now, out)
+        self.tree.extra.clear()  # no grafts on the way out
         return out
 
     # --- items ---------------------------------------------------------------

@@ -316,3 +316,15 @@ def test_announcement_of_a_held_item_is_ignored_even_after_its_id_is_forgotten()
     assert not n.tree.is_seen(it.digest()) and n.store.has_digest(it.digest())
     n.on_message("c", m.IHave(entries=((it.digest(), 2),)), NOW + 5_001)
     assert not n.tree.missing
+
+
+def test_losing_the_parent_link_grafts_the_closest_lazy_link_at_once():
+    n = linked(peers=("b", "c", "d"))
+    n.on_message("c", m.Prune(), NOW)
+    n.on_message("d", m.Prune(), NOW)
+    n.on_message("c", m.IHave(entries=((bytes(16), 7),)), NOW)
+    n.on_message("d", m.IHave(entries=((bytes(range(16)), 3),)), NOW)
+    n.on_message("b", m.Push(hops=5, item=item()), NOW)  # b is the parent
+    effects = n.on_send_failed("b", NOW + 10)
+    assert [(e.peer, e.msg.msg_ids) for e in sends(effects, m.Graft)] == [("d", ())]
+    assert "d" in n.eager_peers
