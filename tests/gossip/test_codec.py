@@ -125,7 +125,7 @@ def test_malformed_frames_are_refused_with_the_reason(frame, reason):
         codec.decode(frame)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=200))
 def test_garbage_never_raises_anything_but_protocol_error(data):
     try:
@@ -135,7 +135,7 @@ def test_garbage_never_raises_anything_but_protocol_error(data):
     assert type(msg) in codec.TYPE_NUMBERS  # a rare valid frame decodes to a real message
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(st.sampled_from(SAMPLES), st.integers(min_value=0, max_value=10_000), st.integers(min_value=0, max_value=255))
 def test_a_flipped_byte_never_raises_anything_but_protocol_error(msg, where, value):
     data = bytearray(codec.encode(msg))

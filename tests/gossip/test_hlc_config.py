@@ -19,7 +19,7 @@ events = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(events)
 def test_clock_never_goes_backwards(evts):
     clock = HybridClock(max_drift_ms=1_000)

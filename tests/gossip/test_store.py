@@ -93,7 +93,7 @@ items_strategy = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(items_strategy, st.randoms(use_true_random=False))
 def test_every_delivery_order_yields_the_same_store(items, rnd):
     first = ItemStore(items)
