@@ -184,9 +184,9 @@ class _AgentFrames:
             a._on_peer_frame(PEER_ID, data, len(data))
         finally:
             await asyncio.sleep(0)
-            if a._converge_handle is not None:
-                a._converge_handle.cancel()
-                a._converge_handle = None
+            conv = getattr(a, "convergence", None)
+            if conv is not None:
+                conv.cancel()  # a converge an accepted bundle scheduled: not what is fuzzed here
             tasks = [t for t in a._tasks if not t.done()]
             for ext in a.extensions:
                 tasks += [t for t in getattr(ext, "_tasks", ()) if not t.done()]
