@@ -118,6 +118,7 @@ class Agent:
         self.node_id = config.node_id
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config.root.mkdir(parents=True, exist_ok=True)  # a test or demo root may not exist yet
         self._lock_fd = self._take_lock(config.data_dir / LOCK_FILE)
         self.state = State(config.data_dir, history_keep=config.history_keep, reports_keep=config.reports_keep,
                            fsync=config.fsync)
@@ -271,6 +272,7 @@ class Agent:
     def _apply(self, effects: list, now: int) -> None:
         accepted = [e for e in effects if isinstance(e, ItemAccepted)]
         if accepted:
+            serial = self.admission.root.serial
             # durable before anything below can acknowledge or forward it
             self.state.put_items(((e.item, now, e.source) for e in accepted),
                                  replicated=all(e.source is not None for e in accepted))
@@ -281,7 +283,7 @@ class Agent:
             self.metrics.items.set(len(self.node.store))
             if any(e.item.key.startswith(BUNDLE_PREFIX) and self.convergence.concerns_me(e.item, now) for e in accepted):
                 self.schedule_converge("bundle")
-            elif any(e.item.key == ROOT_KEY for e in accepted):
+            elif self.admission.root.serial != serial and self.bundles():
                 self.schedule_converge("trust")  # a revoked publisher's bundles stop being applied
         for e in effects:
             if isinstance(e, Send):

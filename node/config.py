@@ -204,7 +204,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if kind == "path":
             if not isinstance(value, (str, os.PathLike)) or not str(value):
                 raise ValueError("expected a path")
-            return Path(os.path.expanduser(str(value)))
+            return Path(os.path.expanduser(str(value))).absolute()  # the daemon never depends on its cwd
         if kind == "int":
             if isinstance(value, bool):
                 raise ValueError("expected an integer")

@@ -158,6 +158,8 @@ class Convergence:
                 self.agent.metrics.converge_seconds.labels(trigger).observe(took)
                 if not ok:
                     self.agent.metrics.converge_failures.inc()
+            if doc.get("error"):
+                log.warning("converge (%s) could not run: %s", trigger, doc["error"])
             log.info(
                 "converge (%s%s): %d bundles, %s changed, %s failed in %d ms",
                 trigger, ", dry run" if dry_run else "", len(bundles), doc.get("changed"), doc.get("failed"), int(took * 1000),
