@@ -119,7 +119,7 @@ class Broadcast:
         if peer is not None:
             self.parent = peer
         heapq.heappush(self._expiry, (forget_at, msg_id))
-        if peer is not None and hops > self._flood_hops:
+        if peer is not None:
             self.lazy.discard(peer)
         entry = self.missing.pop(msg_id, None)
         if entry is None:
@@ -141,8 +141,6 @@ class Broadcast:
         tells its neighbours its shorter distance, so the tree the first
         broadcast leaves behind is a fewest-hops tree.
         """
-        if hops <= self._flood_hops:
-            return  # near the source every link carries the message anyway
         known = self.seen.get(msg_id)
         if known is not None and hops < known[0] and known[1] is not None and known[1] != peer:
             if self._reparent(msg_id, known[1], peer, out):
@@ -178,7 +176,12 @@ class Broadcast:
         Skips ``exclude`` (it came from there) and the peers that announced
         the message just ``record``-ed (they have it already).
         """
-        lazy = self.lazy if hops >= self._flood_hops else ()
+        lazy = self.lazy
+        if hops < self._flood_hops and lazy:
+            # Near the source every link is made eager again and carries the
+            # payload; duplicates then prune it as after a first broadcast, so
+            # the tree is re-formed around this source.
+            lazy.difference_update(self.active)
         skip = self._announced
         self._announced = ()
         for p in self.active:

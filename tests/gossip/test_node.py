@@ -99,6 +99,8 @@ def test_near_the_publisher_every_link_carries_the_payload():
     n.on_message("c", m.Prune(), NOW)  # c is a lazy link
     effects = n.on_message("b", m.Push(hops=1, item=item()), NOW)
     assert sorted(e.peer for e in sends(effects, m.Push)) == ["c", "d"]
+    assert "c" in n.eager_peers  # made eager again: the tree re-forms around this source
+    n.on_message("c", m.Prune(), NOW)
     effects = n.on_message("b", m.Push(hops=2, item=item(key="bundle/far")), NOW)
     assert [e.peer for e in sends(effects, m.Push)] == ["d"] and [e.peer for e in sends(effects, m.IHave)] == ["c"]
 
