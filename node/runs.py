@@ -61,8 +61,8 @@ RESULT_ROUTE = "run.result"  # node -> origin: the signed result
 KEY_ROUTE = "run.key"  # node -> origin: the node key held at the origin's address (checks tickets)
 TICKET_DOMAIN = "grapevine/run-ticket/1"  # what an origin signs for each node it starts
 
-QUIET_MS = 200  # discovery ends this long after the last answer: answers from a tree come in one burst
-QUIET_STRETCH = 0.25  # ...or a quarter of the time the answers took so far, when a busy fleet answers slowly
+QUIET_MS = 300  # discovery ends this long after the last answer: answers from a tree come in one burst
+QUIET_STRETCH = 0.5  # ...or half the time the answers took so far, when a busy fleet answers slowly
 FIRST_ANSWER_MS = 2000  # with no remote answer this long after the broadcast, nobody else matches
 DISCOVERY_MAX_MS = 8000  # discovery never takes longer, however answers trickle in
 QUERY_TTL_MS = 10_000  # a query broadcast is dropped from seen-sets after this
