@@ -329,7 +329,8 @@ def report(results: dict[str, dict[int, list[float]]], sizes: list[int], args: a
         "and keep their state on disk (a run id is fsynced before a node executes it). "
         f"1-minute load average during the runs: min {min(LOADS, default=0):.1f}, "
         f"median {statistics.median(LOADS) if LOADS else 0:.1f}, max {max(LOADS, default=0):.1f} "
-        "(the machine is shared; every tool ran in the same window, the SSH tools round-robin).",
+        + ("(this invocation's runs; the machine is shared)." if args.merge else
+           "(the machine is shared; every tool ran in the same window, the SSH tools round-robin)."),
         "",
         "| tool | " + " | ".join(f"{n} nodes (s)" for n in sizes) + " | per-node slope (ms/node) |",
         "|---|" + "---|" * len(sizes) + "---|",
