@@ -3,20 +3,32 @@
 Every active link is EAGER (full messages are pushed over it) or LAZY (only
 ``IHave`` announcements travel). All state of the tree lives here:
 
-    new link                 -> EAGER
-    duplicate received on it -> LAZY, and a ``Prune`` tells the other side
-    ``Prune`` received       -> LAZY
-    ``Graft`` sent/received  -> EAGER
-    link gone                -> forgotten
+    new link                       -> EAGER
+    first copy of a message on it  -> EAGER
+    duplicate received on it       -> LAZY, and a ``Prune`` tells the other side
+                                      (unless the copy came by fewer hops: then
+                                      it becomes the parent and the old parent
+                                      link is pruned instead)
+    ``Prune`` received             -> LAZY (ignored, and answered with a graft,
+                                      when it is stale: the sender is this
+                                      node's parent for the pruned message)
+    ``Graft`` sent/received        -> EAGER
+    forwarding within flood_hops   -> EAGER (every link near the source)
+    parent link gone               -> the lazy link with the fewest announced
+                                      hops is grafted at once
+    link gone                      -> forgotten
 
 The first broadcast floods every link; every duplicate prunes a link, so what
 stays eager is a spanning tree and the next broadcast costs about one payload
-per node. Announcements for a message that does not arrive within
-``graft_timeout_ms`` trigger a ``Graft`` to the first announcer (then to the
-next one ``graft_retry_ms`` later), which repairs the tree where it broke.
-When an announcement shows a path ``hop_optimization_threshold`` hops shorter
-than the one the message came by, the node grafts the shorter link and prunes
-the longer one, so trees stay shallow whoever publishes.
+per node. A node whose distance to the source shrinks (a shorter duplicate or
+announcement) announces the new distance, so the tree converges to fewest
+hops. Nodes within ``flood_hops`` of the publisher push on every link, which
+gives the tree many entry points near each source. Announcements for a
+message that does not arrive within ``graft_timeout_ms`` trigger a ``Graft``
+to the first announcer (then to the next one ``graft_retry_ms`` later), which
+repairs the tree where it broke. When an announcement shows a path
+``hop_optimization_threshold`` hops shorter than the one the message came by,
+the node grafts the shorter link and prunes the longer one.
 
 Announcements are queued per peer and leave as one ``IHave`` per peer at the
 end of each entry point (``flush``), so a burst of items costs one
