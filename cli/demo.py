@@ -385,7 +385,6 @@ class _Show:
 
 
 def run_demo(nodes: int, as_json: bool) -> dict:
-    from grapevine.policy.runorder import BatchSize  # noqa: F401  (fail early if the package is broken)
     from grapevine.policy.runorder import RunAction
 
     from .run import build_order, follow_run

@@ -30,7 +30,7 @@ from grapevine.policy import runorder
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction, RunOrder, SignedOrder
 
-from .output import emit_json, fail, json_option
+from .output import emit_json, json_option
 
 DEFAULT_TIMEOUT_S = 60.0  # per node; most ad-hoc commands finish well within a minute
 DEADLINE_SLACK_S = 60.0  # deadline = timeout + this, for discovery and results on a busy fleet
