@@ -45,8 +45,8 @@ class GossipConfig:
     shuffle_walk_length: int = 3  # a shuffle travels 3 hops, so samples mix beyond neighbours
     shuffle_active_count: int = 3  # active peers offered in a shuffle sample
     shuffle_passive_count: int = 4  # passive peers offered in a shuffle sample
-    probe_interval_ms: int = 2_000  # a neighbour silent for 2 s gets a ping (closed links are noticed at once)
-    probe_timeout_ms: int = 6_000  # silent for 6 s (2 missed pings) means failed
+    probe_interval_ms: int = 3_000  # a neighbour silent for 3 s gets a ping (a closed link is noticed at once)
+    probe_timeout_ms: int = 9_000  # silent for 9 s (2 missed pings) means failed
     neighbor_timeout_ms: int = 2_000  # an unanswered neighbour request counts as a failure
     repair_interval_ms: int = 1_000  # while the active view is short, one request per second
     join_retry_ms: int = 2_000  # while isolated, re-send a join to a remembered contact
