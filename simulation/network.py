@@ -43,6 +43,9 @@ log = logging.getLogger("grapevine.sim")
 LATENCY_TABLE_BITS = 12
 # A latency above this is cut off: links in one data centre, not satellites.
 MAX_LATENCY_MS = 200
+# A link's last delivery time is at most MAX_LATENCY_MS after it was written,
+# so after a longer generation it can no longer hold back a new message.
+FIFO_GENERATION_MS = MAX_LATENCY_MS + 50
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,7 +159,12 @@ class Network:
         self._times = sim._times
         self._bits = rng.getrandbits
         self._groups: dict[int, int] | None = None  # host idx -> side; None: no partition
-        self._fifo: dict[int, int] = {}  # (src idx << 32 | dst idx) -> last delivery time
+        # Per-link FIFO: (src idx << 32 | dst idx) -> last delivery time. Two
+        # generations, rotated every FIFO_GENERATION_MS, so only links used in
+        # the last half second are kept (a million-entry map is mostly misses).
+        self._fifo: dict[int, int] = {}
+        self._fifo_old: dict[int, int] = {}
+        self._fifo_rotate_at = FIFO_GENERATION_MS
         mu = math.log(config.latency_median_ms)
         table_rng = random.Random(rng.getrandbits(64))
         self._latency = [
@@ -237,8 +245,12 @@ class Network:
         else:
             at = now + self._latency[self._bits(LATENCY_TABLE_BITS)]
             link = (src.idx << 32) | dst.idx
+            if now >= self._fifo_rotate_at:
+                self._rotate_fifo(now)
             fifo = self._fifo
-            last = fifo.get(link, 0)
+            last = fifo.get(link)
+            if last is None:
+                last = self._fifo_old.get(link, 0)
             if at < last:
                 at = last
             fifo[link] = at
@@ -261,11 +273,22 @@ class Network:
             at += 1 + self.rng.randrange(cfg.reorder_extra_ms)
         else:
             link = (src.idx << 32) | dst.idx
-            last = self._fifo.get(link, 0)
+            if now >= self._fifo_rotate_at:
+                self._rotate_fifo(now)
+            last = self._fifo.get(link)
+            if last is None:
+                last = self._fifo_old.get(link, 0)
             if at < last:
                 at = last
             self._fifo[link] = at
         self.sim.schedule_delivery(at, dst, src.node_id, msg)
+
+    def _rotate_fifo(self, now: int) -> None:
+        # Entries of the generation dropped now were written more than
+        # FIFO_GENERATION_MS ago: their delivery times are all in the past.
+        self._fifo_old = self._fifo
+        self._fifo = {}
+        self._fifo_rotate_at = now + FIFO_GENERATION_MS
 
     def arrival_blocked(self, src_id: str, dst: Host) -> bool:
         """True when a message in flight meets a cut installed after it left."""
