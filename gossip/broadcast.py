@@ -25,10 +25,35 @@ announcement) announces the new distance, so the tree converges to fewest
 hops. Nodes within ``flood_hops`` of the publisher push on every link, which
 gives the tree many entry points near each source. Announcements for a
 message that does not arrive within ``graft_timeout_ms`` trigger a ``Graft``
-to the first announcer (then to the next one ``graft_retry_ms`` later), which
+to the announcer with the fewest hops (then to the next one ``graft_retry_ms``
+later), which
 repairs the tree where it broke. When an announcement shows a path
 ``hop_optimization_threshold`` hops shorter than the one the message came by,
 the node grafts the shorter link and prunes the longer one.
+
+Trees per publisher. A message that names its origin (the publishing
+node: ``Push.origin``, ``Ephemeral.origin``) travels the tree of that
+origin, not one tree shared by every publisher: a shared tree is shaped
+around one root, and a message from elsewhere climbs toward that root and
+down the far side, about twice the depth. Each node keeps, per origin, the
+set of links that are eager for that origin's broadcasts (its parent and
+its children), for at most ``MAX_ORIGINS`` origins, least recently used
+dropped first. Prunes and grafts change the tree of the message they name.
+
+    first message of an origin     -> announced on every link with
+       (no tree here yet)              ``IHave(pull=True)``, payload pushed nowhere
+    pull announcement received     -> after ``pull_wait_ms``, graft the announcer
+                                      that announced the fewest hops
+    graft received                 -> the link joins the origin's tree
+    payload received               -> the link it came by joins the origin's tree
+
+So the first broadcast of a new publisher costs one payload per node, as
+every later one does, but each hop costs a round trip more (announce,
+graft, push); the tree it leaves is close to a fewest-hops tree from that
+publisher, because each node waits a moment and grafts the closest
+announcer. Later broadcasts of that publisher are pushed down the tree.
+Messages without an origin (items spread by anti-entropy, frames from
+older senders) use the shared tree described above.
 
 Announcements are queued per peer and leave as one ``IHave`` per peer at the
 end of each entry point (``flush``), so a burst of items costs one
@@ -47,13 +72,14 @@ from typing import Callable
 
 from .config import GossipConfig
 from .effects import Effect, Send
-from .messages import Graft, IHave, Message, Prune
+from .messages import Graft, IHave, Message, Prune, Push
 
 log = logging.getLogger("grapevine.gossip")
 
 NEVER = 1 << 62
 MAX_MISSING = 10_000  # announced-but-missing ids tracked at once; floods beyond that wait for anti-entropy
 MAX_IHAVE_ENTRIES = 1024  # per IHave message: codec.MAX_IDS
+MAX_ORIGINS = 64  # publishers whose trees a node keeps: a config mesh publishes from a handful of nodes; each tree is a few peer ids
 _GRAFT_LINK = Graft(msg_ids=())
 
 # resolve(msg_id, ref, hops) -> the message to send to a grafting peer, or None
@@ -71,16 +97,20 @@ class Broadcast:
         self.config = config
         self.active = active  # the membership's live list, read-only here
         self.resolve = resolve
-        self.lazy: set[str] = set()
+        self.lazy: set[str] = set()  # the shared tree: links lazy for messages without an origin
+        # origin -> links eager for that origin's messages; dict order is recency (LRU first)
+        self.trees: dict[str, set[str]] = {}
         self._flood_hops = config.flood_hops
-        # msg_id -> [hops it arrived with, peer it came from (None: local), ref for grafts]
+        # msg_id -> [hops it arrived with, peer it came from (None: local), ref for grafts, origin ("" if none)]
         self.seen: dict[bytes, list] = {}
         self._expiry: list[tuple[int, bytes]] = []  # heap of (forget_at, msg_id)
-        # msg_id -> [graft deadline, [(announcer, hops), ...]]
+        # msg_id -> [graft deadline, [(announcer, hops), ...], grafted yet]
         self.missing: dict[bytes, list] = {}
         self._timers: list[tuple[int, bytes]] = []  # heap of (deadline, msg_id); stale entries skipped
-        self._queue: dict[str, list[tuple[bytes, int]]] = {}  # lazy announcements not yet sent
+        # lazy announcements not yet sent: peer -> [(msg_id, hops, pull), ...]
+        self._queue: dict[str, list[tuple[bytes, int, bool]]] = {}
         self._announced: list[str] | tuple = ()  # peers that announced the message just recorded
+        self._closer: tuple[str, int] | None = None  # the closest announcer of the message just recorded
         self.parent: str | None = None  # the peer the latest message came by
         self._heard_hops: dict[str, int] = {}  # lazy peer -> hops it announced last (a distance hint)
         self.extra: list[Send] = []  # control messages raised outside a handler, sent at flush
@@ -92,6 +122,8 @@ class Broadcast:
 
     def peer_down(self, peer: str) -> None:
         self.lazy.discard(peer)
+        for tree in self.trees.values():
+            tree.discard(peer)
         self._queue.pop(peer, None)
         self._heard_hops.pop(peer, None)
         if peer == self.parent:
@@ -106,17 +138,43 @@ class Broadcast:
                 self.extra.append(Send(peer=best, msg=_GRAFT_LINK))
 
     def eager_peers(self) -> list[str]:
+        """Links of the shared tree that carry payloads (messages without an origin)."""
         lazy = self.lazy
         return [p for p in self.active if p not in lazy]
+
+    def eager_for(self, origin: str) -> list[str] | None:
+        """Links eager for ``origin``'s messages, or None when no tree is kept for it."""
+        tree = self.trees.get(origin)
+        if tree is None:
+            return None
+        return [p for p in self.active if p in tree]
+
+    def _tree(self, origin: str) -> set[str]:
+        """The tree of ``origin``, created empty if none is kept; now the most recent."""
+        trees = self.trees
+        tree = trees.pop(origin, None)
+        if tree is None:
+            tree = set()
+            while len(trees) >= MAX_ORIGINS:
+                del trees[next(iter(trees))]
+        trees[origin] = tree
+        return tree
 
     def on_prune(self, peer: str, msg: Prune, now: int, out: list[Effect]) -> None:
         if msg.cause:
             known = self.seen.get(msg.cause)
-            if known is not None and known[1] == peer:
-                # Stale: this node has since taken ``peer`` as its parent for
-                # that message. Graft again, in case the prune overtook ours.
-                out.append(Send(peer=peer, msg=_GRAFT_LINK))
-                return
+            if known is not None:
+                origin = known[3]
+                if known[1] == peer:
+                    # Stale: this node has since taken ``peer`` as its parent for
+                    # that message. Graft again, in case the prune overtook ours.
+                    out.append(Send(peer=peer, msg=Graft(msg_ids=(), origin=origin) if origin else _GRAFT_LINK))
+                    return
+                if origin:
+                    tree = self.trees.get(origin)
+                    if tree is not None:
+                        tree.discard(peer)
+                    return
         if peer in self.active:
             self.lazy.add(peer)
 
@@ -126,13 +184,14 @@ class Broadcast:
         return msg_id in self.seen
 
     def record(self, msg_id: bytes, peer: str | None, hops: int, ref: object, forget_at: int, now: int, out: list[Effect]) -> None:
-        """A message arrived (or was published) for the first time."""
-        self.seen[msg_id] = [hops, peer, ref]
-        if peer is not None:
-            self.parent = peer
+        """A message arrived (or was published) for the first time.
+
+        The tree it belongs to is known at ``forward`` (the message names its
+        origin); the link it came by and a closer announcer are applied there.
+        """
+        self.seen[msg_id] = [hops, peer, ref, ""]
         heapq.heappush(self._expiry, (forget_at, msg_id))
-        if peer is not None:
-            self.lazy.discard(peer)
+        self._closer = None
         entry = self.missing.pop(msg_id, None)
         if entry is None:
             self._announced = ()
@@ -141,8 +200,7 @@ class Broadcast:
         if peer is not None and entry[1]:
             best_peer, best_hops = min(entry[1], key=lambda a: a[1])
             if hops - (best_hops + 1) >= self.config.hop_optimization_threshold:
-                if self._reparent(msg_id, peer, best_peer, out):
-                    self._improved(msg_id, best_hops + 1, best_peer)
+                self._closer = (best_peer, best_hops)
 
     def duplicate(self, msg_id: bytes, peer: str, hops: int, out: list[Effect]) -> None:
         """``peer`` pushed something this node already had.
@@ -158,6 +216,14 @@ class Broadcast:
             if self._reparent(msg_id, known[1], peer, out):
                 self._improved(msg_id, hops, peer)
                 return
+        if known is not None and known[3]:
+            # The sender holds this link eager for the origin: prune it there too.
+            tree = self.trees.get(known[3])
+            if tree is not None:
+                tree.discard(peer)
+            if peer in self.active:
+                out.append(Send(peer=peer, msg=Prune(cause=msg_id)))
+            return
         if peer in self.active and peer not in self.lazy:
             self.lazy.add(peer)
             out.append(Send(peer=peer, msg=Prune(cause=msg_id)))
@@ -172,22 +238,35 @@ class Broadcast:
         known = self.seen[msg_id]
         known[0] = hops
         known[1] = parent
-        self.parent = parent
+        if not known[3]:
+            self.parent = parent
         queue = self._queue
         for p in self.active:
             if p != parent:
                 q = queue.get(p)
                 if q is None:
-                    queue[p] = [(msg_id, hops)]
+                    queue[p] = [(msg_id, hops, False)]
                 else:
-                    q.append((msg_id, hops))
+                    q.append((msg_id, hops, False))
 
     def forward(self, msg_id: bytes, msg: Message, hops: int, exclude: str | None, out: list[Effect]) -> None:
         """Push ``msg`` on eager links and announce it on lazy ones.
 
         Skips ``exclude`` (it came from there) and the peers that announced
-        the message just ``record``-ed (they have it already).
+        the message just ``record``-ed (they have it already). A message that
+        names its origin goes down that origin's tree.
         """
+        origin = getattr(msg, "origin", "")
+        if origin:
+            self._forward_origin(msg_id, msg, hops, exclude, origin, out)
+            return
+        closer = self._closer
+        self._closer = None
+        if exclude is not None:
+            self.parent = exclude
+            self.lazy.discard(exclude)
+            if closer is not None and self._reparent(msg_id, exclude, closer[0], out):
+                self._improved(msg_id, closer[1] + 1, closer[0])
         lazy = self.lazy
         if hops < self._flood_hops and lazy:
             # Near the source every link is made eager again and carries the
@@ -202,11 +281,43 @@ class Broadcast:
             if p in lazy:
                 q = self._queue.get(p)
                 if q is None:
-                    self._queue[p] = [(msg_id, hops)]
+                    self._queue[p] = [(msg_id, hops, False)]
                 else:
-                    q.append((msg_id, hops))
+                    q.append((msg_id, hops, False))
             else:
                 out.append(Send(peer=p, msg=msg))
+
+    def _forward_origin(self, msg_id: bytes, msg: Message, hops: int, exclude: str | None, origin: str, out: list[Effect]) -> None:
+        """Push down ``origin``'s tree; announce on the other links.
+
+        Without a tree for ``origin`` here yet, nothing is pushed: every
+        link gets a pull announcement and grafts the closest announcer.
+        """
+        known = self.seen.get(msg_id)
+        if known is not None:
+            known[3] = origin
+        fresh = origin not in self.trees
+        tree = self._tree(origin)
+        closer = self._closer
+        self._closer = None
+        if exclude is not None:
+            tree.add(exclude)  # the parent for this origin
+            if closer is not None and self._reparent(msg_id, exclude, closer[0], out):
+                self._improved(msg_id, closer[1] + 1, closer[0])
+        skip = self._announced
+        self._announced = ()
+        queue = self._queue
+        for p in self.active:
+            if p == exclude or p in skip:
+                continue
+            if p in tree:
+                out.append(Send(peer=p, msg=msg))
+            else:
+                q = queue.get(p)
+                if q is None:
+                    queue[p] = [(msg_id, hops, fresh)]
+                else:
+                    q.append((msg_id, hops, fresh))
 
     def announce(self, msg_id: bytes, hops: int, exclude: str | None) -> None:
         """Announce a message lazily on every link (no payload pushed)."""
@@ -215,9 +326,9 @@ class Broadcast:
             if p != exclude:
                 q = queue.get(p)
                 if q is None:
-                    queue[p] = [(msg_id, hops)]
+                    queue[p] = [(msg_id, hops, False)]
                 else:
-                    q.append((msg_id, hops))
+                    q.append((msg_id, hops, False))
 
     def flush(self, out: list[Effect]) -> None:
         """Send the queued announcements, one ``IHave`` per peer."""
@@ -227,14 +338,18 @@ class Broadcast:
         if not self._queue:
             return
         for peer, entries in self._queue.items():
-            for start in range(0, len(entries), MAX_IHAVE_ENTRIES):
-                out.append(Send(peer=peer, msg=IHave(entries=tuple(entries[start : start + MAX_IHAVE_ENTRIES]))))
+            for pull in (False, True):
+                batch = [(e[0], e[1]) for e in entries if e[2] is pull]
+                for start in range(0, len(batch), MAX_IHAVE_ENTRIES):
+                    out.append(Send(peer=peer, msg=IHave(entries=tuple(batch[start : start + MAX_IHAVE_ENTRIES]), pull=pull)))
         self._queue.clear()
 
     def on_ihave(self, peer: str, msg: IHave, now: int, out: list[Effect]) -> None:
         seen = self.seen
         missing = self.missing
         threshold = self.config.hop_optimization_threshold
+        pull = msg.pull
+        wait = self.config.pull_wait_ms if pull else self.config.graft_timeout_ms
         if msg.entries:
             self._heard_hops[peer] = msg.entries[-1][1]
         for msg_id, hops in msg.entries:
@@ -252,11 +367,14 @@ class Broadcast:
             if entry is None:
                 if len(missing) >= MAX_MISSING or self.holds(msg_id):
                     continue
-                deadline = now + self.config.graft_timeout_ms
-                missing[msg_id] = [deadline, [(peer, hops)]]
+                deadline = now + wait
+                missing[msg_id] = [deadline, [(peer, hops)], False]
                 heapq.heappush(self._timers, (deadline, msg_id))
             else:
                 entry[1].append((peer, hops))
+                if pull and not entry[2] and entry[0] > now + wait:
+                    entry[0] = now + wait  # nothing is pushed toward this node: graft soon
+                    heapq.heappush(self._timers, (entry[0], msg_id))
 
     def _reparent(self, msg_id: bytes, old: str, new: str, out: list[Effect]) -> bool:
         """Take ``new`` (a shorter path) as the eager link instead of ``old``.
@@ -267,6 +385,16 @@ class Broadcast:
         active = self.active
         if new not in active or old == new:
             return False
+        known = self.seen.get(msg_id)
+        origin = known[3] if known is not None else ""
+        if origin:
+            tree = self._tree(origin)
+            tree.add(new)
+            out.append(Send(peer=new, msg=Graft(msg_ids=(), origin=origin)))
+            if old in active and old in tree:
+                tree.discard(old)
+                out.append(Send(peer=old, msg=Prune(cause=msg_id)))
+            return True
         self.lazy.discard(new)
         out.append(Send(peer=new, msg=_GRAFT_LINK))
         if old in active and old not in self.lazy:
@@ -275,14 +403,28 @@ class Broadcast:
         return True
 
     def on_graft(self, peer: str, msg: Graft, now: int, out: list[Effect]) -> None:
-        if peer in self.active:
+        active = peer in self.active
+        if msg.origin:
+            if active:
+                self._tree(msg.origin).add(peer)
+        elif active and not msg.msg_ids:
             self.lazy.discard(peer)
         for msg_id in msg.msg_ids:
             known = self.seen.get(msg_id)
             if known is None:
+                if active and not msg.origin:
+                    self.lazy.discard(peer)
                 continue
+            origin = known[3]
+            if active:
+                if origin:
+                    self._tree(origin).add(peer)
+                else:
+                    self.lazy.discard(peer)
             reply = self.resolve(msg_id, known[2], known[0] + 1)
             if reply is not None:
+                if origin and type(reply) is Push and reply.origin != origin:
+                    reply = Push(hops=reply.hops, item=reply.item, origin=origin)
                 out.append(Send(peer=peer, msg=reply))
 
     # --- timers -------------------------------------------------------------
@@ -308,15 +450,17 @@ class Broadcast:
             if entry is None or entry[0] != deadline:
                 continue
             announcers = entry[1]
-            peer, _hops = announcers.pop(0)
+            if not announcers:  # grafted every announcer, nothing came: anti-entropy will repair it
+                del missing[msg_id]
+                continue
+            closest = min(range(len(announcers)), key=lambda i: announcers[i][1])
+            peer, _hops = announcers.pop(closest)
+            entry[2] = True  # grafted: later announcements wait for the retry, not graft at once
             grafts.setdefault(peer, []).append(msg_id)
             if peer in self.active:
                 self.lazy.discard(peer)
-            if announcers:
-                entry[0] = now + self.config.graft_retry_ms
-                heapq.heappush(timers, (entry[0], msg_id))
-            else:
-                del missing[msg_id]
+            entry[0] = now + self.config.graft_retry_ms
+            heapq.heappush(timers, (entry[0], msg_id))
         for peer, ids in grafts.items():
             for start in range(0, len(ids), MAX_IHAVE_ENTRIES):
                 out.append(Send(peer=peer, msg=Graft(msg_ids=tuple(ids[start : start + MAX_IHAVE_ENTRIES]))))

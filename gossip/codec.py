@@ -102,6 +102,12 @@ def _digest(v: Any) -> bytes:
     return v
 
 
+def _origin(v: Any) -> str:
+    if type(v) is not str or len(v) > MAX_ID_LEN:
+        raise _bad(f"origin must be a node id of at most {MAX_ID_LEN} characters, or empty")
+    return v
+
+
 def _cause(v: Any) -> bytes:
     if type(v) is not bytes or len(v) not in (0, m.DIGEST_LEN):
         raise _bad(f"expected an empty or {m.DIGEST_LEN}-byte message id")
@@ -211,7 +217,7 @@ SCHEMAS: dict[type, tuple[Field, ...]] = {
     m.ShuffleReply: (("peers", list, _peers_in),),
     m.Ping: (),
     m.Pong: (),
-    m.Push: (("hops", _same, _uint), ("item", SignedItem.to_wire, _item_in)),
+    m.Push: (("hops", _same, _uint), ("item", SignedItem.to_wire, _item_in), ("origin", _same, _origin)),
     m.Ephemeral: (
         ("msg_id", _same, _digest),
         ("origin", _same, _node_id),
@@ -219,8 +225,8 @@ SCHEMAS: dict[type, tuple[Field, ...]] = {
         ("hops", _same, _uint),
         ("payload", _same, _payload),
     ),
-    m.IHave: (("entries", _tuples_out, _ihave_in),),
-    m.Graft: (("msg_ids", list, _ids_in),),
+    m.IHave: (("entries", _tuples_out, _ihave_in), ("pull", _same, _bool)),
+    m.Graft: (("msg_ids", list, _ids_in), ("origin", _same, _origin)),
     m.Prune: (("cause", _same, _cause),),
     m.SyncRoot: (("root", _same, _digest), ("count", _same, _uint)),
     m.SyncTop: (("digests", list, _digests_in),),
@@ -229,6 +235,16 @@ SCHEMAS: dict[type, tuple[Field, ...]] = {
     m.SyncItems: (("items", lambda its: [i.to_wire() for i in its], _items_in), ("want", list, _keys_in)),
 }
 assert set(SCHEMAS) == set(REGISTRY.values()) == set(m.MESSAGE_TYPES), "every message needs a number and a schema"
+
+# Fields appended to a message after it first shipped: a frame may end
+# before them (an older sender) and then they take their default. Encoding
+# leaves them out while they hold the default, so such frames stay
+# byte-identical to what older nodes send and read. ONLY APPEND.
+OPTIONAL_TRAILING: dict[type, int] = {m.Push: 1, m.IHave: 1, m.Graft: 1}
+_DEFAULTS: dict[type, tuple[Any, ...]] = {
+    cls: tuple(cls.__dataclass_fields__[name].default for name, _, _ in SCHEMAS[cls][len(SCHEMAS[cls]) - k :])
+    for cls, k in OPTIONAL_TRAILING.items()
+}
 
 
 # --- encoding -----------------------------------------------------------------
@@ -243,6 +259,12 @@ def encode(msg: m.Message) -> bytes:
     frame: list[Any] = [PROTOCOL_VERSION, number]
     for name, to_wire, _ in SCHEMAS[cls]:
         frame.append(to_wire(getattr(msg, name)))
+    defaults = _DEFAULTS.get(cls)
+    if defaults is not None:
+        for default in reversed(defaults):
+            if frame[-1] != default or type(frame[-1]) is not type(default):
+                break
+            frame.pop()
     data = msgpack.packb(frame, use_bin_type=True)
     if len(data) > MAX_FRAME_BYTES:
         raise ProtocolError(f"{cls.__name__} encodes to {len(data)} bytes, above MAX_FRAME_BYTES={MAX_FRAME_BYTES}")
@@ -295,16 +317,18 @@ def encoded_size(msg: m.Message) -> int:
         return 3 + _array_header(len(peers)) + sum(map(_str_size, peers))
     if cls is m.Graft:
         n = len(msg.msg_ids)  # type: ignore[union-attr]
-        return 3 + _array_header(n) + 18 * n
+        origin = msg.origin  # type: ignore[union-attr]
+        return 3 + _array_header(n) + 18 * n + (_str_size(origin) if origin else 0)
     if cls is m.SyncTop:
         n = len(msg.digests)  # type: ignore[union-attr]
         return 3 + _array_header(n) + 18 * n
     if cls is m.Push:
-        return 3 + _uint_size(msg.hops) + _item_size(msg.item)  # type: ignore[union-attr]
+        origin = msg.origin  # type: ignore[union-attr]
+        return 3 + _uint_size(msg.hops) + _item_size(msg.item) + (_str_size(origin) if origin else 0)  # type: ignore[union-attr]
     if cls is m.IHave:
         entries = msg.entries  # type: ignore[union-attr]
         n = len(entries)
-        size = 3 + (1 if n < 16 else 3 if n < 65536 else 5) + 19 * n
+        size = 3 + (1 if n < 16 else 3 if n < 65536 else 5) + 19 * n + (1 if msg.pull else 0)  # type: ignore[union-attr]
         for _, hops in entries:
             size += _uint_size(hops)
         return size
@@ -447,8 +471,11 @@ def decode(data: bytes) -> m.Message:
     if cls is None:
         raise ProtocolError(f"unknown message type {number!r}")
     schema = SCHEMAS[cls]
-    if len(frame) != 2 + len(schema):
-        raise ProtocolError(f"{cls.__name__} needs {len(schema)} fields, got {len(frame) - 2}")
+    fields = len(frame) - 2
+    required = len(schema) - OPTIONAL_TRAILING.get(cls, 0)
+    if not required <= fields <= len(schema):
+        wanted = str(len(schema)) if required == len(schema) else f"{required}..{len(schema)}"
+        raise ProtocolError(f"{cls.__name__} needs {wanted} fields, got {fields}")
     kwargs = {}
     for (name, _, from_wire), value in zip(schema, frame[2:]):
         try:

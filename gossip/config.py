@@ -58,6 +58,7 @@ class GossipConfig:
     # --- broadcast (Plumtree) ----------------------------------------------
     graft_timeout_ms: int = 250  # announced but not received for 0.25 s (many LAN round trips): graft it
     graft_retry_ms: int = 150  # the next announcer is grafted 0.15 s after that
+    pull_wait_ms: int = 2  # a publisher's first broadcast is pulled: wait 2 ms (under a LAN round trip) for closer announcers, then graft the closest; 0 grafts the first
     hop_optimization_threshold: int = 3  # re-parent when a lazy path is 3+ hops shorter
     flood_hops: int = 3  # within 3 hops of the publisher every link carries the payload: many entry points into the tree, fewer hops (+0.01 copies per node at 10,000 nodes)
     message_cache_ms: int = 60_000  # ids are remembered (dedupe, grafts) for 60 s

@@ -156,16 +156,20 @@ class Push:
     """An item travelling down the broadcast tree; its id is ``item.digest()``.
 
     ``hops`` counts the links travelled including this one (1 for the
-    publisher's own neighbours).
+    publisher's own neighbours). ``origin`` is the publishing node, which
+    selects the broadcast tree the item travels (empty: the shared tree;
+    frames from before the field existed decode with it empty).
     """
 
     hops: int
     item: SignedItem
+    origin: str = ""
     carries_payload: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _need(_is_int(self.hops), "Push.hops must be a non-negative integer")
         _need(isinstance(self.item, SignedItem), "Push.item must be a SignedItem")
+        _need(type(self.origin) is str, "Push.origin must be a node id or empty")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,12 +196,19 @@ class Ephemeral:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IHave:
-    """Lazy announcement: (message id, hops at the announcer) pairs."""
+    """Lazy announcement: (message id, hops at the announcer) pairs.
+
+    ``pull`` says no eager copy follows (the announcer has no tree for the
+    publisher yet): the receiver grafts the closest announcer at once instead
+    of waiting for the graft timeout.
+    """
 
     entries: tuple[tuple[bytes, int], ...]
+    pull: bool = False
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        _need(type(self.pull) is bool, "IHave.pull must be a bool")
         _need(type(self.entries) is tuple, "IHave.entries must be a tuple")
         for e in self.entries:
             _need(
@@ -208,12 +219,18 @@ class IHave:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Graft:
-    """Make the link eager again and send these missing messages (may be empty)."""
+    """Make the link eager again and send these missing messages (may be empty).
+
+    ``origin`` names the publisher whose tree the link joins (empty: the
+    tree of the grafted messages, or the shared tree).
+    """
 
     msg_ids: tuple[bytes, ...]
+    origin: str = ""
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        _need(type(self.origin) is str, "Graft.origin must be a node id or empty")
         _need(type(self.msg_ids) is tuple, "Graft.msg_ids must be a tuple")
         for m in self.msg_ids:
             _need(_is_digest(m), f"Graft.msg_ids must hold {DIGEST_LEN}-byte ids")

@@ -215,7 +215,7 @@ class GossipNode:
         if self._admit(item, None, 0, now, out):
             msg_id = item.digest()
             self.tree.record(msg_id, None, 0, item.key, now + self.config.message_cache_ms, now, out)
-            self.tree.forward(msg_id, Push(hops=1, item=item), 0, None, out)
+            self.tree.forward(msg_id, Push(hops=1, item=item, origin=self.node_id), 0, None, out)
             self.tree.flush(out)
         return out
 
@@ -315,7 +315,7 @@ class GossipNode:
             tree.record(msg_id, peer, msg.hops, None, forget_at, now, out)
             return
         tree.record(msg_id, peer, msg.hops, item.key, forget_at, now, out)
-        tree.forward(msg_id, Push(hops=msg.hops + 1, item=item), msg.hops, peer, out)
+        tree.forward(msg_id, Push(hops=msg.hops + 1, item=item, origin=msg.origin), msg.hops, peer, out)
 
     def _on_ephemeral(self, peer: str, msg: Ephemeral, now: int, out: list[Effect]) -> None:
         tree = self.tree
