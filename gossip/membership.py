@@ -107,6 +107,10 @@ class Membership:
         self.next_repair = NEVER
         self.next_join = NEVER
         self.next_rejoin = NEVER
+        # next_deadline() cached: None after anything it depends on changed
+        # (views, pending requests, graveyard, contacts, timers). The driver
+        # asks after every event, and most events change none of these.
+        self._deadline: int | None = None
 
     # --- timers ----------------------------------------------------------
 
@@ -118,10 +122,17 @@ class Membership:
 
     def start(self, now: int) -> None:
         """Arm the periodic timers (a node's first moment)."""
+        self._deadline = None
         self.next_probe = now + self._jitter(self.config.probe_interval_ms)
         self.next_shuffle = now + self._jitter(self.config.shuffle_interval_ms)
 
     def next_deadline(self) -> int:
+        t = self._deadline
+        if t is None:
+            t = self._deadline = self._compute_deadline()
+        return t
+
+    def _compute_deadline(self) -> int:
         active = self.active
         if active:
             t = self.next_probe if self.next_probe < self.next_shuffle else self.next_shuffle
@@ -153,6 +164,7 @@ class Membership:
         return UNKNOWN
 
     def _leave_state(self, peer: str, new: str, out: list[Effect]) -> str:
+        self._deadline = None
         old = self.state_of(peer)
         if (old, new) not in TRANSITIONS:
             raise ProtocolError(f"peer {peer!r}: no transition from {old} to {new}")
@@ -209,6 +221,7 @@ class Membership:
             del self.graveyard[next(iter(self.graveyard))]
 
     def _forget(self, peer: str, out: list[Effect]) -> None:
+        self._deadline = None
         if self.state_of(peer) != UNKNOWN:
             self._leave_state(peer, UNKNOWN, out)
         self.pending.pop(peer, None)
@@ -223,6 +236,7 @@ class Membership:
     # --- entry points used by the node ------------------------------------
 
     def join(self, contacts: Sequence[str], now: int, out: list[Effect]) -> None:
+        self._deadline = None
         self.left = False
         for c in contacts:
             if c != self.node_id and c not in self.contacts:
@@ -246,6 +260,7 @@ class Membership:
         """``peer`` could not be reached: bury it, repair the view if it was a neighbour."""
         if peer == self.node_id or self.left:
             return
+        self._deadline = None
         self.pending.pop(peer, None)
         was_active = peer in self.last_heard
         self._bury(peer, now, out)
@@ -254,6 +269,7 @@ class Membership:
             self._repair(now, out)
 
     def leave(self, now: int, out: list[Effect]) -> None:
+        self._deadline = None
         for peer in list(self.active):
             out.append(Send(peer=peer, msg=_LEAVING))
             self._leave_state(peer, UNKNOWN, out)
@@ -272,10 +288,12 @@ class Membership:
     def _ask_neighbor(self, peer: str, high: bool, now: int, out: list[Effect]) -> None:
         if peer in self.pending or peer in self.last_heard:
             return
+        self._deadline = None
         self.pending[peer] = now + self.config.neighbor_timeout_ms
         out.append(Send(peer=peer, msg=Neighbor(high_priority=high)))
 
     def _repair(self, now: int, out: list[Effect]) -> None:
+        self._deadline = None
         deficit = self.config.active_view_size - len(self.active) - len(self.pending)
         if deficit > 0:
             candidates = [p for p in self.passive if p not in self.pending]
@@ -316,13 +334,38 @@ class Membership:
             return
         if ttl == self.config.passive_walk_length:
             self._to_passive(joiner, out)
-        choices = [p for p in self.active if p != peer and p != joiner]
-        if not choices:
+        nxt = self._next_hop(peer, joiner)
+        if nxt is None:
             self._to_active(joiner, now, out)
             out.append(Send(peer=joiner, msg=_WELCOME))
             return
-        nxt = choices[self.rng.randrange(len(choices))]
         out.append(Send(peer=nxt, msg=ForwardJoin(joiner=joiner, ttl=ttl - 1)))
+
+    def _next_hop(self, a: str, b: str) -> str | None:
+        """A random neighbour other than ``a`` and ``b`` (None if there is none).
+
+        The same pick, from the same draw, as
+        ``choices[rng.randrange(len(choices))]`` over the neighbours in view
+        order minus ``a`` and ``b``, but without building that list in the
+        common case (at most one of them is a neighbour): this runs for every
+        hop of every join walk and shuffle.
+        """
+        active = self.active
+        last_heard = self.last_heard
+        if a in last_heard:
+            if b in last_heard and b != a:
+                choices = [p for p in active if p != a and p != b]
+                return choices[self.rng.randrange(len(choices))] if choices else None
+            skip = active.index(a)
+        elif b in last_heard:
+            skip = active.index(b)
+        else:
+            skip = -1
+        count = len(active) if skip < 0 else len(active) - 1
+        if not count:
+            return None
+        i = self.rng.randrange(count)
+        return active[i + 1 if 0 <= skip <= i else i]
 
     def on_neighbor(self, peer: str, msg: Neighbor, now: int, out: list[Effect]) -> None:
         if peer == self.node_id or self._refuse_if_left(peer, out):
@@ -335,6 +378,7 @@ class Membership:
             out.append(Send(peer=peer, msg=_REFUSE))
 
     def on_neighbor_reply(self, peer: str, msg: NeighborReply, now: int, out: list[Effect]) -> None:
+        self._deadline = None
         self.pending.pop(peer, None)
         if msg.accepted and self._refuse_if_left(peer, out):
             return
@@ -346,6 +390,7 @@ class Membership:
             self._to_passive(peer, out)
 
     def on_disconnect(self, peer: str, msg: Disconnect, now: int, out: list[Effect]) -> None:
+        self._deadline = None
         self.pending.pop(peer, None)
         if msg.leaving:
             self._forget(peer, out)
@@ -362,12 +407,12 @@ class Membership:
             return
         ttl = min(msg.ttl, self.config.shuffle_walk_length)  # a forged huge TTL must not walk forever
         if ttl > 0 and len(self.active) > 1:
-            choices = [p for p in self.active if p != peer and p != msg.origin]
-            if choices:
-                nxt = choices[self.rng.randrange(len(choices))]
+            nxt = self._next_hop(peer, msg.origin)
+            if nxt is not None:
                 out.append(Send(peer=nxt, msg=Shuffle(origin=msg.origin, ttl=ttl - 1, peers=msg.peers)))
                 return
-        pool = [p for p in self.passive if p != msg.origin]
+        passive = self.passive
+        pool = [p for p in passive if p != msg.origin] if msg.origin in passive else passive
         reply = tuple(self.rng.sample(pool, min(len(pool), len(msg.peers))))
         out.append(Send(peer=msg.origin, msg=ShuffleReply(peers=reply)))
         self._integrate(msg.peers, reply, out)
@@ -379,11 +424,15 @@ class Membership:
     def _integrate(self, peers: Sequence[str], sent: Sequence[str], out: list[Effect]) -> None:
         if self.left:
             return  # an empty passive view keeps a node that left from repairing its way back
+        self._deadline = None
+        me, last_heard, passive, graveyard = self.node_id, self.last_heard, self.passive, self.graveyard
+        room = self.config.passive_view_size
         for p in peers:
-            if p == self.node_id or p in self.last_heard or p in self.passive or p in self.graveyard:
+            if p == me or p in last_heard or p in passive or p in graveyard:
                 continue
-            self._make_room_in_passive(sent)
-            self.passive.append(p)
+            if len(passive) >= room:
+                self._make_room_in_passive(sent)
+            passive.append(p)
 
     def on_ping(self, peer: str, msg: Ping, now: int, out: list[Effect]) -> None:
         # A ping over a link this node no longer holds gets a Disconnect, so a
@@ -396,6 +445,9 @@ class Membership:
     # --- periodic work ------------------------------------------------------
 
     def tick(self, now: int, out: list[Effect]) -> None:
+        if now < self.next_deadline():
+            return  # nothing is due (a timer of another part woke the node)
+        self._deadline = None
         cfg = self.config
         if self.pending:
             for peer, deadline in list(self.pending.items()):

@@ -254,19 +254,23 @@ class Simulator:
         send_type = self._send_type
         net = self.network
         for e in effects:
-            cls = type(e)
-            if cls is send_type:
+            if type(e) is send_type:
                 net.send(host, e.peer, e.msg, now)
-                continue
-            kind = self._kinds.get(cls)
-            if kind is None:
-                raise TypeError(f"{host.node_id}: the engine does not know effect {cls.__name__}")
-            self.effect_counts[kind] += 1
-            if kind == ACCEPTED:
-                self.observer.on_accept(self, host, e, now)
-                self._dirty = True
-            elif kind == REFUSED:
-                self.observer.on_refuse(self, host, e, now)
+            else:
+                self._apply_other(host, e, now)
+
+    def _apply_other(self, host: Host, e: Any, now: int) -> None:
+        """An effect other than a send: counted, and passed to the observer."""
+        cls = type(e)
+        kind = self._kinds.get(cls)
+        if kind is None:
+            raise TypeError(f"{host.node_id}: the engine does not know effect {cls.__name__}")
+        self.effect_counts[kind] += 1
+        if kind == ACCEPTED:
+            self.observer.on_accept(self, host, e, now)
+            self._dirty = True
+        elif kind == REFUSED:
+            self.observer.on_refuse(self, host, e, now)
 
     # -- the loop ----------------------------------------------------------
 
@@ -281,7 +285,9 @@ class Simulator:
         pop = heapq.heappop
         schedule = self.schedule
         net = self.network
-        apply = self._apply
+        send = net.send
+        send_type = self._send_type
+        apply_other = self._apply_other
         progress = self.progress
         watchers = self.observer.delivery_watchers
         if stop is not None and stop():
@@ -326,8 +332,13 @@ class Simulator:
                         self._put_back(t, batch, i + 1)
                         return True
                     continue
+                # Simulator._apply and _wake, inlined: this runs once per event.
                 if effects:
-                    apply(host, effects, t)
+                    for e in effects:
+                        if type(e) is send_type:
+                            send(host, e.peer, e.msg, t)
+                        else:
+                            apply_other(host, e, t)
                 if host.alive:
                     d = host.core.next_deadline()
                     if d is not None and d < host.wake_at:

@@ -147,11 +147,12 @@ class Network:
         carries_payload: Callable[[Any], bool],
     ) -> None:
         self.sim = sim
-        self.config = config
+        self.config = config  # also sets _faulty
         self.rng = rng
         self.size_of = size_of
         self.carries_payload = carries_payload
         self.traffic = Traffic()
+        self._rows = self.traffic.rows
         self._last_msg: Any = None
         self._last_size = 0
         self._by_id = sim.by_id
@@ -171,6 +172,17 @@ class Network:
             max(1, min(MAX_LATENCY_MS, round(table_rng.lognormvariate(mu, config.latency_sigma))))
             for _ in range(1 << LATENCY_TABLE_BITS)
         ]
+
+    @property
+    def config(self) -> NetConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: NetConfig) -> None:
+        self._config = config
+        # Whether any random fault is on: the send path of a fault-free run
+        # then skips three probability checks per message.
+        self._faulty = bool(config.loss or config.reorder or config.duplicate)
 
     # -- faults that scenarios switch on and off ---------------------------
 
@@ -214,7 +226,7 @@ class Network:
 
         This is the hottest path of a run, so it is written flat.
         """
-        row = self.traffic.rows.get(msg.__class__)
+        row = self._rows.get(msg.__class__)
         if row is None:
             row = self._new_row(msg.__class__, msg)
         if msg is self._last_msg:  # one payload fanned out to several peers
@@ -236,6 +248,30 @@ class Network:
             self.traffic.failed += 1
             self.sim.schedule_failure(now + self.config.cut_timeout_ms, src, peer)
             return
+        if self._faulty:
+            self._send_with_faults(src, dst, msg, now)
+            return
+        at = now + self._latency[self._bits(LATENCY_TABLE_BITS)]
+        link = (src.idx << 32) | dst.idx
+        if now >= self._fifo_rotate_at:
+            self._rotate_fifo(now)
+        fifo = self._fifo
+        last = fifo.get(link)
+        if last is None:
+            last = self._fifo_old.get(link, 0)
+        if at < last:
+            at = last
+        fifo[link] = at
+        event = (DELIVER, dst, dst.incarnation, src.node_id, msg)
+        bucket = self._calendar.get(at)  # Simulator.schedule, inlined on the hottest path
+        if bucket is None:
+            self._calendar[at] = [event]
+            heappush(self._times, at)
+        else:
+            bucket.append(event)
+
+    def _send_with_faults(self, src: Host, dst: Host, msg: Any, now: int) -> None:
+        """The rest of ``send`` while loss, duplication or reordering is on."""
         cfg = self.config
         if cfg.loss and self.rng.random() < cfg.loss:
             self.traffic.lost += 1
@@ -247,20 +283,13 @@ class Network:
             link = (src.idx << 32) | dst.idx
             if now >= self._fifo_rotate_at:
                 self._rotate_fifo(now)
-            fifo = self._fifo
-            last = fifo.get(link)
+            last = self._fifo.get(link)
             if last is None:
                 last = self._fifo_old.get(link, 0)
             if at < last:
                 at = last
-            fifo[link] = at
-            event = (DELIVER, dst, dst.incarnation, src.node_id, msg)
-            bucket = self._calendar.get(at)  # Simulator.schedule, inlined on the hottest path
-            if bucket is None:
-                self._calendar[at] = [event]
-                heappush(self._times, at)
-            else:
-                bucket.append(event)
+            self._fifo[link] = at
+            self.sim.schedule_delivery(at, dst, src.node_id, msg)
         if cfg.duplicate and self.rng.random() < cfg.duplicate:
             self.traffic.duplicated += 1
             self._deliver_later(src, dst, msg, now)
