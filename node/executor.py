@@ -30,6 +30,7 @@ MAX_OUTPUT_BYTES = 64 * 1024  # per stream: enough for a status page, small enou
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL: room for a clean exit, short against a deadline
 TIMEOUT_EXIT = 124  # what timeout(1) reports, so operators read it the same way
 START_FAILED_EXIT = 127  # what a shell reports for a command it cannot run
+READ_CHUNK = 64 * 1024  # one read from an output pipe: the kernel's default pipe buffer
 SHELL = "/bin/sh"  # POSIX shell for --shell actions; present on every supported system
 
 
@@ -110,16 +111,51 @@ class _Child:
     pid: int
     readers: asyncio.Future  # both pipes drained (every holder closed them)
     exited: asyncio.Future  # the exit status, once the process ended
+    pipes: list[_PipeWatch]
+
+    def close_pipes(self) -> None:
+        for pipe in self.pipes:
+            pipe.close()
 
 
-class _PipeReader(asyncio.Protocol):
-    def __init__(self, capture: _Capture, done: asyncio.Future) -> None:
-        self.capture, self.done = capture, done
+class _PipeWatch:
+    """Reads one output pipe from the event loop; the descriptor is this object's alone.
 
-    def data_received(self, data: bytes) -> None:
-        self.capture.feed(data)
+    The loop's pipe transports are not used on purpose: uvloop's
+    ``connect_read_pipe`` hands the descriptor number to libuv while the file
+    object keeps it too, and on some teardown paths (a transport collected by
+    the cyclic garbage collector) both close it; the second close can hit a
+    descriptor another thread of the agent opened meanwhile (a file being
+    converged, the state database). Here the pipe is read with ``add_reader``
+    and ``os.read`` and closed exactly once, by ``close``.
+    """
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    __slots__ = ("loop", "fd", "capture", "done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, capture: _Capture) -> None:
+        self.loop, self.fd, self.capture = loop, fd, capture
+        self.done = loop.create_future()
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.capture.feed(data)
+        else:
+            self.close()  # end of file: every holder of the write end is gone
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        self.loop.remove_reader(self.fd)
+        os.close(self.fd)
+        self.fd = -1
         if not self.done.done():
             self.done.set_result(None)
 
@@ -131,11 +167,27 @@ async def _start(argv: list[str], *, env: dict, cwd: str, user_kwargs: dict, out
     asked for: no copy of the agent's page tables) and a pidfd tells the
     event loop when it exits, so no child watcher is involved and any loop
     works (uvloop's own subprocess API cannot switch users). Without pidfd
-    support a worker thread waits for the exit instead.
+    support a worker thread waits for the exit instead. The output pipes are
+    made here and only their read ends stay in the agent (``_PipeWatch``).
     """
     loop = asyncio.get_running_loop()
-    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             start_new_session=True, cwd=cwd, env=env, **user_kwargs)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    except OSError:
+        os.close(out_r)
+        os.close(out_w)
+        raise
+    try:
+        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                                 start_new_session=True, cwd=cwd, env=env, **user_kwargs)
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(out_w)  # the child holds its own copies now
+        os.close(err_w)
     exited: asyncio.Future
     try:
         pidfd = os.pidfd_open(popen.pid)
@@ -151,10 +203,9 @@ async def _start(argv: list[str], *, env: dict, cwd: str, user_kwargs: dict, out
                 exited.set_result(popen.wait())  # already a zombie: this only reaps it
 
         loop.add_reader(pidfd, on_exit)
-    done_out, done_err = loop.create_future(), loop.create_future()
-    await loop.connect_read_pipe(lambda: _PipeReader(out, done_out), popen.stdout)
-    await loop.connect_read_pipe(lambda: _PipeReader(err, done_err), popen.stderr)
-    return _Child(pid=popen.pid, readers=asyncio.ensure_future(asyncio.gather(done_out, done_err)), exited=exited)
+    pipes = [_PipeWatch(loop, out_r, out), _PipeWatch(loop, err_r, err)]
+    return _Child(pid=popen.pid, readers=asyncio.ensure_future(asyncio.gather(*(p.done for p in pipes))),
+                  exited=exited, pipes=pipes)
 
 
 async def execute(
@@ -199,10 +250,10 @@ async def execute(
         try:  # the pipes close once every holder in the group is gone
             await asyncio.wait_for(child.readers, KILL_GRACE_S)
         except asyncio.TimeoutError:
-            child.readers.cancel()
+            child.close_pipes()  # a holder escaped the group: stop reading rather than wait on it
     except asyncio.CancelledError:
         _kill_group(child.pid, signal.SIGKILL)
-        child.readers.cancel()
+        child.close_pipes()
         raise
     if timed_out:
         log.info("command %r timed out after %.1f s; process group %d killed", argv[0], timeout_s, child.pid)

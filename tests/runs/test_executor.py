@@ -127,3 +127,57 @@ def test_many_quick_commands_leave_no_zombies():
         assert run(["true"]).exit_code == 0
     with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as fh:
         assert fh.read().strip() == ""
+
+
+def test_commands_never_close_a_descriptor_another_thread_opened(tmp_path):
+    """A thread opening and reading files while commands run never has a descriptor closed under it.
+
+    With the loop's pipe transports, uvloop closed each output pipe twice
+    (libuv and the file object both owned it); a thread that opened a file
+    in between lost it to the second close. In the agent that thread is a
+    converge (a file resource failed with EBADF under load), and the same
+    stray close can take the agent's own sockets.
+    """
+    import threading
+
+    path = tmp_path / "sentinel"
+    path.write_bytes(b"sentinel")
+    ino = os.stat(path).st_ino
+    stop = threading.Event()
+    errors: list[str] = []
+    opened = [0]
+
+    def opener():
+        while not stop.is_set() and opened[0] < 2_000_000:
+            fd = os.open(path, os.O_RDONLY)
+            opened[0] += 1
+            try:
+                if os.fstat(fd).st_ino != ino or os.pread(fd, 8, 0) != b"sentinel":
+                    errors.append("descriptor replaced")
+            except OSError as exc:
+                errors.append(exc.strerror)
+                continue
+            try:
+                os.close(fd)
+            except OSError as exc:
+                errors.append(exc.strerror)
+
+    async def main():
+        for _ in range(40):
+            results = await asyncio.gather(*(execute(["true"], timeout_s=10) for _ in range(10)))
+            assert all(r.exit_code == 0 for r in results)
+
+    thread = threading.Thread(target=opener, daemon=True)
+    thread.start()
+    try:
+        if LOOP["kind"] == "uvloop":
+            import uvloop
+
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+    finally:
+        stop.set()
+        thread.join(10)
+    assert opened[0] > 0
+    assert errors == [], f"{len(errors)} of {opened[0]} opens lost their descriptor: {sorted(set(errors))}"
