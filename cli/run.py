@@ -214,6 +214,8 @@ class _Plain:
             click.echo(f"{len(ev['targets'])} target(s) found in {ev['discovery_ms']} ms, {ev['batches']} batch(es)")
         elif kind == "batch":
             click.echo(f"batch {ev['index'] + 1}: {len(ev['nodes'])} node(s)")
+        elif kind == "late_target":
+            click.echo(f"{ev['node']}: answered discovery late ({ev['after_ms']} ms), started too")
         elif kind == "result":
             first = (ev.get("stdout") or ev.get("error") or ev.get("stderr") or "").strip().splitlines()
             click.echo(f"{ev['node']}: exit {ev['exit_code']} in {ev['duration_ms']} ms"
@@ -276,6 +278,9 @@ class _Live:
                                  description=f"{len(ev['targets'])} target(s), {ev['batches']} batch(es)")
         elif kind == "batch":
             self.progress.update(self.task, description=f"batch {ev['index'] + 1}")
+        elif kind == "late_target":
+            total = self.progress.tasks[0].total
+            self.progress.update(self.task, total=(total or 0) + 1)
         elif kind == "result":
             ok = ev["exit_code"] == 0 and not ev.get("error")
             text = (ev.get("stdout") or ev.get("error") or ev.get("stderr") or "").strip().splitlines()

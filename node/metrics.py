@@ -34,6 +34,11 @@ class AgentMetrics:
         self.run_refusals = Counter(
             "grapevine_run_refusals", "Run orders and run results refused, by reason", ["reason"], registry=r
         )
+        self.late_answers = Counter(
+            "grapevine_run_late_answers",
+            "Run discovery answers that came after the quiet window: during_run (started late) or after_run (not started)",
+            ["when"], registry=r,
+        )
         self.converge_seconds = Histogram(
             "grapevine_converge_duration_seconds", "Converge durations", ["trigger"], buckets=CONVERGE_BUCKETS, registry=r
         )

@@ -6,12 +6,15 @@ Two roles live here; every agent plays both.
   1. checks the signed order it was handed (signature, scope, deadline);
   2. discovery: one ephemeral broadcast over the gossip tree; every node whose
      facts match the selector answers straight to the origin with its node id
-     and node public key. Discovery ends once answers stop arriving (a quiet
-     window after the last one, stretched when answers trickle in slowly),
-     bounded in time;
-  3. posts the signed order to the targets directly, all at once or in
-     batches, each batch after the previous one finished, and stops starting
-     batches once failures pass ``max_failures``. Each post carries a ticket:
+     and node public key. Discovery counts as done once answers stop arriving
+     (a quiet window after the last one, stretched when answers trickle in
+     slowly), bounded in time, but it stays open until the run ends: a node
+     that answers late is still started, and listed in ``late_targets``;
+  3. posts the signed order to the targets directly. Without batches each
+     target is started the moment its answer arrives, so the quiet window
+     overlaps the commands; with batches, each batch starts after the
+     previous one finished, late answerers make one more batch, and no batch
+     starts once failures pass ``max_failures``. Each post carries a ticket:
      the origin's node-key signature over (run id, target), so a target that
      holds the order cannot start it on other nodes ahead of their batch;
   4. verifies every result with the node key learned at discovery, once the
@@ -63,6 +66,7 @@ TICKET_DOMAIN = "grapevine/run-ticket/1"  # what an origin signs for each node i
 
 QUIET_MS = 300  # discovery ends this long after the last answer: answers from a tree come in one burst
 QUIET_STRETCH = 0.5  # ...or half the time the answers took so far, when a busy fleet answers slowly
+QUIET_FIRST = 3.0  # ...or three times the wait for the first remote answer: a loaded fleet relays slowly too
 FIRST_ANSWER_MS = 2000  # with no remote answer this long after the broadcast, nobody else matches
 DISCOVERY_MAX_MS = 8000  # discovery never takes longer, however answers trickle in
 QUERY_TTL_MS = 10_000  # a query broadcast is dropped from seen-sets after this
@@ -73,6 +77,7 @@ RESULT_RETRY_MAX_S = 5.0  # ...to here, until the deadline
 MAX_CONCURRENT_RUNS = 16  # commands one node runs at once; more wait their turn
 MAX_REPORT_BYTES = 64 * 1024  # a converge report attached to a result, diffs dropped past this
 MAX_ORIGIN_KEYS = 1024  # origin node keys a node keeps (one per agent that ever started a run here)
+MAX_CLOSED_QUERIES = 256  # ended runs whose stray discovery answers are still named in the log
 MAX_DETAIL_CHARS = 240  # refusal details in peer replies: the envelope decoder caps strings at 320
 
 
@@ -86,7 +91,8 @@ class _Discovery:
 
     qid: str
     started: float = field(default_factory=time.monotonic)
-    answers: dict[str, tuple[PublicKey, dict]] = field(default_factory=dict)
+    answers: dict[str, tuple[PublicKey, dict]] = field(default_factory=dict)  # in order of arrival
+    first: float | None = None  # monotonic time of the first remote answer
     last: float | None = None  # monotonic time of the latest remote answer
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -101,20 +107,26 @@ class _Discovery:
         self.answers[node] = (key, info)
         if remote:
             self.last = time.monotonic()
+            if self.first is None:
+                self.first = self.last
         self.arrived.set()
         return True
 
+    def quiet_end(self) -> float:
+        """The monotonic time at which discovery counts as done, given the answers so far."""
+        if self.last is None:
+            end = self.started + FIRST_ANSWER_MS / 1000
+        else:
+            first = self.first if self.first is not None else self.last
+            end = self.last + max(QUIET_MS / 1000, (self.last - self.started) * QUIET_STRETCH,
+                                  (first - self.started) * QUIET_FIRST)
+        return min(end, self.started + DISCOVERY_MAX_MS / 1000)
+
     async def settle(self) -> float:
         """Wait until answers stop arriving; returns how long discovery took (ms)."""
-        hard_end = self.started + DISCOVERY_MAX_MS / 1000
         while True:
             now = time.monotonic()
-            if self.last is None:
-                end = self.started + FIRST_ANSWER_MS / 1000
-            else:
-                quiet = max(QUIET_MS / 1000, (self.last - self.started) * QUIET_STRETCH)
-                end = self.last + quiet
-            end = min(end, hard_end)
+            end = self.quiet_end()
             if now >= end:
                 return (now - self.started) * 1000
             self.arrived.clear()
@@ -135,6 +147,7 @@ class _Run:
     unreachable: dict[str, str] = field(default_factory=dict)
     reply_ms: dict[str, float] = field(default_factory=dict)  # order POST -> reply, per node
     confirmed: dict[str, PublicKey] = field(default_factory=dict)  # keys from order replies (address-bound)
+    late: set[str] = field(default_factory=set)  # targets that answered after discovery went quiet
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -148,6 +161,7 @@ class RunService:
     def __init__(self, agent: Any) -> None:
         self.agent = agent
         self._discoveries: dict[str, _Discovery] = {}
+        self._closed: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()  # qid -> (run, closed at)
         self._runs: dict[str, _Run] = {}
         self._tasks: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_RUNS)
@@ -160,6 +174,11 @@ class RunService:
         metrics = getattr(self.agent, "metrics", None)
         if metrics is not None:
             metrics.run_refusals.labels(reason).inc()
+
+    def _count_late(self, when: str) -> None:
+        metrics = getattr(self.agent, "metrics", None)
+        if metrics is not None:
+            metrics.late_answers.labels(when).inc()
 
     def install(self) -> None:
         a = self.agent
@@ -191,17 +210,28 @@ class RunService:
     # ------------------------------------------------------------- discovery
     async def discover(self, kind: str, selector: str) -> tuple[_Discovery, float]:
         """Broadcast a query and collect the answers until they stop."""
+        disc = await self._open_discovery(kind, selector)
+        try:
+            took = await disc.settle()
+        finally:
+            self._discoveries.pop(disc.qid, None)
+        return disc, took
+
+    async def _open_discovery(self, kind: str, selector: str, arrived: asyncio.Event | None = None) -> _Discovery:
+        """Broadcast a query; answers collect in the returned discovery until the caller drops it."""
         selectors.parse(selector or None)  # a bad selector is refused here, not by every node
         qid = runorder.new_run_id()
         disc = self._discoveries[qid] = _Discovery(qid=qid)
+        if arrived is not None:
+            disc.arrived = arrived
         body = {"q": qid, "o": self.agent.node_id, "s": selector, "k": kind}
         try:
             self.agent.broadcast(QUERY_KIND, body, QUERY_TTL_MS)
             await self._on_query(self.agent.node_id, body, b"")  # the origin is a node too
-            took = await disc.settle()
-        finally:
+        except BaseException:
             self._discoveries.pop(qid, None)
-        return disc, took
+            raise
+        return disc
 
     async def _on_query(self, origin: str, body: Any, msg_id: bytes) -> None:
         if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("q", "o", "s", "k")):
@@ -232,6 +262,12 @@ class RunService:
         qid = body.get("q")
         disc = self._discoveries.get(qid) if isinstance(qid, str) else None
         if disc is None:
+            closed = self._closed.get(qid) if isinstance(qid, str) else None
+            if closed is not None:
+                # A target that answered after its run ended was not started: say so, by name.
+                self._count_late("after_run")
+                log.warning("run %s: %.80r answered discovery %.0f ms after the run had ended; it was not started",
+                            closed[0], body.get("n"), (time.monotonic() - closed[1]) * 1000)
             return {"ok": False, "gone": True}
         node, raw, info = body.get("n"), body.get("pk"), body.get("i")
         if not isinstance(node, str) or not isinstance(raw, bytes) or not isinstance(info, dict):
@@ -240,8 +276,11 @@ class RunService:
             key = PublicKey.from_bytes(raw)
         except Exception:
             return {"ok": False}
+        late = remote and node not in disc.answers and disc.last is not None and time.monotonic() > disc.quiet_end()
         if not disc.add(node, key, info, remote=remote):
             self._refused("KeyMismatch")
+        elif late:
+            self._count_late("during_run")
         return {"ok": True}
 
     async def _on_key_request(self, body: Any) -> dict:
@@ -495,40 +534,32 @@ class RunService:
 
     async def run(self, signed: SignedOrder, *, batch: runorder.BatchSize | None,
                   max_failures: int | None) -> dict:
-        """Drive one run to the end; progress goes to ``self._runs[id].events``."""
+        """Drive one run to the end; progress goes to ``self._runs[id].events``.
+
+        Discovery stays open for as long as the run does: a node whose answer
+        comes after the quiet window (its copy of the query took a repaired
+        path through the tree, or it was busy) is still started, in the
+        running batch or in one more batch after the planned ones, and is
+        listed in ``late_targets``.
+        """
         order = signed.order
         run = self._runs[order.run_id]
-        disc, took = await self.discover("run", order.selector)
-        run.keys = {n: k for n, (k, _) in disc.answers.items()}
+        disc = await self._open_discovery("run", order.selector, arrived=run.changed)
+        try:
+            if batch is None:
+                took, batches = await self._run_at_once(run, disc)
+                stopped_reason = None
+            else:
+                took, batches, stopped_reason = await self._run_in_batches(run, disc, batch, max_failures)
+        finally:
+            self._discoveries.pop(disc.qid, None)
+            self._closed[disc.qid] = (order.run_id, time.monotonic())
+            if len(self._closed) > MAX_CLOSED_QUERIES:
+                self._closed.popitem(last=False)
         targets = sorted(run.keys)
-        plan = runorder.plan_batches(targets, batch)
-        last = int((disc.last - disc.started) * 1000) if disc.last is not None else None
-        run.events.put_nowait({"event": "targets", "targets": targets, "discovery_ms": int(took), "last_answer_ms": last,
-                               "batches": len(plan)})
-        batches, stopped_reason, failures, started = [], None, 0, now_ms()
-        for index, nodes in enumerate(plan):
-            if runorder.should_stop(failures, max_failures):
-                stopped_reason = (f"{failures} failure(s) passed --max-failures {max_failures}; "
-                                  f"{sum(len(b) for b in plan[index:])} node(s) not started")
-                break
-            if now_ms() > order.deadline_ms:
-                stopped_reason = "the run deadline passed"
-                break
-            run.events.put_nowait({"event": "batch", "index": index, "nodes": nodes})
-            sent = now_ms()
-            await asyncio.gather(*(self._post_order(run, n) for n in nodes))
-            wait_until = min(order.deadline_ms, sent + order.timeout_ms + RESULT_GRACE_MS)
-            while not all(run.settled(n) for n in nodes) and now_ms() < wait_until:
-                run.changed.clear()
-                try:
-                    await asyncio.wait_for(run.changed.wait(), max(0.0, (wait_until - now_ms()) / 1000))
-                except asyncio.TimeoutError:
-                    pass
-            failed_here = [n for n in nodes if not (n in run.results and run.results[n].ok)]
-            failures += len(failed_here)
-            batches.append({"index": index, "nodes": nodes, "failed": failed_here})
         ran = [n for b in batches for n in b["nodes"]]
         results = [run.results[n] for n in ran if n in run.results]
+        last = int((disc.last - disc.started) * 1000) if disc.last is not None else None
         doc = {
             "run_id": order.run_id,
             "origin": order.origin,
@@ -540,15 +571,119 @@ class RunService:
             "missing": sorted(n for n in ran if n not in run.results and n not in run.refused),
             "refused": [{"node": n, "reason": r, "detail": d} for n, (r, d) in sorted(run.refused.items())],
             "not_started": sorted(set(targets) - set(ran)),
+            "unreachable": {n: run.unreachable[n] for n in sorted(run.unreachable)},
+            "late_targets": sorted(run.late),
             "batches": batches,
             "stopped_reason": stopped_reason,
             "discovery_ms": int(took),
             "last_answer_ms": last,
             "order_reply_ms": _percentiles(list(run.reply_ms.values())),
-            "duration_ms": now_ms() - started + int(took),
+            "duration_ms": int((time.monotonic() - disc.started) * 1000),
         }
         doc["ok"] = not doc["failed"] and not doc["missing"] and stopped_reason is None
         return doc
+
+    def _take_answers(self, run: _Run, disc: _Discovery, late: bool) -> list[str]:
+        """Targets that answered since the last call, now known to the run (arrival order)."""
+        new = [n for n in disc.answers if n not in run.keys]
+        for node in new:
+            run.keys[node] = disc.answers[node][0]
+            if late:
+                run.late.add(node)
+                run.events.put_nowait({"event": "late_target", "node": node,
+                                       "after_ms": int((time.monotonic() - disc.started) * 1000)})
+        return new
+
+    def _targets_event(self, run: _Run, disc: _Discovery, took: float, batches: int) -> None:
+        last = int((disc.last - disc.started) * 1000) if disc.last is not None else None
+        run.events.put_nowait({"event": "targets", "targets": sorted(run.keys), "discovery_ms": int(took),
+                               "last_answer_ms": last, "batches": batches})
+
+    async def _run_at_once(self, run: _Run, disc: _Discovery) -> tuple[float, list[dict]]:
+        """No batches: start each target the moment its answer arrives.
+
+        The quiet window that ends discovery then overlaps the commands
+        themselves. The run ends once discovery is quiet and every target
+        started has settled, or the results' time is up.
+        """
+        order = run.signed.order
+        started: list[str] = []
+        posts: list[asyncio.Task] = []
+        took: float | None = None
+        wait_until = order.deadline_ms
+        try:
+            while True:
+                run.changed.clear()
+                new = self._take_answers(run, disc, late=took is not None)
+                for node in new:
+                    started.append(node)
+                    posts.append(self._spawn(self._post_order(run, node)))
+                if new:
+                    wait_until = min(order.deadline_ms, now_ms() + order.timeout_ms + RESULT_GRACE_MS)
+                now = time.monotonic()
+                end = disc.quiet_end()  # moves on when a late answer arrives: more may follow it
+                if took is None and now >= end:
+                    took = (now - disc.started) * 1000
+                    self._targets_event(run, disc, took, 1)
+                    run.events.put_nowait({"event": "batch", "index": 0, "nodes": sorted(started)})
+                if now_ms() >= wait_until or (now >= end and all(run.settled(n) for n in started)):
+                    break
+                timeout = (wait_until - now_ms()) / 1000
+                if now < end:
+                    timeout = min(timeout, end - now)
+                try:
+                    await asyncio.wait_for(run.changed.wait(), max(0.001, timeout))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            for task in posts:
+                if not task.done():
+                    task.cancel()
+        if took is None:
+            took = (time.monotonic() - disc.started) * 1000
+            self._targets_event(run, disc, took, 1)
+        failed = [n for n in started if not (n in run.results and run.results[n].ok)]
+        return took, [{"index": 0, "nodes": sorted(started), "failed": sorted(failed)}]
+
+    async def _run_in_batches(self, run: _Run, disc: _Discovery, batch: runorder.BatchSize,
+                              max_failures: int | None) -> tuple[float, list[dict], str | None]:
+        """Batches in turn over the targets discovery found; late answerers form more batches."""
+        order = run.signed.order
+        took = await disc.settle()
+        plan = runorder.plan_batches(self._take_answers(run, disc, late=False), batch)
+        size = len(plan[0]) if plan else 1  # a share of the targets is fixed once, at the first plan
+        self._targets_event(run, disc, took, len(plan))
+        batches: list[dict] = []
+        failures, stopped_reason, index = 0, None, 0
+        while plan:
+            nodes = plan.pop(0)
+            if runorder.should_stop(failures, max_failures):
+                stopped_reason = (f"{failures} failure(s) passed --max-failures {max_failures}; "
+                                  f"{len(nodes) + sum(len(b) for b in plan)} node(s) not started")
+                break
+            if now_ms() > order.deadline_ms:
+                stopped_reason = "the run deadline passed"
+                break
+            run.events.put_nowait({"event": "batch", "index": index, "nodes": nodes})
+            sent = now_ms()
+            await asyncio.gather(*(self._post_order(run, n) for n in nodes))
+            wait_until = min(order.deadline_ms, sent + order.timeout_ms + RESULT_GRACE_MS)
+            while not all(run.settled(n) for n in nodes) and now_ms() < wait_until:
+                run.changed.clear()
+                if all(run.settled(n) for n in nodes):
+                    break
+                try:
+                    await asyncio.wait_for(run.changed.wait(), max(0.0, (wait_until - now_ms()) / 1000))
+                except asyncio.TimeoutError:
+                    pass
+            failed_here = [n for n in nodes if not (n in run.results and run.results[n].ok)]
+            failures += len(failed_here)
+            batches.append({"index": index, "nodes": nodes, "failed": failed_here})
+            index += 1
+            late = self._take_answers(run, disc, late=True)
+            if late:
+                plan.extend(runorder.plan_batches(late, runorder.BatchSize(count=size)))
+        return took, batches, stopped_reason
 
     # ------------------------------------------------------------- local API
     async def _api_origin(self, request: web.Request) -> web.Response:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -170,3 +172,38 @@ def test_origin_answers_with_its_node_id(mesh):
     signed = build_order(sock=a.socket, key=mesh.m.key, selector="", action=RunAction.command(["true"]),
                          timeout_s=5, batched=False)
     assert signed.order.origin == a.node_id
+
+
+def _fleet_answers(mesh) -> int:
+    return len(agent_json(mesh.agents[0].socket, "POST", "/v1/fleet/query", {"kind": "run", "selector": ""})["answers"])
+
+
+@pytest.mark.parametrize("batch", [None, "2"], ids=["at-once", "batches"])
+def test_a_target_that_answers_discovery_late_still_runs(mesh, tmp_path, batch):
+    """A target stopped (SIGSTOP) through discovery answers after the quiet window; the open run starts it."""
+    marker = tmp_path / "late"
+    late = mesh.agents[3]
+    now = int(time.time() * 1000)
+    order = RunOrder(run_id=runorder.new_run_id(), origin=mesh.agents[0].node_id, selector="",
+                     action=RunAction.shell_string(f"sleep 2; echo ran >> {marker}"), timeout_ms=10_000,
+                     issued_ms=now - 2000, deadline_ms=now + 60_000, operator=mesh.m.key.key_id)
+    os.kill(late.proc.pid, signal.SIGSTOP)
+    try:
+        stream = mesh.run_stream(mesh.agents[0], SignedOrder.sign(order, mesh.m.key), batch=batch)
+        targets = stream.wait_for("targets")["targets"]
+        assert late.node_id not in targets and len(targets) == MESH_NODES - 1
+    finally:
+        os.kill(late.proc.pid, signal.SIGCONT)
+    doc = stream.summary()
+    assert sorted(doc["targets"]) == sorted(a.node_id for a in mesh.agents)
+    assert doc["late_targets"] == [late.node_id]
+    assert sorted(r["node"] for r in doc["results"]) == sorted(doc["targets"])
+    assert doc["ok"] and doc["missing"] == [] and doc["not_started"] == []
+    assert any(e.get("event") == "late_target" and e["node"] == late.node_id for e in stream.events)
+    if batch is not None:
+        assert doc["batches"][-1]["nodes"] == [late.node_id]
+    assert lines(marker) == MESH_NODES
+    # leave the shared mesh whole for the tests after this one
+    end = time.monotonic() + 30
+    while _fleet_answers(mesh) < MESH_NODES and time.monotonic() < end:
+        time.sleep(0.5)
