@@ -76,6 +76,9 @@ RESULT_RETRY_FIRST_S = 0.2  # result post retries back off from here...
 RESULT_RETRY_MAX_S = 5.0  # ...to here, until the deadline
 MAX_CONCURRENT_RUNS = 16  # commands one node runs at once; more wait their turn
 MAX_REPORT_BYTES = 64 * 1024  # a converge report attached to a result, diffs dropped past this
+MAX_EXECUTED = 1024  # recent executions a repeated order post from the origin is answered from
+ORDER_ATTEMPTS = 3  # posts of one order to one node when the reply does not come back (connection lost)
+ORDER_RETRY_S = 0.25  # first pause between them, doubled each time
 MAX_ORIGIN_KEYS = 1024  # origin node keys a node keeps (one per agent that ever started a run here)
 MAX_CLOSED_QUERIES = 256  # ended runs whose stray discovery answers are still named in the log
 MAX_DETAIL_CHARS = 240  # refusal details in peer replies: the envelope decoder caps strings at 320
@@ -165,6 +168,7 @@ class RunService:
         self._runs: dict[str, _Run] = {}
         self._tasks: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_RUNS)
+        self._executed: collections.OrderedDict[str, asyncio.Task] = collections.OrderedDict()  # run id -> execution
         self._origin_keys: dict[str, PublicKey] = {}  # origin node id -> its node key, fetched at its address
         self.refusals: collections.Counter[str] = collections.Counter()  # orders and results refused here
 
@@ -313,6 +317,9 @@ class RunService:
             signed = SignedOrder.from_wire(wire)
             order = runorder.check_order(signed, root=self.agent.admission.root, now_ms=now_ms(), facts=self.agent.facts)
             if self.agent.state.run_seen(order.run_id):
+                again = self._executed.get(order.run_id)
+                if body.get("retry") is True and again is not None and await self._sent_by_origin(order, body.get("ticket")):
+                    return self._retry_reply(order, again)
                 raise RunRefused("Replayed", f"run {order.run_id} was already received here")
             if not await self._sent_by_origin(order, body.get("ticket")):
                 raise RunRefused("NotSentByOrigin", f"origin {order.origin} has not sent run {order.run_id} here")
@@ -326,11 +333,28 @@ class RunService:
                  order.action.describe())
         me_pk = self.agent.node_key.public.raw  # the reply binds this key to the address the order went to
         task = self._spawn(self._execute_and_sign(order))
+        self._executed[order.run_id] = task
+        if len(self._executed) > MAX_EXECUTED:
+            self._executed.popitem(last=False)
         done, _ = await asyncio.wait({task}, timeout=INLINE_RESULT_S)
         if task in done and task.exception() is None:
             return {"ok": True, "pk": me_pk, "result": task.result().to_wire()}  # a quick command: the reply carries it
         self._spawn(self._report_later(order, task))
         return {"ok": True, "pk": me_pk}
+
+    def _retry_reply(self, order: runorder.RunOrder, task: asyncio.Task) -> dict:
+        """The origin posted an order again (its first reply was lost): answer, never run it twice.
+
+        A finished command's signed result rides in the reply; one still
+        running is reported when it ends, as a long command is.
+        """
+        log.info("run %s: the origin asked again; answering from the execution already under way", order.run_id)
+        reply = {"ok": True, "pk": self.agent.node_key.public.raw}
+        if task.done() and not task.cancelled() and task.exception() is None:
+            reply["result"] = task.result().to_wire()
+        elif not task.done():
+            self._spawn(self._report_later(order, task))
+        return reply
 
     async def _sent_by_origin(self, order: runorder.RunOrder, ticket: Any) -> bool:
         """Whether the origin itself sent this order here.
@@ -490,20 +514,30 @@ class RunService:
         return {"ok": True}
 
     async def _post_order(self, run: _Run, node: str) -> None:
+        """Post the order to one target; a lost reply is asked again (the node never runs it twice)."""
         body = {"order": run.signed.to_wire(),
                 "ticket": self.agent.node_key.sign(_ticket_bytes(run.signed.order.run_id, node))}
         sent = time.monotonic()
-        try:
-            if node == self.agent.node_id:
-                reply = await self._on_order(body)
-            else:
-                reply = await self.agent.send_direct(node, ORDER_ROUTE, body)
-            run.reply_ms[node] = (time.monotonic() - sent) * 1000
-        except Exception as exc:
-            run.unreachable[node] = str(exc) or type(exc).__name__
-            run.events.put_nowait({"event": "unreachable", "node": node, "detail": run.unreachable[node]})
-            run.changed.set()
-            return
+        pause = ORDER_RETRY_S
+        for attempt in range(ORDER_ATTEMPTS):
+            try:
+                if node == self.agent.node_id:
+                    reply = await self._on_order(body)
+                else:
+                    reply = await self.agent.send_direct(node, ORDER_ROUTE, body)
+                break
+            except Exception as exc:
+                if attempt + 1 < ORDER_ATTEMPTS and now_ms() + pause * 1000 < run.signed.order.deadline_ms:
+                    log.info("run %s: order to %s got no reply (%s); asking again", run.signed.order.run_id, node, exc)
+                    await asyncio.sleep(pause)
+                    pause *= 2
+                    body["retry"] = True
+                    continue
+                run.unreachable[node] = str(exc) or type(exc).__name__
+                run.events.put_nowait({"event": "unreachable", "node": node, "detail": run.unreachable[node]})
+                run.changed.set()
+                return
+        run.reply_ms[node] = (time.monotonic() - sent) * 1000
         if isinstance(reply, dict) and reply.get("ok"):
             self._bind_key(run, node, reply.get("pk"))
             if reply.get("result") is not None:

@@ -124,6 +124,35 @@ def test_expired_order_is_refused_by_the_node(mesh, tmp_path):
     assert lines(marker) == 0
 
 
+def test_origin_asking_again_gets_the_first_execution_never_a_second(mesh, tmp_path):
+    """The origin re-posts an order whose reply it lost: the node answers from the run it already did.
+
+    The test plays the origin's side of the wire with the origin's own node
+    key (read from its data directory): the retry carries the origin's
+    ticket; the same post without the retry flag, or with a ticket by
+    another key, is a replay and is refused.
+    """
+    from grapevine.node.runs import _ticket_bytes
+
+    marker = tmp_path / "retry"
+    origin, target = mesh.agents[0], mesh.agents[1]
+    signed = marker_order(mesh, marker)
+    origin_key = SigningKey.load(origin.data_dir / "node.key")
+    body = {"order": signed.to_wire(), "ticket": origin_key.sign(_ticket_bytes(signed.order.run_id, target.node_id))}
+    first = mesh.post_peer(target, "run.order", body)
+    assert first["ok"] and first.get("result") is not None
+    again = mesh.post_peer(target, "run.order", dict(body, retry=True))
+    assert again["ok"] and again["result"] == first["result"]
+    result = SignedResult.from_wire(again["result"]).verify(SigningKey.load(target.data_dir / "node.key").public,
+                                                           run_id=signed.order.run_id, node=target.node_id)
+    assert result.exit_code == 0
+    assert mesh.post_peer(target, "run.order", body)["refused"] == "Replayed"
+    forged = dict(body, retry=True, ticket=mesh.m.key.sign(_ticket_bytes(signed.order.run_id, target.node_id)))
+    assert mesh.post_peer(target, "run.order", forged)["refused"] == "Replayed"
+    time.sleep(0.3)
+    assert lines(marker) == 1
+
+
 def test_order_outside_the_operator_scope_is_refused(mesh, tmp_path):
     marker = tmp_path / "scope"
     code, doc, _ = cli(mesh, "--shell", f"echo ran >> {marker}", key=mesh.limited_path)
