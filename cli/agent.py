@@ -22,6 +22,7 @@ import click
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
 @click.option("--api-socket", type=click.Path(dir_okay=False, path_type=Path), help="Unix socket of the local API.")
+@click.option("--run-user", help="User that run orders execute as (default: the agent's own).")
 @click.option("--preset", "gossip_preset", type=click.Choice(["lan", "local"]), help="Gossip timing preset.")
 def agent(config_file: Path | None, **flags: object) -> None:
     """Run the grapevine daemon until SIGTERM."""

@@ -129,6 +129,8 @@ class AgentConfig:
     fsync: str = "local"
     history_keep: int = 0  # 0 keeps every accepted version; N keeps the last N per key
     reports_keep: int = 200  # converge reports kept in the store
+    # the user run orders execute as ("": the agent's own); an agent that is not root can only run as itself
+    run_user: str = ""
 
     @property
     def socket_path(self) -> Path:
@@ -324,5 +326,14 @@ def check_config(cfg: AgentConfig) -> None:
         raise ConfigError(f"api_socket: {cfg.socket_path} is longer than {MAX_SOCKET_PATH} bytes; choose a shorter path")
     if cfg.trust is not None and not cfg.trust.is_file():
         raise ConfigError(f"trust: trust root file {cfg.trust} does not exist")
+    if cfg.run_user:
+        import pwd
+
+        try:
+            uid = pwd.getpwnam(cfg.run_user).pw_uid
+        except KeyError:
+            raise ConfigError(f"run_user: there is no user {cfg.run_user!r} on this machine") from None
+        if os.geteuid() != 0 and uid != os.geteuid():
+            raise ConfigError(f"run_user: only an agent running as root can run commands as {cfg.run_user!r}")
     if cfg.network_key is not None and not cfg.network_key.is_file():
         raise ConfigError(f"network_key: key file {cfg.network_key} does not exist")

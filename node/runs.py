@@ -430,7 +430,7 @@ class RunService:
         if action.kind == "converge":
             return await self._converge(order, base, timeout_s)
         argv = list(action.argv) if action.kind == "command" else executor.shell_argv(action.shell)
-        res = await executor.execute(argv, timeout_s=timeout_s, user=getattr(self.agent.config, "run_user", None) or None)
+        res = await executor.execute(argv, timeout_s=timeout_s, user=self.agent.config.run_user or None)
         return RunResult(**base, exit_code=res.exit_code, stdout=res.stdout, stderr=res.stderr,
                          duration_ms=res.duration_ms, error=res.error,
                          truncated=bool(res.stdout_dropped or res.stderr_dropped))

@@ -74,6 +74,7 @@ def test_flags_not_given_leave_lower_layers_alone(tmp_path):
         ({"name": "a", "bind": "127.0.0.1:1", "join": ["nowhere"]}, {}, "", "join: expected HOST:PORT"),
         ({"name": "a", "bind": "127.0.0.1:1"}, {"GRAPEVINE_GOSSIP": "speed=11"}, "", "unknown gossip setting 'speed'"),
         ({"name": "a", "bind": "127.0.0.1:1"}, {"GRAPEVINE_GOSSIP": "jitter=2"}, "", "gossip: jitter"),
+        ({"name": "a", "bind": "127.0.0.1:1", "run_user": "no-such-user-here"}, {}, "", "run_user: there is no user"),
     ],
 )
 def test_bad_settings_are_refused_with_their_name(tmp_path, flags, env, toml, message):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from grapevine.cli.run import agent_json, build_order
+from grapevine.cli.run import agent_json, agent_stream, build_order
 from grapevine.policy import runorder
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction, RunOrder, RunResult, SignedOrder, SignedResult
@@ -236,3 +236,25 @@ def test_a_target_that_answers_discovery_late_still_runs(mesh, tmp_path, batch):
     end = time.monotonic() + 30
     while _fleet_answers(mesh) < MESH_NODES and time.monotonic() < end:
         time.sleep(0.5)
+
+
+def test_commands_run_as_the_configured_run_user(tmp_path):
+    """An agent started with GRAPEVINE_RUN_USER=nobody runs orders as nobody (the test runs as root)."""
+    import pwd
+
+    from grapevine.cli.demo import local_mesh
+
+    with local_mesh(tmp_path / "m") as m:
+        m.extra_env["GRAPEVINE_RUN_USER"] = "nobody"
+        agent = m.add("solo", tags={"role": "web"})
+        m.start_all()
+        m.wait_ready()
+        now = int(time.time() * 1000)
+        order = RunOrder(run_id=runorder.new_run_id(), origin=agent.node_id, selector="",
+                         action=RunAction.command(["id", "-u"]), timeout_ms=5000, issued_ms=now - 2000,
+                         deadline_ms=now + 60_000, operator=m.key.key_id)
+        events = list(agent_stream(agent.socket, "/v1/run", {"order": SignedOrder.sign(order, m.key).encode().hex(),
+                                                             "batch": None, "max_failures": None}))
+        doc = next(e for e in events if e.get("event") == "done")["summary"]
+    assert [r["node"] for r in doc["results"]] == [agent.node_id]
+    assert int(doc["results"][0]["stdout"]) == pwd.getpwnam("nobody").pw_uid
