@@ -32,7 +32,7 @@ from there they travel eagerly.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Collection
 
 from .config import GossipConfig
 from .effects import Effect, Send
@@ -71,7 +71,7 @@ class AntiEntropy:
     def next_deadline(self) -> int:
         return self.next_sync
 
-    def tick(self, now: int, active: list[str], passive: list[str], out: list[Effect]) -> None:
+    def tick(self, now: int, active: list[str], passive: Collection[str], out: list[Effect]) -> None:
         if now < self.next_sync:
             return
         self.next_sync = now + self._jitter(self.config.antientropy_interval_ms)
@@ -83,7 +83,7 @@ class AntiEntropy:
             pool = passive if (passive and (not active or (every and self.rounds % every == 0))) else active
             if not pool:
                 return
-            peer = pool[self.rng.randrange(len(pool))]
+            peer = list(pool)[self.rng.randrange(len(pool))]  # the passive view is a dict (an ordered set)
         self.open(peer, out)
 
     def open(self, peer: str, out: list[Effect]) -> None:

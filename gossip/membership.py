@@ -34,6 +34,7 @@ the views (5 and 30 entries).
 from __future__ import annotations
 
 import logging
+from itertools import islice
 from typing import Callable, Sequence
 
 from .config import GossipConfig
@@ -94,7 +95,10 @@ class Membership:
         self._on_down = on_down
         self._on_revive = on_revive
         self.active: list[str] = []
-        self.passive: list[str] = []
+        # Spare peers in arrival order. A dict used as an ordered set: the
+        # views are checked for a peer on every walk hop and shuffle entry,
+        # and a list scan compares (and so touches) every id in it.
+        self.passive: dict[str, None] = {}
         self.last_heard: dict[str, int] = {}  # active peer -> last time anything arrived from it
         self.pending: dict[str, int] = {}  # neighbour request in flight -> timeout
         self.graveyard: dict[str, int] = {}  # buried peer -> when it failed (insertion order = age)
@@ -174,7 +178,7 @@ class Membership:
             out.append(PeerDown(peer=peer))
             self._on_down(peer)
         elif old == PASSIVE:
-            self.passive.remove(peer)
+            del self.passive[peer]
         elif old == BURIED:
             del self.graveyard[peer]
         return old
@@ -199,16 +203,17 @@ class Membership:
             return
         self._leave_state(peer, PASSIVE, out)
         self._make_room_in_passive(())
-        self.passive.append(peer)
+        self.passive[peer] = None
 
     def _make_room_in_passive(self, prefer: Sequence[str]) -> None:
-        if len(self.passive) < self.config.passive_view_size:
+        passive = self.passive
+        if len(passive) < self.config.passive_view_size:
             return
         for p in prefer:
-            if p in self.passive:
-                self.passive.remove(p)
+            if p in passive:
+                del passive[p]
                 return
-        self.passive.pop(self.rng.randrange(len(self.passive)))
+        del passive[next(islice(passive, self.rng.randrange(len(passive)), None))]
 
     def _bury(self, peer: str, now: int, out: list[Effect]) -> None:
         if peer == self.node_id or peer in self.graveyard:
@@ -231,7 +236,7 @@ class Membership:
         out.append(Send(peer=peer, msg=_DISCONNECT))
         self._leave_state(peer, PASSIVE, out)
         self._make_room_in_passive(())
-        self.passive.append(peer)
+        self.passive[peer] = None
 
     # --- entry points used by the node ------------------------------------
 
@@ -296,7 +301,8 @@ class Membership:
         self._deadline = None
         deficit = self.config.active_view_size - len(self.active) - len(self.pending)
         if deficit > 0:
-            candidates = [p for p in self.passive if p not in self.pending]
+            pending = self.pending
+            candidates = [p for p in self.passive if p not in pending] if pending else list(self.passive)
             if candidates:
                 high = not self.active
                 for peer in self.rng.sample(candidates, min(deficit, len(candidates))):
@@ -397,7 +403,7 @@ class Membership:
         elif peer in self.last_heard:
             self._leave_state(peer, PASSIVE, out)
             self._make_room_in_passive(())
-            self.passive.append(peer)
+            self.passive[peer] = None
         if len(self.active) < self.config.active_view_size:
             self._repair_backoff = 0
             self.next_repair = min(self.next_repair, now)
@@ -412,7 +418,7 @@ class Membership:
                 out.append(Send(peer=nxt, msg=Shuffle(origin=msg.origin, ttl=ttl - 1, peers=msg.peers)))
                 return
         passive = self.passive
-        pool = [p for p in passive if p != msg.origin] if msg.origin in passive else passive
+        pool = [p for p in passive if p != msg.origin] if msg.origin in passive else list(passive)
         reply = tuple(self.rng.sample(pool, min(len(pool), len(msg.peers))))
         out.append(Send(peer=msg.origin, msg=ShuffleReply(peers=reply)))
         self._integrate(msg.peers, reply, out)
@@ -432,7 +438,7 @@ class Membership:
                 continue
             if len(passive) >= room:
                 self._make_room_in_passive(sent)
-            passive.append(p)
+            passive[p] = None
 
     def on_ping(self, peer: str, msg: Ping, now: int, out: list[Effect]) -> None:
         # A ping over a link this node no longer holds gets a Disconnect, so a
@@ -489,7 +495,7 @@ class Membership:
         others = [p for p in self.active if p != target]
         sample = [self.node_id]
         sample += self.rng.sample(others, min(cfg.shuffle_active_count, len(others)))
-        sample += self.rng.sample(self.passive, min(cfg.shuffle_passive_count, len(self.passive)))
+        sample += self.rng.sample(list(self.passive), min(cfg.shuffle_passive_count, len(self.passive)))
         self._shuffle_sample = tuple(sample[1:])
         out.append(Send(peer=target, msg=Shuffle(origin=self.node_id, ttl=cfg.shuffle_walk_length, peers=tuple(sample))))
 

@@ -35,7 +35,7 @@ import logging
 import random
 from typing import Any, Callable, Iterable, Sequence
 
-from .network import NetConfig, Network
+from .network import FIFO_LINKS, NetConfig, Network
 from .observers import Observer
 
 log = logging.getLogger("grapevine.sim")
@@ -97,6 +97,7 @@ class Host:
 
     __slots__ = (
         "idx", "node_id", "core", "store", "alive", "incarnation", "wake_at", "fp", "started_at",
+        "fifo", "fifo_limit",
     )
 
     def __init__(self, idx: int, store: Any) -> None:
@@ -109,6 +110,8 @@ class Host:
         self.wake_at = INF
         self.fp = 0  # observer's fingerprint of the store content
         self.started_at = -1
+        self.fifo: dict[int, int] = {}  # the network's per-link FIFO: dst idx -> last delivery time
+        self.fifo_limit = FIFO_LINKS
 
     def __repr__(self) -> str:
         return f"Host({self.node_id}, alive={self.alive}, inc={self.incarnation})"

@@ -43,9 +43,10 @@ log = logging.getLogger("grapevine.sim")
 LATENCY_TABLE_BITS = 12
 # A latency above this is cut off: links in one data centre, not satellites.
 MAX_LATENCY_MS = 200
-# A link's last delivery time is at most MAX_LATENCY_MS after it was written,
-# so after a longer generation it can no longer hold back a new message.
-FIFO_GENERATION_MS = MAX_LATENCY_MS + 50
+# Links a host's FIFO map holds before the ones with nothing in flight are
+# dropped (a delivery time in the past can no longer hold back a message).
+# A node talks to its ~40 view members; the limit doubles past a burst.
+FIFO_LINKS = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,12 +161,9 @@ class Network:
         self._times = sim._times
         self._bits = rng.getrandbits
         self._groups: dict[int, int] | None = None  # host idx -> side; None: no partition
-        # Per-link FIFO: (src idx << 32 | dst idx) -> last delivery time. Two
-        # generations, rotated every FIFO_GENERATION_MS, so only links used in
-        # the last half second are kept (a million-entry map is mostly misses).
-        self._fifo: dict[int, int] = {}
-        self._fifo_old: dict[int, int] = {}
-        self._fifo_rotate_at = FIFO_GENERATION_MS
+        # Per-link FIFO: each sending host keeps dst idx -> last delivery time
+        # (``Host.fifo``): a small map next to the host being processed, where
+        # one fleet-wide map of a million links would be mostly cache misses.
         mu = math.log(config.latency_median_ms)
         table_rng = random.Random(rng.getrandbits(64))
         self._latency = [
@@ -252,16 +250,13 @@ class Network:
             self._send_with_faults(src, dst, msg, now)
             return
         at = now + self._latency[self._bits(LATENCY_TABLE_BITS)]
-        link = (src.idx << 32) | dst.idx
-        if now >= self._fifo_rotate_at:
-            self._rotate_fifo(now)
-        fifo = self._fifo
-        last = fifo.get(link)
-        if last is None:
-            last = self._fifo_old.get(link, 0)
-        if at < last:
+        fifo = src.fifo
+        last = fifo.get(dst.idx)
+        if last is not None and at < last:
             at = last
-        fifo[link] = at
+        fifo[dst.idx] = at
+        if len(fifo) > src.fifo_limit:
+            self._trim_fifo(src, now)
         event = (DELIVER, dst, dst.incarnation, src.node_id, msg)
         bucket = self._calendar.get(at)  # Simulator.schedule, inlined on the hottest path
         if bucket is None:
@@ -279,16 +274,7 @@ class Network:
         if cfg.reorder:
             self._deliver_later(src, dst, msg, now)
         else:
-            at = now + self._latency[self._bits(LATENCY_TABLE_BITS)]
-            link = (src.idx << 32) | dst.idx
-            if now >= self._fifo_rotate_at:
-                self._rotate_fifo(now)
-            last = self._fifo.get(link)
-            if last is None:
-                last = self._fifo_old.get(link, 0)
-            if at < last:
-                at = last
-            self._fifo[link] = at
+            at = self._fifo_time(src, dst, now + self._latency[self._bits(LATENCY_TABLE_BITS)], now)
             self.sim.schedule_delivery(at, dst, src.node_id, msg)
         if cfg.duplicate and self.rng.random() < cfg.duplicate:
             self.traffic.duplicated += 1
@@ -301,23 +287,28 @@ class Network:
             self.traffic.reordered += 1
             at += 1 + self.rng.randrange(cfg.reorder_extra_ms)
         else:
-            link = (src.idx << 32) | dst.idx
-            if now >= self._fifo_rotate_at:
-                self._rotate_fifo(now)
-            last = self._fifo.get(link)
-            if last is None:
-                last = self._fifo_old.get(link, 0)
-            if at < last:
-                at = last
-            self._fifo[link] = at
+            at = self._fifo_time(src, dst, at, now)
         self.sim.schedule_delivery(at, dst, src.node_id, msg)
 
-    def _rotate_fifo(self, now: int) -> None:
-        # Entries of the generation dropped now were written more than
-        # FIFO_GENERATION_MS ago: their delivery times are all in the past.
-        self._fifo_old = self._fifo
-        self._fifo = {}
-        self._fifo_rotate_at = now + FIFO_GENERATION_MS
+    def _fifo_time(self, src: Host, dst: Host, at: int, now: int) -> int:
+        """The delivery time of a message on the link src -> dst: not before the previous one."""
+        fifo = src.fifo
+        last = fifo.get(dst.idx)
+        if last is not None and at < last:
+            at = last
+        fifo[dst.idx] = at
+        if len(fifo) > src.fifo_limit:
+            self._trim_fifo(src, now)
+        return at
+
+    @staticmethod
+    def _trim_fifo(src: Host, now: int) -> None:
+        # A delivery time not after ``now`` cannot hold back a message sent
+        # now (every latency is at least 1 ms): such links are dropped. If
+        # most are still in flight the limit doubles, so trimming stays
+        # linear over a burst.
+        fifo = src.fifo = {d: t for d, t in src.fifo.items() if t > now}
+        src.fifo_limit = max(FIFO_LINKS, 2 * len(fifo))
 
     def arrival_blocked(self, src_id: str, dst: Host) -> bool:
         """True when a message in flight meets a cut installed after it left."""
