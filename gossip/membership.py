@@ -22,13 +22,14 @@ timeout, a ``Disconnect``), a passive peer is asked to take its place
 (``Neighbor``, high priority when this node has no neighbour left, which the
 receiver may not refuse). ``Shuffle`` walks exchange samples of the views.
 Probes (``Ping``) go only to neighbours that have been silent for a probe
-interval, so a busy link costs nothing extra, and only from the end of the
-link with the smaller id: the other end hears the pings and watches for
-silence. A ping over a link the receiver no longer holds is answered with
-``Disconnect``, which closes half-open links.
+interval, so a busy link costs nothing extra, and from the end of the link
+with the smaller id: the other end hears the pings and watches for silence
+(past half the probe timeout it asks too: the smaller end may be hearing
+its traffic and have nothing to send). A ping over a link the receiver no
+longer holds is answered with ``Disconnect``, which closes half-open links.
 
-Work per tick is O(view size); per message O(1) apart from list scans of
-the views (5 and 30 entries).
+Work per tick is O(view size); per message O(1) apart from scans of the
+active view (about 5 entries).
 """
 
 from __future__ import annotations
@@ -462,15 +463,20 @@ class Membership:
                     self.failed(peer, now, out)
         if self.active and now >= self.next_probe:
             quiet = now - cfg.probe_interval_ms
+            silent = now - cfg.probe_timeout_ms // 2
             dead = now - cfg.probe_timeout_ms
             me = self.node_id
             for peer in list(self.active):
                 heard = self.last_heard[peer]
                 if heard <= dead:
                     self.failed(peer, now, out)
-                elif heard <= quiet and me < peer:
+                elif heard <= quiet and (me < peer or heard <= silent):
                     # One end of each link probes (the smaller id); the other
-                    # hears the pings and only watches for silence.
+                    # hears the pings and watches for silence. But the smaller
+                    # end pings only when it hears nothing, and it hears the
+                    # other end's traffic while it may have nothing to send
+                    # itself: so past half the timeout the watching end asks
+                    # too, rather than declare a live neighbour failed.
                     out.append(Send(peer=peer, msg=_PING))
             self.next_probe = now + self._jitter(cfg.probe_interval_ms)
         if len(self.active) < cfg.active_view_size and self.passive and now >= self.next_repair:
