@@ -52,7 +52,9 @@ every later one does, but each hop costs a round trip more (announce,
 graft, push); the tree it leaves is close to a fewest-hops tree from that
 publisher, because each node waits a moment and grafts the closest
 announcer. Later broadcasts of that publisher are pushed down the tree.
-Messages without an origin (items spread by anti-entropy, frames from
+Items that arrive by anti-entropy are offered for pulling on every link
+and travel the tree of the pseudo-origin ``REPAIR_ORIGIN`` from there, so a
+healed partition does not flood. Messages without an origin (frames from
 older senders) use the shared tree described above.
 
 Announcements are queued per peer and leave as one ``IHave`` per peer at the
@@ -81,6 +83,10 @@ MAX_MISSING = 10_000  # announced-but-missing ids tracked at once; floods beyond
 MAX_IHAVE_ENTRIES = 1024  # per IHave message: codec.MAX_IDS
 MAX_ORIGINS = 64  # publishers whose trees a node keeps: a config mesh publishes from a handful of nodes; each tree is a few peer ids
 _GRAFT_LINK = Graft(msg_ids=())
+# Tree of items re-spread after anti-entropy found them (a healed partition,
+# a restart): they have no publisher here. Not a node id in either id scheme
+# ("n12", "name@host:port").
+REPAIR_ORIGIN = "*repair"
 
 # resolve(msg_id, ref, hops) -> the message to send to a grafting peer, or None
 Resolver = Callable[[bytes, object, int], "Message | None"]
@@ -298,6 +304,11 @@ class Broadcast:
             known[3] = origin
         fresh = origin not in self.trees
         tree = self._tree(origin)
+        if fresh and hops < self._flood_hops:
+            # Near the publisher the payload is pushed on every link: each of
+            # these nodes saves the pull round trip, and the rare duplicate
+            # prunes its link as usual.
+            tree.update(self.active)
         closer = self._closer
         self._closer = None
         if exclude is not None:
@@ -320,15 +331,23 @@ class Broadcast:
                     q.append((msg_id, hops, fresh))
 
     def announce(self, msg_id: bytes, hops: int, exclude: str | None) -> None:
-        """Announce a message lazily on every link (no payload pushed)."""
+        """Offer a message on every link for pulling (no payload pushed).
+
+        Used for items that arrived by anti-entropy: they have no publisher
+        here, so they travel the tree of ``REPAIR_ORIGIN``, which the first
+        repair forms by pulling, as a publisher's first broadcast does.
+        """
+        known = self.seen.get(msg_id)
+        if known is not None and not known[3]:
+            known[3] = REPAIR_ORIGIN
         queue = self._queue
         for p in self.active:
             if p != exclude:
                 q = queue.get(p)
                 if q is None:
-                    queue[p] = [(msg_id, hops, False)]
+                    queue[p] = [(msg_id, hops, True)]
                 else:
-                    q.append((msg_id, hops, False))
+                    q.append((msg_id, hops, True))
 
     def flush(self, out: list[Effect]) -> None:
         """Send the queued announcements, one ``IHave`` per peer."""
@@ -430,15 +449,17 @@ class Broadcast:
     # --- timers -------------------------------------------------------------
 
     def next_deadline(self) -> int:
+        """The next graft due, or the next id to forget (an ephemeral's end)."""
         timers = self._timers
         missing = self.missing
+        forget = self._expiry[0][0] if self._expiry else NEVER
         while timers:
             deadline, msg_id = timers[0]
             entry = missing.get(msg_id)
             if entry is not None and entry[0] == deadline:
-                return deadline
+                return deadline if deadline < forget else forget
             heapq.heappop(timers)
-        return NEVER
+        return forget
 
     def tick(self, now: int, out: list[Effect]) -> None:
         timers = self._timers

@@ -36,17 +36,13 @@ def linked(name="a", peers=("b", "c"), **kw):
     return n
 
 
-def test_publish_accepts_and_offers_to_every_neighbour_who_pull_it():
+def test_publish_accepts_and_pushes_to_every_neighbour():
     n = linked()
     it = item()
     effects = n.publish(it, NOW)
     assert [e for e in effects if type(e) is ItemAccepted] == [ItemAccepted(item=it, previous=None, source=None, hops=0)]
-    # No tree for this publisher yet: every neighbour is offered the item and grafts it.
-    offers = sends(effects, m.IHave)
-    assert sorted(e.peer for e in offers) == ["b", "c"] and all(e.msg.pull for e in offers)
-    assert not sends(effects, m.Push)
-    pushes = [e for p in ("b", "c") for e in sends(n.on_message(p, m.Graft(msg_ids=(it.digest(),)), NOW + 1), m.Push)]
-    assert sorted(e.peer for e in pushes) == ["b", "c"] and all(e.msg.hops == 1 and e.msg.origin == "a" for e in pushes)
+    pushes = sends(effects, m.Push)
+    assert sorted(e.peer for e in pushes) == ["b", "c"] and all(e.msg.hops == 1 for e in pushes)
     assert n.store.get("bundle/web") == it
 
 
@@ -164,9 +160,7 @@ def test_local_broadcast_returns_an_id_and_delivers_here_too():
     msg_id, effects = n.broadcast(b"query", NOW, ttl_ms=5_000)
     assert len(msg_id) == 16
     assert [e for e in effects if type(e) is Delivered] == [Delivered(msg_id=msg_id, origin="a", payload=b"query", hops=0)]
-    (offer,) = sends(effects, m.IHave)
-    assert offer.peer == "b" and offer.msg.pull
-    (push,) = sends(n.on_message("b", m.Graft(msg_ids=(msg_id,)), NOW + 1), m.Ephemeral)
+    (push,) = sends(effects, m.Ephemeral)
     assert push.peer == "b" and push.msg.deadline_ms == NOW + 5_000
     with pytest.raises(ProtocolError):
         n.broadcast(b"x", NOW, ttl_ms=0)
