@@ -2,7 +2,9 @@
 
 Every ``antientropy_interval_ms`` (jittered) a node opens an exchange with a
 random active peer (every ``antientropy_passive_every``-th time a passive
-one, which also reaches across a healed partition):
+one, which also reaches across a healed partition; every 2nd time while the
+active view is below its target size, so a few nodes whose views hold only
+each other are not left out of news for long):
 
     initiator                              responder
     SyncRoot(root, count)          ->
@@ -42,6 +44,10 @@ from .store import LEAVES_PER_TOP, TOP, ItemStore, entry_is_newer
 
 NEVER = 1 << 62
 MAX_KEY_ENTRIES = 4096  # entries in one SyncKeys: codec.MAX_ARRAY_LEN
+# While the active view is below its target size, at least every 2nd
+# exchange goes to a passive peer: a few nodes whose views hold only each
+# other (an island after a boot storm) still hear news within seconds.
+SHORT_VIEW_PASSIVE_EVERY = 2
 FOLLOW_UP_MS = 100  # a cut-short exchange continues after 0.1 s, not a full interval
 _IN_SYNC = SyncTop(digests=())
 
@@ -80,6 +86,8 @@ class AntiEntropy:
         if peer is None:
             self.rounds += 1
             every = self.config.antientropy_passive_every
+            if every and len(active) < self.config.active_view_size:
+                every = min(every, SHORT_VIEW_PASSIVE_EVERY)
             pool = passive if (passive and (not active or (every and self.rounds % every == 0))) else active
             if not pool:
                 return
