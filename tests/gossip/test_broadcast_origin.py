@@ -9,7 +9,7 @@ import pytest
 
 from grapevine.gossip import codec
 from grapevine.gossip import messages as m
-from grapevine.gossip.broadcast import MAX_ORIGINS, REPAIR_ORIGIN
+from grapevine.gossip.broadcast import MAX_GRAFTS, MAX_ORIGINS, NEVER, REPAIR_ORIGIN
 from grapevine.gossip.config import GossipConfig
 from grapevine.gossip.effects import Send
 from grapevine.gossip.item import SignedItem, Version
@@ -129,6 +129,21 @@ def test_pulled_message_is_grafted_from_the_closest_announcer_after_the_wait():
     # A later announcement waits for the retry instead of grafting a second copy.
     assert not sends(n.on_message("d", m.IHave(entries=((d, 1),), pull=True), NOW + 4))
     assert not sends(n.on_tick(NOW + 10), m.Graft)
+
+
+def test_lost_graft_is_retried_on_the_same_announcers_a_bounded_number_of_times():
+    n = linked(pull_wait_ms=2, graft_retry_ms=100)
+    d = item().digest()
+    n.on_message("b", m.IHave(entries=((d, 1),), pull=True), NOW)
+    grafted = []
+    t = NOW
+    for _ in range(MAX_GRAFTS + 3):
+        t = n.next_deadline()
+        if t >= NEVER:
+            break
+        grafted += [e.peer for e in sends(n.on_tick(t), m.Graft)]
+    assert grafted == ["b"] * MAX_GRAFTS
+    assert d not in n.tree.missing  # left to anti-entropy
 
 
 def test_plain_announcement_still_waits_for_the_graft_timeout():
