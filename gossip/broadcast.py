@@ -1,69 +1,73 @@
-"""Epidemic broadcast tree over the active view (Plumtree), and its link states.
+"""Epidemic broadcast trees over the active view (Plumtree), one per publisher.
 
-Every active link is EAGER (full messages are pushed over it) or LAZY (only
-``IHave`` announcements travel). All state of the tree lives here:
+A link is EAGER for a broadcast (the payload is pushed over it) or LAZY
+(only ``IHave`` announcements travel). Which links are eager depends on the
+publisher: a message that names its origin (``Push.origin``,
+``Ephemeral.origin``) travels the tree of that origin. One tree shared by
+every publisher is shaped around one root, and a message from elsewhere
+climbs toward that root and down the far side, about twice the depth; a
+tree per publisher is as deep as the fewest-hops distance from it.
 
-    new link                       -> EAGER
-    first copy of a message on it  -> EAGER
-    duplicate received on it       -> LAZY, and a ``Prune`` tells the other side
+Each node keeps, per origin, the set of links eager for that origin (its
+parent and its children), for at most ``MAX_ORIGINS`` origins, least
+recently used dropped first (a forgotten origin is treated as new):
+
+    first message of an origin     -> within ``flood_hops`` of the publisher:
+       (no tree here yet)              pushed on every link (all eager);
+                                      beyond: ``IHave(pull=True)`` on every
+                                      link, pushed nowhere
+    pull announcement received     -> after ``pull_wait_ms``, graft the announcer
+                                      with the fewest hops
+    payload received               -> the link it came by joins the tree
+    graft received                 -> the link joins the tree (of the origin it
+                                      names, or of the messages it asks for)
+    later messages of the origin   -> pushed on the tree's links, announced
+                                      on the others
+    duplicate received             -> the link leaves the tree, a ``Prune``
+                                      naming the message tells the other side
                                       (unless the copy came by fewer hops: then
                                       it becomes the parent and the old parent
                                       link is pruned instead)
-    ``Prune`` received             -> LAZY (ignored, and answered with a graft,
-                                      when it is stale: the sender is this
-                                      node's parent for the pruned message)
-    ``Graft`` sent/received        -> EAGER
-    forwarding within flood_hops   -> EAGER (every link near the source)
-    parent link gone               -> the lazy link with the fewest announced
-                                      hops is grafted at once
-    link gone                      -> forgotten
+    ``Prune`` received             -> the link leaves the tree of the message
+                                      it names (ignored, and answered with a
+                                      graft, when it is stale: the sender is
+                                      this node's parent for that message)
+    link gone                      -> it leaves every tree
 
-The first broadcast floods every link; every duplicate prunes a link, so what
-stays eager is a spanning tree and the next broadcast costs about one payload
-per node. A node whose distance to the source shrinks (a shorter duplicate or
-announcement) announces the new distance, so the tree converges to fewest
-hops. Nodes within ``flood_hops`` of the publisher push on every link, which
-gives the tree many entry points near each source. Announcements for a
-message that does not arrive within ``graft_timeout_ms`` trigger a ``Graft``
-to the announcer with the fewest hops (then to the next one ``graft_retry_ms``
-later), which
-repairs the tree where it broke. When an announcement shows a path
-``hop_optimization_threshold`` hops shorter than the one the message came by,
-the node grafts the shorter link and prunes the longer one.
+So a publisher's first broadcast costs one payload per node, as every later
+one does; beyond the first hops each hop costs a round trip more (announce,
+graft, push). Because each node waits a moment and grafts the closest
+announcer, the tree it leaves is close to a fewest-hops tree from that
+publisher, and later broadcasts of that publisher are pushed down it. A
+node whose distance to the source shrinks (a shorter duplicate or
+announcement) announces the new distance; when an announcement shows a path
+``hop_optimization_threshold`` hops shorter than the one the message came
+by, the node grafts the shorter link and prunes the longer one.
 
-Trees per publisher. A message that names its origin (the publishing
-node: ``Push.origin``, ``Ephemeral.origin``) travels the tree of that
-origin, not one tree shared by every publisher: a shared tree is shaped
-around one root, and a message from elsewhere climbs toward that root and
-down the far side, about twice the depth. Each node keeps, per origin, the
-set of links that are eager for that origin's broadcasts (its parent and
-its children), for at most ``MAX_ORIGINS`` origins, least recently used
-dropped first. Prunes and grafts change the tree of the message they name.
+Announcements of a message that does not arrive within ``graft_timeout_ms``
+(``pull_wait_ms`` for pull announcements) trigger a ``Graft`` to the
+announcer with the fewest hops, then to the next one every
+``graft_retry_ms``, cycling through the announcers still linked for up to
+``MAX_GRAFTS`` grafts; after that anti-entropy repairs it.
 
-    first message of an origin     -> announced on every link with
-       (no tree here yet)              ``IHave(pull=True)``, payload pushed nowhere
-    pull announcement received     -> after ``pull_wait_ms``, graft the announcer
-                                      that announced the fewest hops
-    graft received                 -> the link joins the origin's tree
-    payload received               -> the link it came by joins the origin's tree
+Items that arrive by anti-entropy have no publisher here: they are offered
+for pulling on every link and travel the tree of the pseudo-origin
+``REPAIR_ORIGIN``, so a healed partition does not flood.
 
-So the first broadcast of a new publisher costs one payload per node, as
-every later one does, but each hop costs a round trip more (announce,
-graft, push); the tree it leaves is close to a fewest-hops tree from that
-publisher, because each node waits a moment and grafts the closest
-announcer. Later broadcasts of that publisher are pushed down the tree.
-Items that arrive by anti-entropy are offered for pulling on every link
-and travel the tree of the pseudo-origin ``REPAIR_ORIGIN`` from there, so a
-healed partition does not flood. Messages without an origin (frames from
-older senders) use the shared tree described above.
+Messages without an origin (frames from older senders) use one shared tree,
+the classic Plumtree: a new link is eager, the first broadcast floods, every
+duplicate prunes a link, nodes within ``flood_hops`` of the source push on
+every link, and when the parent link goes the lazy link with the fewest
+announced hops is grafted at once.
 
-Announcements are queued per peer and leave as one ``IHave`` per peer at the
-end of each entry point (``flush``), so a burst of items costs one
-announcement message per link, not one per item.
+Announcements are queued per peer and leave as one ``IHave`` per peer (two
+when some are pull announcements) at the end of each entry point
+(``flush``), so a burst of items costs one announcement message per link,
+not one per item.
 
-This module only knows message ids, hops and links; the node decides what a
-message is (an item to admit, an ephemeral broadcast to deliver) and hands a
-``resolve`` function to answer grafts.
+This module only knows message ids, origins, hops and links; the node
+decides what a message is (an item to admit, an ephemeral broadcast to
+deliver) and hands a ``resolve`` function to answer grafts.
 """
 
 from __future__ import annotations

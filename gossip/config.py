@@ -60,7 +60,7 @@ class GossipConfig:
     graft_retry_ms: int = 150  # the next announcer is grafted 0.15 s after that
     pull_wait_ms: int = 2  # a publisher's first broadcast is pulled: wait 2 ms (under a LAN round trip) for closer announcers, then graft the closest; 0 grafts the first
     hop_optimization_threshold: int = 3  # re-parent when a lazy path is 3+ hops shorter
-    flood_hops: int = 3  # within 3 hops of the publisher every link carries the payload: many entry points into the tree, fewer hops (+0.01 copies per node at 10,000 nodes)
+    flood_hops: int = 3  # a publisher's first broadcast is pushed on every link within 3 hops of it (no pull round trips there; the overlay is still tree-like that close, so +0.001 copies per node at 10,000 nodes), pulled beyond
     message_cache_ms: int = 60_000  # ids are remembered (dedupe, grafts) for 60 s
     max_ephemeral_ttl_ms: int = 600_000  # an ephemeral broadcast lives at most 10 minutes
     # --- anti-entropy -------------------------------------------------------
