@@ -181,18 +181,16 @@ class GossipNode:
 
     def next_deadline(self) -> int:
         # Asked by the driver after every event: the membership keeps its
-        # deadline cached, the tree has no timer in the common case.
+        # deadline cached.
         if not self._started:
             return 0
         m = self.membership
         t = m._deadline
         if t is None:
             t = m.next_deadline()
-        tree = self.tree
-        if tree._timers:
-            b = tree.next_deadline()
-            if b < t:
-                t = b
+        b = self.tree.next_deadline()
+        if b < t:
+            t = b
         a = self.antientropy.next_sync
         return a if a < t else t
 
