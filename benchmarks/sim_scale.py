@@ -25,11 +25,14 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
+    load_before = load_average()
     doc = simulate("--nodes", str(args.nodes), "--seed", str(args.seed), "--scenario", "inject",
                    "--join-window-ms", "3000", "--settle-ms", "2000", "--idle-ms", "2000")
     record(f"sim_scale_{args.nodes}_{args.seed}", doc)
     conv = doc["convergence_ms"]
-    print(f"nodes {doc['nodes']:,}  seed {doc['seed']}  load average {load_average()}")
+    # The machine may be shared: the load average before and after says how
+    # far the wall clock is from the CPU seconds.
+    print(f"nodes {doc['nodes']:,}  seed {doc['seed']}  load average before {load_before}, after {load_average()}")
     print(f"converged_fraction {doc['converged_fraction']}  convergence p50/p99/max "
           f"{conv['p50']}/{conv['p99']}/{conv['max']} ms  max_hops {doc['max_hops']}")
     print(f"payload_copies_per_node {doc['payload_copies_per_node']}  bytes_per_node {doc['bytes_per_node']}  "
