@@ -301,8 +301,9 @@ class Broadcast:
     def _forward_origin(self, msg_id: bytes, msg: Message, hops: int, exclude: str | None, origin: str, out: list[Effect]) -> None:
         """Push down ``origin``'s tree; announce on the other links.
 
-        Without a tree for ``origin`` here yet, nothing is pushed: every
-        link gets a pull announcement and grafts the closest announcer.
+        Without a tree for ``origin`` here yet, the payload is pushed on
+        every link within ``flood_hops`` of the publisher, and beyond that
+        on none: the other links get pull announcements and graft it.
         """
         known = self.seen.get(msg_id)
         if known is not None:
