@@ -310,6 +310,12 @@ class Broadcast:
             known[3] = origin
         fresh = origin not in self.trees
         tree = self._tree(origin)
+        if exclude is None and not fresh and tree.isdisjoint(self.active):
+            # The publisher's own tree has no live link (it was formed before
+            # this node had peers, e.g. by a broadcast at start, or every link
+            # of it has gone): nobody would get an eager copy, and every
+            # neighbour would wait a graft timeout. Start the tree again.
+            fresh = True
         if fresh and hops < self._flood_hops:
             # Near the publisher the payload is pushed on every link: each of
             # these nodes saves the pull round trip, and the rare duplicate
