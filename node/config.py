@@ -33,12 +33,11 @@ MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes including the terminating NUL 
 # - probes: over the daemon's transport a peer that dies closes its link at once, so the
 #   core's pings of active peers can be rarer: idle CPU per agent drops below Serf's
 #   (benchmarks/RESULTS-mesh.md), and a dead machine is still noticed within ~9 s.
-# - flood_hops: measured with 50 real agents on loopback, flooding the first hops left most
-#   broadcasts waiting ~500 ms for a graft (median delivery ~550 ms against ~140 ms
-#   without it), so the daemon keeps plain tree push until that is understood.
-# The local preset is left as it is.
+# - flood_hops is left at the core's (3): with a broadcast tree per publisher, a publisher's first
+#   broadcast is pushed on every link within 3 hops of it and pulled beyond, so a node that
+#   starts a run or injects for the first time is not held up by a pull round trip per hop.
 DAEMON_GOSSIP_DEFAULTS: dict[str, dict[str, int]] = {
-    "lan": {"probe_interval_ms": 3_000, "probe_timeout_ms": 9_000, "flood_hops": 0},
+    "lan": {"probe_interval_ms": 3_000, "probe_timeout_ms": 9_000},
 }
 
 

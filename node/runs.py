@@ -69,6 +69,9 @@ QUIET_STRETCH = 0.5  # ...or half the time the answers took so far, when a busy 
 QUIET_FIRST = 3.0  # ...or three times the wait for the first remote answer: a loaded fleet relays slowly too
 FIRST_ANSWER_MS = 2000  # with no remote answer this long after the broadcast, nobody else matches
 DISCOVERY_MAX_MS = 8000  # discovery never takes longer, however answers trickle in
+EXPECTED_WAIT_MS = 3000  # discovery waits this long (from the broadcast) for nodes that matched last time
+MAX_REMEMBERED_SELECTORS = 64  # selectors whose last answerers an origin remembers
+MAX_REMEMBERED_NODES = 100_000  # answerers remembered per selector: a large fleet
 QUERY_TTL_MS = 10_000  # a query broadcast is dropped from seen-sets after this
 INLINE_RESULT_S = 1.0  # a command done this soon rides back in the order's reply (one request, not two)
 RESULT_GRACE_MS = 5000  # beyond the command timeout, for the result to travel back
@@ -98,6 +101,7 @@ class _Discovery:
     first: float | None = None  # monotonic time of the first remote answer
     last: float | None = None  # monotonic time of the latest remote answer
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    expected: frozenset[str] = frozenset()  # nodes that answered this selector here last time
 
     def add(self, node: str, key: PublicKey, info: dict, *, remote: bool) -> bool:
         """Record an answer; False when another answer for the node carried another key."""
@@ -123,7 +127,13 @@ class _Discovery:
             first = self.first if self.first is not None else self.last
             end = self.last + max(QUIET_MS / 1000, (self.last - self.started) * QUIET_STRETCH,
                                   (first - self.started) * QUIET_FIRST)
+        if self.expected and not self.expected.issubset(self.answers):
+            end = max(end, self.started + EXPECTED_WAIT_MS / 1000)  # someone who matched before is still silent
         return min(end, self.started + DISCOVERY_MAX_MS / 1000)
+
+    def silent(self) -> list[str]:
+        """Nodes that answered this selector last time and have not now."""
+        return sorted(self.expected.difference(self.answers))
 
     async def settle(self) -> float:
         """Wait until answers stop arriving; returns how long discovery took (ms)."""
@@ -168,6 +178,8 @@ class RunService:
         self._runs: dict[str, _Run] = {}
         self._tasks: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_RUNS)
+        # selector -> the nodes that answered its latest discovery here (a node that goes silent is missed once)
+        self._answered: collections.OrderedDict[str, frozenset[str]] = collections.OrderedDict()
         self._executed: collections.OrderedDict[str, asyncio.Task] = collections.OrderedDict()  # run id -> execution
         self._origin_keys: dict[str, PublicKey] = {}  # origin node id -> its node key, fetched at its address
         self.refusals: collections.Counter[str] = collections.Counter()  # orders and results refused here
@@ -219,13 +231,22 @@ class RunService:
             took = await disc.settle()
         finally:
             self._discoveries.pop(disc.qid, None)
+        self._remember(selector, disc)
         return disc, took
+
+    def _remember(self, selector: str, disc: _Discovery) -> None:
+        """Keep who answered, so the next discovery of this selector waits for them."""
+        self._answered.pop(selector, None)
+        if len(disc.answers) <= MAX_REMEMBERED_NODES:
+            self._answered[selector] = frozenset(disc.answers)
+        while len(self._answered) > MAX_REMEMBERED_SELECTORS:
+            self._answered.popitem(last=False)
 
     async def _open_discovery(self, kind: str, selector: str, arrived: asyncio.Event | None = None) -> _Discovery:
         """Broadcast a query; answers collect in the returned discovery until the caller drops it."""
         selectors.parse(selector or None)  # a bad selector is refused here, not by every node
         qid = runorder.new_run_id()
-        disc = self._discoveries[qid] = _Discovery(qid=qid)
+        disc = self._discoveries[qid] = _Discovery(qid=qid, expected=frozenset(self._answered.get(selector, ())))
         if arrived is not None:
             disc.arrived = arrived
         body = {"q": qid, "o": self.agent.node_id, "s": selector, "k": kind}
@@ -587,6 +608,7 @@ class RunService:
                 took, batches, stopped_reason = await self._run_in_batches(run, disc, batch, max_failures)
         finally:
             self._discoveries.pop(disc.qid, None)
+            self._remember(order.selector, disc)
             self._closed[disc.qid] = (order.run_id, time.monotonic())
             if len(self._closed) > MAX_CLOSED_QUERIES:
                 self._closed.popitem(last=False)
@@ -602,7 +624,8 @@ class RunService:
             "targets": targets,
             "results": [r.to_json() for r in results],
             "failed": sorted({r.node for r in results if not r.ok} | set(run.refused)),
-            "missing": sorted(n for n in ran if n not in run.results and n not in run.refused),
+            "missing": sorted({n for n in ran if n not in run.results and n not in run.refused} | set(disc.silent())),
+            "silent": disc.silent(),
             "refused": [{"node": n, "reason": r, "detail": d} for n, (r, d) in sorted(run.refused.items())],
             "not_started": sorted(set(targets) - set(ran)),
             "unreachable": {n: run.unreachable[n] for n in sorted(run.unreachable)},

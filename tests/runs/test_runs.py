@@ -213,7 +213,8 @@ def test_a_target_that_answers_discovery_late_still_runs(mesh, tmp_path, batch):
     marker = tmp_path / "late"
     late = mesh.agents[3]
     now = int(time.time() * 1000)
-    order = RunOrder(run_id=runorder.new_run_id(), origin=mesh.agents[0].node_id, selector="",
+    # a selector of its own: no earlier discovery of it, so nobody is expected and the quiet window rules
+    order = RunOrder(run_id=runorder.new_run_id(), origin=mesh.agents[0].node_id, selector=f"role=web or probe=late-{batch}",
                      action=RunAction.shell_string(f"sleep 2; echo ran >> {marker}"), timeout_ms=10_000,
                      issued_ms=now - 2000, deadline_ms=now + 60_000, operator=mesh.m.key.key_id)
     os.kill(late.proc.pid, signal.SIGSTOP)
@@ -232,10 +233,39 @@ def test_a_target_that_answers_discovery_late_still_runs(mesh, tmp_path, batch):
     if batch is not None:
         assert doc["batches"][-1]["nodes"] == [late.node_id]
     assert lines(marker) == MESH_NODES
-    # leave the shared mesh whole for the tests after this one
+    _wait_whole(mesh)
+
+
+def _wait_whole(mesh) -> None:
+    """Leave the shared mesh whole for the tests after this one."""
     end = time.monotonic() + 30
     while _fleet_answers(mesh) < MESH_NODES and time.monotonic() < end:
         time.sleep(0.5)
+
+
+def test_a_node_that_matched_last_time_is_waited_for_and_listed_missing_when_silent(mesh, tmp_path):
+    """Discovery remembers who answered a selector: a slow one is waited for, a silent one is missing."""
+    import threading
+
+    selector = "role=web or probe=remembered"
+    code, first, err = cli(mesh, "--target", selector, "--", "true")
+    assert code == 0 and len(first["results"]) == MESH_NODES, err
+    slow, silent = mesh.agents[1], mesh.agents[2]
+    os.kill(slow.proc.pid, signal.SIGSTOP)
+    os.kill(silent.proc.pid, signal.SIGSTOP)
+    wake = threading.Timer(1.0, os.kill, (slow.proc.pid, signal.SIGCONT))
+    wake.start()
+    try:
+        code, doc, err = cli(mesh, "--target", selector, "--", "true")
+    finally:
+        wake.cancel()
+        os.kill(slow.proc.pid, signal.SIGCONT)
+        os.kill(silent.proc.pid, signal.SIGCONT)
+    assert code == 1, err
+    assert slow.node_id in {r["node"] for r in doc["results"]}  # answered after 1 s: within the wait
+    assert doc["silent"] == [silent.node_id] and silent.node_id in doc["missing"]
+    assert doc["late_targets"] == []
+    _wait_whole(mesh)
 
 
 def test_commands_run_as_the_configured_run_user(tmp_path):
