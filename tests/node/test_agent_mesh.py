@@ -80,6 +80,8 @@ def test_killed_agent_keeps_every_acknowledged_item_then_catches_up_and_converge
               for i, p in enumerate(ports)]
     fleet.start(*agents)
     victim, other = agents[2], agents[1]
+    # an established member: it has linked to a peer (and stored it) before it is killed
+    wait_until(lambda: victim.status()["active"] > 0, 30, what="the victim to link to a peer")
     acked: list[str] = []
     stop = threading.Event()
 
