@@ -102,6 +102,7 @@ class _Discovery:
     last: float | None = None  # monotonic time of the latest remote answer
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     expected: frozenset[str] = frozenset()  # nodes that answered this selector here last time
+    awaited: frozenset[str] = frozenset()  # nodes discovery waits for: the expected ones, and peers when all match
 
     def add(self, node: str, key: PublicKey, info: dict, *, remote: bool) -> bool:
         """Record an answer; False when another answer for the node carried another key."""
@@ -127,8 +128,8 @@ class _Discovery:
             first = self.first if self.first is not None else self.last
             end = self.last + max(QUIET_MS / 1000, (self.last - self.started) * QUIET_STRETCH,
                                   (first - self.started) * QUIET_FIRST)
-        if self.expected and not self.expected.issubset(self.answers):
-            end = max(end, self.started + EXPECTED_WAIT_MS / 1000)  # someone who matched before is still silent
+        if self.awaited and not self.awaited.issubset(self.answers):
+            end = max(end, self.started + EXPECTED_WAIT_MS / 1000)  # someone who should match is still silent
         return min(end, self.started + DISCOVERY_MAX_MS / 1000)
 
     def silent(self) -> list[str]:
@@ -246,7 +247,13 @@ class RunService:
         """Broadcast a query; answers collect in the returned discovery until the caller drops it."""
         selectors.parse(selector or None)  # a bad selector is refused here, not by every node
         qid = runorder.new_run_id()
-        disc = self._discoveries[qid] = _Discovery(qid=qid, expected=frozenset(self._answered.get(selector, ())))
+        expected = frozenset(self._answered.get(selector, ()))
+        awaited = expected
+        if not selector:
+            # Everyone matches: the peers this node knows are alive (its views) should answer too.
+            node = self.agent.node
+            awaited = awaited.union(node.active_view, node.passive_view)
+        disc = self._discoveries[qid] = _Discovery(qid=qid, expected=expected, awaited=awaited - {self.agent.node_id})
         if arrived is not None:
             disc.arrived = arrived
         body = {"q": qid, "o": self.agent.node_id, "s": selector, "k": kind}
