@@ -63,6 +63,9 @@ class GossipConfig:
     flood_hops: int = 3  # a publisher's first broadcast is pushed on every link within 3 hops of it (no pull round trips there; the overlay is still tree-like that close, so +0.001 copies per node at 10,000 nodes), pulled beyond
     message_cache_ms: int = 60_000  # ids are remembered (dedupe, grafts) for 60 s
     max_ephemeral_ttl_ms: int = 600_000  # an ephemeral broadcast lives at most 10 minutes
+    # payload bytes of ephemeral broadcasts kept to answer grafts: beyond 16 MiB the oldest are
+    # only remembered by id (still never delivered twice), so a flood of large ones cannot grow memory
+    max_ephemeral_bytes: int = 16 * 1024 * 1024
     # --- anti-entropy -------------------------------------------------------
     antientropy_interval_ms: int = 4_000  # one root-digest exchange every 4 s
     antientropy_passive_every: int = 8  # every 8th exchange goes to a passive peer
@@ -97,6 +100,7 @@ class GossipConfig:
             "antientropy_interval_ms",
             "graft_timeout_ms",
             "graft_retry_ms",
+            "max_ephemeral_bytes",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

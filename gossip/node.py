@@ -18,6 +18,7 @@ decided once at construction so the hot path pays nothing otherwise.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 from typing import Callable, Sequence
@@ -91,6 +92,8 @@ class GossipNode:
         self._last_heard = self.membership.last_heard
         self._graveyard = self.membership.graveyard
         self._lazy_queue = self.tree._queue
+        self._kept: collections.deque[tuple[bytes, int]] = collections.deque()  # ephemerals kept for grafts, oldest first
+        self._kept_bytes = 0
         self._tree_extra = self.tree.extra
         self._started = False
         self._now = 0
@@ -218,6 +221,7 @@ class GossipNode:
         msg = Ephemeral(msg_id=msg_id, origin=self.node_id, deadline_ms=deadline, hops=1, payload=payload)
         out: list[Effect] = [Delivered(msg_id=msg_id, origin=self.node_id, payload=payload, hops=0)]
         self.tree.record(msg_id, None, 0, msg, deadline, now, out)
+        self._keep_ephemeral(msg_id, len(payload))
         self.tree.forward(msg_id, msg, 0, None, out)
         self.tree.flush(out)
         return msg_id, out
@@ -303,6 +307,18 @@ class GossipNode:
         tree.record(msg_id, peer, msg.hops, item.key, forget_at, now, out)
         tree.forward(msg_id, Push(hops=msg.hops + 1, item=item, origin=msg.origin), msg.hops, peer, out)
 
+    def _keep_ephemeral(self, msg_id: bytes, size: int) -> None:
+        """Account an ephemeral kept to answer grafts; past the byte cap the oldest keep only their id."""
+        kept, seen = self._kept, self.tree.seen
+        kept.append((msg_id, size))
+        self._kept_bytes += size
+        while kept and (self._kept_bytes > self.config.max_ephemeral_bytes or kept[0][0] not in seen):
+            old_id, old_size = kept.popleft()
+            self._kept_bytes -= old_size
+            entry = seen.get(old_id)
+            if entry is not None and type(entry[2]) is Ephemeral:
+                entry[2] = None  # a graft for it now goes unanswered: the asker tries its next announcer
+
     def _on_ephemeral(self, peer: str, msg: Ephemeral, now: int, out: list[Effect]) -> None:
         tree = self.tree
         msg_id = msg.msg_id
@@ -316,6 +332,7 @@ class GossipNode:
                 log.debug("%s: ephemeral from %s lives too long, dropped", self.node_id, msg.origin)
             return
         tree.record(msg_id, peer, msg.hops, msg, msg.deadline_ms, now, out)
+        self._keep_ephemeral(msg_id, len(msg.payload))
         out.append(Delivered(msg_id=msg_id, origin=msg.origin, payload=msg.payload, hops=msg.hops))
         fwd = Ephemeral(msg_id=msg_id, origin=msg.origin, deadline_ms=msg.deadline_ms, hops=msg.hops + 1, payload=msg.payload)
         tree.forward(msg_id, fwd, msg.hops, peer, out)
