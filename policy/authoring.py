@@ -49,7 +49,7 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def _as_list(obj: Any, path: Path) -> list[dict]:
     """Normalise what a file produced into a non-empty list of bundle documents."""
     if isinstance(obj, dict) and "bundles" in obj and "bundle" not in obj:
-        extra = sorted(set(obj) - {"bundles"})
+        extra = sorted(set(map(str, obj)) - {"bundles"})
         if extra:
             raise PolicyError(f"{path}: next to 'bundles' only bundle documents are allowed, found {extra}")
         obj = obj["bundles"]

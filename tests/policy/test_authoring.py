@@ -107,6 +107,7 @@ BAD_FILES = [
     ("nothing.py", "x = 1\n", "must define `bundles`"),
     ("fails.py", "def main():\n    return 1 / 0\n", "ZeroDivisionError"),
     ("exits.py", "import sys\nsys.exit(3)\n", "exited"),
+    ("odd-keys.yaml", "bundles: []\n~: 1\n2: x\n", "only bundle documents are allowed"),
 ]
 
 
