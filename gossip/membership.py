@@ -19,8 +19,9 @@ Protocol, in short: a joiner sends ``Join`` to a contact, which adopts it
 adopts the joiner where its TTL ends and leaves it in a passive view at
 ``passive_walk_length``. When a neighbour fails (``on_send_failed``, a probe
 timeout, a ``Disconnect``), a passive peer is asked to take its place
-(``Neighbor``, high priority when this node has no neighbour left, which the
-receiver may not refuse). ``Shuffle`` walks exchange samples of the views.
+(``Neighbor``, high priority, which the receiver may not refuse, when this
+node has no neighbour left or, with at most half its view, after four
+refusals in a row). ``Shuffle`` walks exchange samples of the views.
 Probes (``Ping``) go only to neighbours that have been silent for a probe
 interval, so a busy link costs nothing extra, and from the end of the link
 with the smaller id: the other end hears the pings and watches for silence
@@ -74,6 +75,11 @@ _REFUSE = NeighborReply(accepted=False)
 _DISCONNECT = Disconnect(leaving=False)
 _LEAVING = Disconnect(leaving=True)
 _MAX_REPAIR_BACKOFF = 5  # repair attempts slow down to 2**5 intervals when every spare refuses
+# A node left with at most half its active view, whose last 4 neighbour requests were all
+# refused, sends one request with high priority (the receiver makes room). Full nodes refuse
+# low-priority requests, so without this two or three nodes linked only to each other (after
+# a partition heals, or a boot storm) could stay an island that broadcasts never reach.
+_ESCALATE_AFTER_REFUSALS = 4
 
 
 class Membership:
@@ -107,6 +113,7 @@ class Membership:
         self.left = False  # said goodbye (leave): takes no neighbour until it joins again
         self._shuffle_sample: tuple[str, ...] = ()
         self._repair_backoff = 0
+        self._refusals = 0  # neighbour requests refused since the active view last grew
         self.next_probe = NEVER
         self.next_shuffle = NEVER
         self.next_repair = NEVER
@@ -194,6 +201,7 @@ class Membership:
         self.last_heard[peer] = now
         self.pending.pop(peer, None)
         self._repair_backoff = 0
+        self._refusals = 0
         out.append(PeerUp(peer=peer))
         self._on_up(peer)
         if log.isEnabledFor(logging.DEBUG):
@@ -305,9 +313,14 @@ class Membership:
             pending = self.pending
             candidates = [p for p in self.passive if p not in pending] if pending else list(self.passive)
             if candidates:
-                high = not self.active
+                high = not self.active or (
+                    self._refusals >= _ESCALATE_AFTER_REFUSALS and 2 * len(self.active) <= self.config.active_view_size
+                )
+                if high:
+                    self._refusals = 0
                 for peer in self.rng.sample(candidates, min(deficit, len(candidates))):
                     self._ask_neighbor(peer, high, now, out)
+                    high = not self.active  # at most one escalated request per repair
         backoff = min(self._repair_backoff, _MAX_REPAIR_BACKOFF)
         self.next_repair = now + self._jitter(self.config.repair_interval_ms << backoff)
 
@@ -394,6 +407,7 @@ class Membership:
             self._to_active(peer, now, out)
         else:
             self._repair_backoff += 1
+            self._refusals += 1
             self._to_passive(peer, out)
 
     def on_disconnect(self, peer: str, msg: Disconnect, now: int, out: list[Effect]) -> None:
