@@ -47,7 +47,7 @@ def test_bundle_injected_anywhere_is_applied_on_every_targeted_node_and_only_the
     assert out["injected"][0]["key"] == "bundle/web/motd"
 
     for a in web:
-        wait_until(lambda a=a: (a.root / "etc/motd").is_file(), 30, what=f"/etc/motd on {a.name}")
+        wait_until(lambda a=a: (a.root / "etc/motd").is_file(), 60, what=f"/etc/motd on {a.name}")
         assert (a.root / "etc/motd").read_text() == "hello web\n"
     wait_until(lambda: all(_holds(a, "web/motd") for a in agents), 20, what="every node to hold web/motd")
 
