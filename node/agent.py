@@ -480,12 +480,17 @@ class Agent:
             if isolated and self._isolated_since is None:
                 self._isolated_since = now_ms()
             contacts = await self._resolve_joins(only_new=not isolated)
-            if isolated:
-                known = [p for p in self.state.known_peers(16) if p != self.node_id and p not in contacts]
-                contacts += known[:8]
-            if contacts:
-                now = now_ms()
-                self._apply(self.node.join(contacts, now), now)
+            now = now_ms()
+            # Join through every configured contact that answered, not through one of them:
+            # nodes that started together and joined through different contacts would
+            # otherwise stay two overlays that no broadcast crosses.
+            effects = [e for c in contacts for e in self.node.join([c], now)]
+            if isolated and not contacts:
+                known = [p for p in self.state.known_peers(16) if p != self.node_id]
+                if known:
+                    effects += self.node.join(known[:8], now)
+            if effects:
+                self._apply(effects, now)
             await asyncio.sleep(delay * (0.5 + self.rng.random()))
             delay = min(delay * 2, self.config.rejoin_max_s)
 

@@ -344,3 +344,22 @@ def test_agent_refuses_a_busy_port_and_a_data_dir_in_use_with_exit_status_2(flee
         assert x.proc.wait(timeout=30) == 2
         assert message in x.log_path.read_text()
     assert a.alive() and a.status()["node"] == a.node_id
+
+
+def test_a_node_joins_through_every_contact_so_groups_that_formed_apart_merge(fleet):
+    """Two pairs start apart; a fifth node lists one of each as contacts and bridges them.
+
+    Joining through one random contact would put it in one group only, and a
+    bundle injected in the other group would never reach the first (the
+    groups' views hold only each other).
+    """
+    ports = free_ports(5)
+    a, b = fleet.make("ga", ports[0]), fleet.make("gb", ports[1], join=[f"127.0.0.1:{ports[0]}"])
+    c, d = fleet.make("gc", ports[2]), fleet.make("gd", ports[3], join=[f"127.0.0.1:{ports[2]}"])
+    fleet.start(a, b, c, d)
+    wait_until(lambda: all(x.status()["active"] > 0 for x in (a, b, c, d)), 30, what="two pairs linked")
+    e = fleet.make("ge", ports[4], join=[f"127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[3]}"])
+    fleet.start(e)
+    wait_until(lambda: e.status()["active"] >= 2, 30, what="the bridge linked to both groups")
+    b.client().post("/v1/inject", data=pack_bundle(fleet.keys, "bridge/x", None, {"/srv/x": "x\n"}).encode())
+    wait_until(lambda: all(_holds(x, "bridge/x") for x in (a, c, d, e)), 30, what="the bundle in both groups")
