@@ -4,7 +4,9 @@
 
 Starts a mesh of `grapevine agent` processes on loopback (``LocalMesh``), warms
 it up (one injection, one run, so lazy imports are paid before memory is
-measured), records each agent's resident memory, then, all at once:
+measured), waits until a fleet status query from every agent finds all the
+others (a settled fleet), records each agent's resident memory, then, all at
+once:
 
 - ``--injections`` signed bundle versions, spread over ``--bundles`` bundles
   and injected round-robin through every agent's API (versions of one bundle
@@ -148,6 +150,11 @@ def applied_everywhere(mesh: LocalMesh, newest: dict[str, str]) -> bool:
     return len(digests) == 1
 
 
+def fleet_size(agent) -> int:
+    """How many agents answer a fleet status query sent from ``agent``."""
+    return len(agent_json(agent.socket, "POST", "/v1/fleet/query", {"kind": "status", "selector": ""})["answers"])
+
+
 def run_load(base: Path, *, agents: int, injections: int, runs: int, bundles: int = 20,
              concurrency: int = 8, inject_threads: int = 2) -> dict[str, Any]:
     """Start the mesh, load it, check it; every agent is stopped on the way out."""
@@ -167,6 +174,10 @@ def run_load(base: Path, *, agents: int, injections: int, runs: int, bundles: in
         load.inject(ags[0], "load/warm-up", 1)
         warm = load.run(ags[1 % agents])
         mesh.wait_until(lambda: applied_everywhere(mesh, load.newest), SETTLE_TIMEOUT_S, "the warm-up bundle")
+        # A settled fleet: every agent's fleet query (`grapevine status --fleet`) finds all the
+        # others, so the overlay left by the boot storm is whole before the load starts.
+        for a in ags:
+            mesh.wait_until(lambda a=a: fleet_size(a) == agents, SETTLE_TIMEOUT_S, f"{a.name} to see the whole fleet")
         warm_ids = {warm["run_id"]}
         load.injected = 0  # the warm-up is not part of the load
         time.sleep(RSS_SETTLE_S)
