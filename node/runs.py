@@ -54,6 +54,7 @@ from grapevine.policy.keys import PublicKey
 from grapevine.policy.runorder import RunRefused, RunResult, SignedOrder, SignedResult
 
 from . import executor
+from .discovery import AnswerMemory, Discovery
 
 log = logging.getLogger("grapevine.node")
 
@@ -64,14 +65,6 @@ RESULT_ROUTE = "run.result"  # node -> origin: the signed result
 KEY_ROUTE = "run.key"  # node -> origin: the node key held at the origin's address (checks tickets)
 TICKET_DOMAIN = "grapevine/run-ticket/1"  # what an origin signs for each node it starts
 
-QUIET_MS = 300  # discovery ends this long after the last answer: answers from a tree come in one burst
-QUIET_STRETCH = 0.5  # ...or half the time the answers took so far, when a busy fleet answers slowly
-QUIET_FIRST = 3.0  # ...or three times the wait for the first remote answer: a loaded fleet relays slowly too
-FIRST_ANSWER_MS = 2000  # with no remote answer this long after the broadcast, nobody else matches
-DISCOVERY_MAX_MS = 8000  # discovery never takes longer, however answers trickle in
-EXPECTED_WAIT_MS = 3000  # discovery waits this long (from the broadcast) for nodes that matched last time
-MAX_REMEMBERED_SELECTORS = 64  # selectors whose last answerers an origin remembers
-MAX_REMEMBERED_NODES = 100_000  # answerers remembered per selector: a large fleet
 QUERY_TTL_MS = 10_000  # a query broadcast is dropped from seen-sets after this
 INLINE_RESULT_S = 1.0  # a command done this soon rides back in the order's reply (one request, not two)
 RESULT_GRACE_MS = 5000  # beyond the command timeout, for the result to travel back
@@ -89,65 +82,6 @@ MAX_DETAIL_CHARS = 240  # refusal details in peer replies: the envelope decoder 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@dataclass(slots=True)
-class _Discovery:
-    """Answers to one query, as they arrive at the origin."""
-
-    qid: str
-    started: float = field(default_factory=time.monotonic)
-    answers: dict[str, tuple[PublicKey, dict]] = field(default_factory=dict)  # in order of arrival
-    first: float | None = None  # monotonic time of the first remote answer
-    last: float | None = None  # monotonic time of the latest remote answer
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    expected: frozenset[str] = frozenset()  # nodes that answered this selector here last time
-    awaited: frozenset[str] = frozenset()  # nodes discovery waits for: the expected ones, and peers when all match
-
-    def add(self, node: str, key: PublicKey, info: dict, *, remote: bool) -> bool:
-        """Record an answer; False when another answer for the node carried another key."""
-        if node in self.answers:
-            if self.answers[node][0] != key:  # someone else answered in this node's name
-                log.warning("discovery %s: a second answer for %s carries another node key (%s, kept %s)",
-                            self.qid, node, key.key_id, self.answers[node][0].key_id)
-                return False
-            return True
-        self.answers[node] = (key, info)
-        if remote:
-            self.last = time.monotonic()
-            if self.first is None:
-                self.first = self.last
-        self.arrived.set()
-        return True
-
-    def quiet_end(self) -> float:
-        """The monotonic time at which discovery counts as done, given the answers so far."""
-        if self.last is None:
-            end = self.started + FIRST_ANSWER_MS / 1000
-        else:
-            first = self.first if self.first is not None else self.last
-            end = self.last + max(QUIET_MS / 1000, (self.last - self.started) * QUIET_STRETCH,
-                                  (first - self.started) * QUIET_FIRST)
-        if self.awaited and not self.awaited.issubset(self.answers):
-            end = max(end, self.started + EXPECTED_WAIT_MS / 1000)  # someone who should match is still silent
-        return min(end, self.started + DISCOVERY_MAX_MS / 1000)
-
-    def silent(self) -> list[str]:
-        """Nodes that answered this selector last time and have not now."""
-        return sorted(self.expected.difference(self.answers))
-
-    async def settle(self) -> float:
-        """Wait until answers stop arriving; returns how long discovery took (ms)."""
-        while True:
-            now = time.monotonic()
-            end = self.quiet_end()
-            if now >= end:
-                return (now - self.started) * 1000
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), end - now)
-            except asyncio.TimeoutError:
-                pass
 
 
 @dataclass(slots=True)
@@ -174,13 +108,12 @@ class RunService:
 
     def __init__(self, agent: Any) -> None:
         self.agent = agent
-        self._discoveries: dict[str, _Discovery] = {}
+        self._discoveries: dict[str, Discovery] = {}
         self._closed: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()  # qid -> (run, closed at)
         self._runs: dict[str, _Run] = {}
         self._tasks: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_RUNS)
-        # selector -> the nodes that answered its latest discovery here (a node that goes silent is missed once)
-        self._answered: collections.OrderedDict[str, frozenset[str]] = collections.OrderedDict()
+        self._answered = AnswerMemory()  # who answered each selector's latest discovery here
         self._executed: collections.OrderedDict[str, asyncio.Task] = collections.OrderedDict()  # run id -> execution
         self._origin_keys: dict[str, PublicKey] = {}  # origin node id -> its node key, fetched at its address
         self.refusals: collections.Counter[str] = collections.Counter()  # orders and results refused here
@@ -225,35 +158,28 @@ class RunService:
         return task
 
     # ------------------------------------------------------------- discovery
-    async def discover(self, kind: str, selector: str) -> tuple[_Discovery, float]:
+    async def discover(self, kind: str, selector: str) -> tuple[Discovery, float]:
         """Broadcast a query and collect the answers until they stop."""
         disc = await self._open_discovery(kind, selector)
         try:
             took = await disc.settle()
         finally:
             self._discoveries.pop(disc.qid, None)
-        self._remember(selector, disc)
+        self._answered.remember(selector, disc)
         return disc, took
 
-    def _remember(self, selector: str, disc: _Discovery) -> None:
-        """Keep who answered, so the next discovery of this selector waits for them."""
-        self._answered.pop(selector, None)
-        if len(disc.answers) <= MAX_REMEMBERED_NODES:
-            self._answered[selector] = frozenset(disc.answers)
-        while len(self._answered) > MAX_REMEMBERED_SELECTORS:
-            self._answered.popitem(last=False)
 
-    async def _open_discovery(self, kind: str, selector: str, arrived: asyncio.Event | None = None) -> _Discovery:
+    async def _open_discovery(self, kind: str, selector: str, arrived: asyncio.Event | None = None) -> Discovery:
         """Broadcast a query; answers collect in the returned discovery until the caller drops it."""
         selectors.parse(selector or None)  # a bad selector is refused here, not by every node
         qid = runorder.new_run_id()
-        expected = frozenset(self._answered.get(selector, ()))
+        expected = self._answered.expected(selector)
         awaited = expected
         if not selector:
             # Everyone matches: the peers this node knows are alive (its views) should answer too.
             node = self.agent.node
             awaited = awaited.union(node.active_view, node.passive_view)
-        disc = self._discoveries[qid] = _Discovery(qid=qid, expected=expected, awaited=awaited - {self.agent.node_id})
+        disc = self._discoveries[qid] = Discovery(qid=qid, expected=expected, awaited=awaited - {self.agent.node_id})
         if arrived is not None:
             disc.arrived = arrived
         body = {"q": qid, "o": self.agent.node_id, "s": selector, "k": kind}
@@ -615,7 +541,7 @@ class RunService:
                 took, batches, stopped_reason = await self._run_in_batches(run, disc, batch, max_failures)
         finally:
             self._discoveries.pop(disc.qid, None)
-            self._remember(order.selector, disc)
+            self._answered.remember(order.selector, disc)
             self._closed[disc.qid] = (order.run_id, time.monotonic())
             if len(self._closed) > MAX_CLOSED_QUERIES:
                 self._closed.popitem(last=False)
@@ -647,7 +573,7 @@ class RunService:
         doc["ok"] = not doc["failed"] and not doc["missing"] and stopped_reason is None
         return doc
 
-    def _take_answers(self, run: _Run, disc: _Discovery, late: bool) -> list[str]:
+    def _take_answers(self, run: _Run, disc: Discovery, late: bool) -> list[str]:
         """Targets that answered since the last call, now known to the run (arrival order)."""
         new = [n for n in disc.answers if n not in run.keys]
         for node in new:
@@ -658,12 +584,12 @@ class RunService:
                                        "after_ms": int((time.monotonic() - disc.started) * 1000)})
         return new
 
-    def _targets_event(self, run: _Run, disc: _Discovery, took: float, batches: int) -> None:
+    def _targets_event(self, run: _Run, disc: Discovery, took: float, batches: int) -> None:
         last = int((disc.last - disc.started) * 1000) if disc.last is not None else None
         run.events.put_nowait({"event": "targets", "targets": sorted(run.keys), "discovery_ms": int(took),
                                "last_answer_ms": last, "batches": batches})
 
-    async def _run_at_once(self, run: _Run, disc: _Discovery) -> tuple[float, list[dict]]:
+    async def _run_at_once(self, run: _Run, disc: Discovery) -> tuple[float, list[dict]]:
         """No batches: start each target the moment its answer arrives.
 
         The quiet window that ends discovery then overlaps the commands
@@ -709,7 +635,7 @@ class RunService:
         failed = [n for n in started if not (n in run.results and run.results[n].ok)]
         return took, [{"index": 0, "nodes": sorted(started), "failed": sorted(failed)}]
 
-    async def _run_in_batches(self, run: _Run, disc: _Discovery, batch: runorder.BatchSize,
+    async def _run_in_batches(self, run: _Run, disc: Discovery, batch: runorder.BatchSize,
                               max_failures: int | None) -> tuple[float, list[dict], str | None]:
         """Batches in turn over the targets discovery found; late answerers form more batches."""
         order = run.signed.order
