@@ -73,6 +73,10 @@ class Discovery:
             end = max(end, self.started + EXPECTED_WAIT_MS / 1000)  # someone who should match is still silent
         return min(end, self.started + DISCOVERY_MAX_MS / 1000)
 
+    def last_answer_ms(self) -> int | None:
+        """When the latest remote answer came, in ms after the broadcast (None: no remote answer)."""
+        return int((self.last - self.started) * 1000) if self.last is not None else None
+
     def silent(self) -> list[str]:
         """Nodes that answered this selector last time and have not now."""
         return sorted(self.expected.difference(self.answers))

@@ -548,7 +548,6 @@ class RunService:
         targets = sorted(run.keys)
         ran = [n for b in batches for n in b["nodes"]]
         results = [run.results[n] for n in ran if n in run.results]
-        last = int((disc.last - disc.started) * 1000) if disc.last is not None else None
         doc = {
             "run_id": order.run_id,
             "origin": order.origin,
@@ -566,7 +565,7 @@ class RunService:
             "batches": batches,
             "stopped_reason": stopped_reason,
             "discovery_ms": int(took),
-            "last_answer_ms": last,
+            "last_answer_ms": disc.last_answer_ms(),
             "order_reply_ms": _percentiles(list(run.reply_ms.values())),
             "duration_ms": int((time.monotonic() - disc.started) * 1000),
         }
@@ -587,7 +586,7 @@ class RunService:
     def _targets_event(self, run: _Run, disc: Discovery, took: float, batches: int) -> None:
         last = int((disc.last - disc.started) * 1000) if disc.last is not None else None
         run.events.put_nowait({"event": "targets", "targets": sorted(run.keys), "discovery_ms": int(took),
-                               "last_answer_ms": last, "batches": batches})
+                               "last_answer_ms": disc.last_answer_ms(), "batches": batches})
 
     async def _run_at_once(self, run: _Run, disc: Discovery) -> tuple[float, list[dict]]:
         """No batches: start each target the moment its answer arrives.
