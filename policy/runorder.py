@@ -9,7 +9,8 @@ node executes an order only when every check here holds:
     Malformed     the bytes are not an order of this format
     UnknownKey    the signing key is not an operator of the trust root
     BadSignature  the signature does not verify with that key
-    Expired       the deadline has passed (or lies further ahead than allowed)
+    Expired       the deadline has passed (or lies further ahead than allowed),
+                  or the trust root itself has expired
     FromTheFuture the order was issued further ahead than the clock skew allows
     OutOfScope    the action is not one the operator may start, or this node
                   is outside the operator's selector scope
@@ -282,6 +283,9 @@ def check_order(signed: SignedOrder, *, root: Any, now_ms: int, facts: Mapping[s
         raise RunRefused("UnknownKey", f"key {signed.key_id} is not an operator in the trust root")
     if not public.verify(_signed_bytes(ORDER_DOMAIN, signed.body), signed.signature):
         raise RunRefused("BadSignature", f"run {order.run_id}: signature does not verify with key {signed.key_id}")
+    if root.expired(now_ms):  # a root past its expiry authorises nothing new
+        raise RunRefused("Expired", f"run {order.run_id}: the trust root (serial {root.serial}) expired at "
+                         f"{root.expires_ms} ms, {now_ms - root.expires_ms} ms ago; no run order is accepted until it is replaced")
     if now_ms > order.deadline_ms:
         raise RunRefused("Expired", f"run {order.run_id}: deadline passed {now_ms - order.deadline_ms} ms ago")
     if order.issued_ms > now_ms + MAX_SKEW_MS:

@@ -182,3 +182,23 @@ def test_bad_batch_sizes_are_usage_errors(text):
 )
 def test_batches_stop_once_failures_pass_the_limit(failures, limit, stop):
     assert should_stop(failures, limit) is stop
+
+
+def test_run_orders_are_refused_once_the_trust_root_expired():
+    """A root past its expiry authorises no run order, even one whose own deadline is fine
+    (the node and the origin both refuse, naming the root's serial and expiry)."""
+    short = build_root(
+        serial=7, now_ms=NOW - 1000, expires_days=1, admins=[ADMIN.public], threshold=1,
+        operators=[(OPERATOR.public, OperatorScope(selector=None, actions=("run",)))],
+    )
+    after = short.expires_ms + 5
+    order = signed(issued=after - 1000, deadline=after + 60_000)
+    assert check_order(signed(), root=short, now_ms=NOW, facts=WEB)  # fine while the root is valid
+    for facts in (WEB, None):
+        with pytest.raises(RunRefused) as err:
+            check_order(order, root=short, now_ms=after, facts=facts)
+        assert err.value.reason == "Expired"
+        assert "serial 7" in err.value.detail and str(short.expires_ms) in err.value.detail
+    with pytest.raises(RunRefused, match="Expired"):  # the exact instant of expiry already counts
+        check_order(signed(issued=short.expires_ms - 1000, deadline=short.expires_ms + 1000),
+                    root=short, now_ms=short.expires_ms, facts=WEB)
