@@ -410,6 +410,68 @@ def check_admin_signatures(
     return n
 
 
+def _signed_by_current_admins(current: TrustRoot, candidate: SignedItem, current_item: SignedItem | None) -> None:
+    """The cheap gate in front of a candidate's decode: its signatures must lead back to ``current``.
+
+    Either every item signature is by an admin of ``current`` (the usual case:
+    no rotation missed) and those verify, or the node is catching up, and
+    then some link of the candidate's proof newer than the current root must
+    carry a threshold of valid signatures by the current admins. Both are
+    checked on the raw bytes (signatures cover bytes, not decoded fields), so
+    a root forged by someone who holds no admin key is refused before its
+    payload is decoded. The full chain is checked after the decode.
+    """
+    _distinct_signers(candidate)
+    plain, _ = _split_signatures(candidate)
+    if not plain:
+        raise Refusal(BAD_SIGNATURE, f"{candidate.key} carries no admin signature")
+    if all(kid in current.admins for kid, _ in plain):
+        _check_signer_set(candidate.key, plain, candidate.signing_bytes(), current, False)
+        return
+    try:  # a missed rotation: only the proof can connect the signers to the current admins
+        obj = unpack_bounded(candidate.payload, MAX_ROOT_BYTES, "trust root")
+        raw_links = (obj.get("proof") if isinstance(obj, dict) else None) or []
+        if not isinstance(raw_links, list) or len(raw_links) > MAX_PROOF:
+            raise ProtocolError(f"a trust root proof is a list of at most {MAX_PROOF} links")
+        links = []
+        for raw in raw_links:
+            if not isinstance(raw, list) or len(raw) != 5 or not isinstance(raw[0], bytes):
+                raise ProtocolError("a proof link is a list of 5 fields")
+            links.append(raw)
+    except GrapevineError as exc:
+        raise Refusal(MALFORMED, f"{candidate.key}: {exc}") from None
+    mine = current.fields_bytes()
+    forged = False  # a link naming a current admin whose signature does not verify
+    for fields, wall, counter, author, sigs in links:
+        if fields == mine or not isinstance(sigs, list):
+            continue  # the current root itself (its link signatures are public): no step forward
+        try:
+            version = Version(wall, counter, author)
+        except (TypeError, ValueError, GrapevineError):
+            continue
+        if current_item is not None and version <= current_item.version:
+            continue
+        data = link_bytes(version, fields)
+        valid = set()
+        for pair in sigs:
+            if isinstance(pair, list) and len(pair) == 2 and pair[0] in current.admins and isinstance(pair[1], bytes):
+                pub = current.public_key(pair[0])
+                if pub is not None and pub.verify(data, pair[1]):
+                    valid.add(pair[0])
+                else:
+                    forged = True
+        if len(valid) >= current.threshold:
+            return
+    outsiders = sorted(kid for kid, _ in plain if kid not in current.admins)
+    if forged:
+        raise Refusal(BAD_SIGNATURE, f"{candidate.key}: a proof link's signature by a current admin does not verify")
+    raise Refusal(
+        UNKNOWN_KEY if any(current.public_key(k) is None for k in outsiders) else OUT_OF_SCOPE,
+        f"{candidate.key} is signed by {outsiders}, not admins of the current root (serial {current.serial}),"
+        " and no link of its proof is signed by a threshold of the current admins",
+    )
+
+
 def verify_succession(
     current: TrustRoot,
     candidate: SignedItem,
@@ -424,11 +486,14 @@ def verify_succession(
     false checks everything except the number of signatures (used while
     admins add their signatures one by one).
     """
+    if len(candidate.payload) > MAX_ROOT_BYTES:
+        raise Refusal(TOO_LARGE, f"trust root of {len(candidate.payload)} bytes exceeds {MAX_ROOT_BYTES}")
+    if current_item is not None and candidate.version <= current_item.version:
+        raise Refusal(STALE, f"trust root version {tuple(candidate.version)} is not newer than {tuple(current_item.version)}")
+    _signed_by_current_admins(current, candidate, current_item)  # before the payload is decoded
     new = decode_root_item(candidate)
     if new.serial <= current.serial:
         raise Refusal(STALE, f"trust root serial {new.serial} does not replace serial {current.serial}")
-    if current_item is not None and candidate.version <= current_item.version:
-        raise Refusal(STALE, f"trust root version {tuple(candidate.version)} is not newer than {tuple(current_item.version)}")
     signers = current
     for link in new.proof:  # catch up over rotations this node has not seen
         step = check_link(link, signers) if link.root().serial > signers.serial else None
@@ -443,20 +508,34 @@ def verify_succession(
 
 
 def check_first_root(item: SignedItem, pinned: str | None = None) -> TrustRoot:
-    """Accept a root given out of band: the fingerprint must match if pinned,
-    and every signature by a key the root itself lists must verify."""
-    root = decode_root_item(item)
+    """Accept a root given out of band. The fingerprint must match if pinned;
+    every signature by a key the root lists must verify; and the root must be
+    vouched for by its own chain: at least one valid item signature by one of
+    its own admins, or (a root whose admins all changed in its rotation) a
+    threshold of the admins of the last root in its proof."""
+    if len(item.payload) > MAX_ROOT_BYTES:
+        raise Refusal(TOO_LARGE, f"trust root of {len(item.payload)} bytes exceeds {MAX_ROOT_BYTES}")
     if pinned is not None and fingerprint(item) != pinned.strip().lower():
         raise Refusal(BAD_SIGNATURE, f"trust root fingerprint {fingerprint(item)} does not match the pinned {pinned}")
     _distinct_signers(item)
     plain, links = _split_signatures(item)
+    if not plain:
+        raise Refusal(BAD_SIGNATURE, f"{item.key} carries no item signature")
+    root = decode_root_item(item)
     data, link_data = item.signing_bytes(), link_bytes(item.version, root.fields_bytes())
     for pairs, signed in ((plain, data), (links, link_data)):
         for kid, sig in pairs:
             pub = root.public_key(kid)
             if pub is not None and not pub.verify(signed, sig):
                 raise Refusal(BAD_SIGNATURE, f"trust root: the signature by {kid} does not verify")
-    return root
+    if any(kid in root.admins for kid, _ in plain):
+        return root  # each listed signer verified above
+    if root.proof:
+        check_admin_signatures(item, root.proof[-1].root(), True, root)
+        return root
+    raise Refusal(
+        BAD_SIGNATURE, f"trust root serial {root.serial} carries no valid signature by any of its admins {list(root.admins)}"
+    )
 
 
 # -- authoring roots (CLI side) ---------------------------------------------------
