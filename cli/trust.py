@@ -1,8 +1,10 @@
 """``grapevine trust``: create, rotate and verify the trust root.
 
 Key arguments name key files: ``--key`` a private key that signs,
-``--admin``, ``--publisher PUB=PREFIX`` and ``--operator PUB=SELECTOR[;ACTIONS]``
-public key files (``alice.key.pub``). A refusal prints its reason name and
+``--admin``, ``--publisher PUB=PREFIX[;paths=GLOB,...][;types=TYPE,...][;target=SELECTOR]``
+and ``--operator PUB=SELECTOR[;ACTIONS]`` public key files (``alice.key.pub``).
+A publisher given without clauses may publish anything under its prefix;
+clauses narrow it (see ``grapevine.policy.grants``). A refusal prints its reason name and
 exits 1; a bad argument or file exits 2.
 """
 
@@ -16,6 +18,7 @@ import click
 
 from grapevine.gossip.errors import GrapevineError, TrustError
 from grapevine.policy.admission import wall_ms
+from grapevine.policy.grants import Grant
 from grapevine.policy.keys import PublicKey, SigningKey
 from grapevine.policy.trust import (
     DAY_MS,
@@ -61,11 +64,15 @@ def _split(spec: str, option: str) -> tuple[PublicKey, str]:
     return PublicKey.load(path), rest
 
 
-def parse_publisher(spec: str) -> tuple[PublicKey, str]:
-    pub, prefix = _split(spec, "--publisher")
-    if not prefix:
+def parse_publisher(spec: str) -> tuple[PublicKey, Grant]:
+    """``PUB=PREFIX[;paths=GLOB,GLOB][;types=T,T][;target=SELECTOR]`` (no clause: unrestricted)."""
+    pub, rest = _split(spec, "--publisher")
+    if not rest.partition(";")[0].strip():
         raise TrustError(f"--publisher {spec!r}: give a bundle name prefix such as web/ (or * for every name)")
-    return pub, prefix
+    try:
+        return pub, Grant.parse(rest)
+    except TrustError as exc:
+        raise TrustError(f"--publisher {spec!r}: {exc}") from None
 
 
 def parse_operator(spec: str) -> tuple[PublicKey, OperatorScope]:
@@ -111,7 +118,16 @@ def trust() -> None:
 _roles = [
     click.option("--admin", "admins", multiple=True, help="Admin public key file (repeatable)."),
     click.option("--threshold", type=int, default=None, help="Admin signatures needed for the next root."),
-    click.option("--publisher", "publishers", multiple=True, metavar="PUB=PREFIX", help="Publisher key and the bundle name prefix it may sign (repeatable; * = every name)."),
+    click.option(
+        "--publisher",
+        "publishers",
+        multiple=True,
+        metavar="PUB=PREFIX[;paths=GLOB,..][;types=T,..][;target=SEL]",
+        help="Publisher key and the bundle name prefix it may sign (repeatable; * = every name). Clauses narrow it:"
+        " paths (globs for file/directory/symlink paths and link targets; ** crosses directories, * does not),"
+        " types (resource types; without it exec, user and package are refused), target (a selector ceiling)."
+        " No clause: unrestricted.",
+    ),
     click.option(
         "--operator",
         "operators",
@@ -192,7 +208,7 @@ def rotate_cmd(current_path, key_paths, admins, threshold, publishers, operators
         pubs = (
             [parse_publisher(s) for s in publishers]
             if publishers
-            else [(pub_of(k), p) for k, ps in current.publishers.items() if keep(k) for p in ps]
+            else [(pub_of(k), g) for k in current.publishers if keep(k) for g in current.publisher_grants(k)]
         )
         ops = (
             [parse_operator(s) for s in operators]
@@ -261,7 +277,7 @@ def verify(candidate, current_path, as_json) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @json_option
 def show(path, as_json) -> None:
-    """Print a root's admins, publishers, operators and fingerprint."""
+    """Print a root's admins, publishers with their grants, operators and fingerprint."""
     with trust_errors(as_json):
         item = read_item_file(path, "trust root")
         root = decode_root_item(item)
@@ -280,3 +296,9 @@ def show(path, as_json) -> None:
         for s in root.operators.get(kid, ()):
             line += f"  [{s.selector or '*'}: {','.join(s.actions)}]"
         click.echo(line)
+        for g in root.publisher_grants(kid):
+            if not g.restricted:
+                click.echo(f"    grant {g.prefix}: unrestricted (any path, type and node)")
+            else:
+                c = g.clauses()
+                click.echo(f"    grant {g.prefix}: paths {c['paths']}; types {c['types']}; target {c['target']}")

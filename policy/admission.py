@@ -8,8 +8,10 @@ An item is admitted only if
   more than the allowed clock skew ahead of now (``FromTheFuture``);
 - for ``bundle/<name>``: the current root has not expired (``Expired``), the
   author is a key the root knows (``UnknownKey``), the one signature is the
-  author's and verifies (``BadSignature``), and the author is a publisher
-  whose prefixes cover the name (``OutOfScope``);
+  author's and verifies (``BadSignature``), the author is a publisher
+  whose prefixes cover the name, and the bundle stays within that prefix's
+  grant: paths, resource types, target ceiling (``OutOfScope``, see
+  ``grants.py``);
 - for ``trust/root``: a threshold of the current root's admins signed it, or
   of the admins of a predecessor reached through its proof, and its serial is
   higher (see ``trust.verify_succession``). A node with no root yet
@@ -31,6 +33,7 @@ from grapevine.gossip.errors import GrapevineError, TrustError
 from grapevine.gossip.item import SignedItem
 
 from .bundle import BUNDLE_KEY_PREFIX, MAX_BUNDLE_BYTES, Bundle
+from .grants import check_bundle
 from .trust import (
     BAD_SIGNATURE,
     EXPIRED,
@@ -164,6 +167,7 @@ class Admission:
             raise Refusal(MALFORMED, f"{item.key}: {exc}") from None
         if bundle.item_key != item.key:
             raise Refusal(MALFORMED, f"{item.key} carries the bundle {bundle.name!r}")
+        check_bundle(root.publisher_grants(author, name), author, bundle)  # paths, types, target ceiling
         return bundle
 
     # -- after the store accepted ----------------------------------------------------

@@ -6,7 +6,8 @@ a ``TrustRoot``. It names
 - every trusted key (key id -> 32-byte Ed25519 public key);
 - the admins and how many of them (``threshold``) must sign the next root;
 - publishers and the bundle-name prefixes each may sign (``web/`` covers
-  ``web/nginx``; ``*`` covers every name);
+  ``web/nginx``; ``*`` covers every name), each prefix optionally narrowed
+  by a grant (paths, resource types, a target ceiling: ``grants.py``);
 - operators and their scopes: a selector saying which nodes they may target
   and the actions (``run``, ``converge``) they may start there;
 - a serial that grows with every replacement, and an expiry.
@@ -38,21 +39,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable
 
-from grapevine.gossip.errors import GrapevineError, PolicyError, ProtocolError, TrustError
+from grapevine.gossip.errors import GrapevineError, ProtocolError, TrustError
 import msgpack
 
 from grapevine.gossip.item import MAX_SIGNATURES, SignedItem, Version
 
 from .bundle import canonical, pack_canonical, unpack_bounded
-from .keys import KEY_BYTES, PublicKey, SigningKey, key_id
+from .grants import Grant
+from .keys import KEY_BYTES, PublicKey, key_id
 
 ROOT_KEY = "trust/root"
-FORMAT = 1
+FORMAT = 1  # a root without grant clauses: what every root before grants looked like
+FORMAT_GRANTS = 2  # a root with a "grants" map; older readers refuse it rather than ignore the clauses
 MAX_ROOT_BYTES = 256 * 1024  # a few hundred keys with scopes; a root is read on every admission
 MAX_KEYS = 1_000  # authors and operators of one fleet; bounds decode and lookup work
 MAX_PREFIXES = 64  # bundle-name prefixes per publisher
@@ -75,7 +75,8 @@ FROM_THE_FUTURE = "FromTheFuture"
 TOO_LARGE = "TooLarge"
 MALFORMED = "Malformed"
 EXPIRED = "Expired"
-REASONS = (BAD_SIGNATURE, UNKNOWN_KEY, OUT_OF_SCOPE, STALE, FROM_THE_FUTURE, TOO_LARGE, MALFORMED, EXPIRED)
+CONFLICT = "Conflict"  # a bundle declares a resource an earlier bundle claims (catalog.resolve_claims)
+REASONS = (BAD_SIGNATURE, UNKNOWN_KEY, OUT_OF_SCOPE, STALE, FROM_THE_FUTURE, TOO_LARGE, MALFORMED, EXPIRED, CONFLICT)
 
 
 class Refusal(TrustError):
@@ -164,6 +165,7 @@ class TrustRoot:
     admins: tuple[str, ...]
     publishers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key id -> name prefixes
     operators: dict[str, tuple[OperatorScope, ...]] = field(default_factory=dict)
+    grants: dict[str, dict[str, Grant]] = field(default_factory=dict)  # key id -> prefix -> clauses (restricted only)
     # predecessors, oldest first; not part of what a root *is*, so not compared
     proof: tuple[Link, ...] = field(default=(), compare=False, repr=False)
     _public: dict[str, PublicKey] = field(init=False, repr=False, compare=False, default_factory=dict)
@@ -199,6 +201,20 @@ class TrustRoot:
                 raise TrustError(f"publisher {kid}: 1..{MAX_PREFIXES} non-empty name prefixes needed")
             pubs[kid] = prefixes
         object.__setattr__(self, "publishers", pubs)
+        if not isinstance(self.grants, dict):
+            raise TrustError("trust root grants must be a map")
+        grants = {}
+        for kid in sorted(self.grants):
+            by_prefix = self.grants[kid]
+            if not isinstance(by_prefix, dict) or not by_prefix:
+                raise TrustError(f"publisher {kid}: grants must map prefixes to clauses")
+            for prefix, g in by_prefix.items():
+                if not isinstance(g, Grant) or g.prefix != prefix or not g.restricted:
+                    raise TrustError(f"publisher {kid}: grant for {prefix!r} must be a restricted Grant of that prefix")
+                if prefix not in pubs.get(kid, ()):
+                    raise TrustError(f"publisher {kid}: grant for {prefix!r}, which is not one of its prefixes")
+            grants[kid] = {p: by_prefix[p] for p in sorted(by_prefix)}
+        object.__setattr__(self, "grants", grants)
         ops = {}
         for kid in sorted(self.operators):
             scopes = tuple(sorted(set(self.operators[kid]), key=lambda s: (s.selector or "", s.actions)))
@@ -235,6 +251,12 @@ class TrustRoot:
     def publisher_covers(self, kid: str, bundle_name: str) -> bool:
         return any(p == ALL_NAMES or bundle_name.startswith(p) for p in self.publishers.get(kid, ()))
 
+    def publisher_grants(self, kid: str, bundle_name: str | None = None) -> list[Grant]:
+        """The grants of ``kid`` (those covering ``bundle_name`` if given); unrestricted ones included."""
+        mine = self.grants.get(kid, {})
+        out = [mine.get(p) or Grant(prefix=p) for p in self.publishers.get(kid, ())]
+        return [g for g in out if bundle_name is None or g.covers_name(bundle_name)]
+
     def operator_selectors(self, kid: str, action: str) -> list[str | None]:
         """Selectors within which ``kid`` may start ``action`` (empty: not allowed at all)."""
         return [s.selector for s in self.operators.get(kid, ()) if action in s.actions]
@@ -252,21 +274,21 @@ class TrustRoot:
     # -- bytes -------------------------------------------------------------------
 
     def to_plain(self) -> dict:
-        return canonical(
-            {
-                "format": FORMAT,
-                "serial": self.serial,
-                "created_ms": self.created_ms,
-                "expires_ms": self.expires_ms,
-                "threshold": self.threshold,
-                "keys": dict(self.keys),
-                "admins": list(self.admins),
-                "publishers": {k: list(v) for k, v in self.publishers.items()},
-                "operators": {k: [s.to_plain() for s in v] for k, v in self.operators.items()},
-                "proof": [link.to_plain() for link in self.proof],
-            },
-            "trust root",
-        )
+        plain = {
+            "format": FORMAT_GRANTS if self.grants else FORMAT,
+            "serial": self.serial,
+            "created_ms": self.created_ms,
+            "expires_ms": self.expires_ms,
+            "threshold": self.threshold,
+            "keys": dict(self.keys),
+            "admins": list(self.admins),
+            "publishers": {k: list(v) for k, v in self.publishers.items()},
+            "operators": {k: [s.to_plain() for s in v] for k, v in self.operators.items()},
+            "proof": [link.to_plain() for link in self.proof],
+        }
+        if self.grants:
+            plain["grants"] = {k: {p: g.to_plain() for p, g in v.items()} for k, v in self.grants.items()}
+        return canonical(plain, "trust root")
 
     def encode(self) -> bytes:
         return pack_canonical(self.to_plain())
@@ -282,10 +304,12 @@ class TrustRoot:
     def decode(cls, data: bytes) -> TrustRoot:
         obj = unpack_bounded(data, MAX_ROOT_BYTES, "trust root")
         fields = {"format", "serial", "created_ms", "expires_ms", "threshold", "keys", "admins", "publishers", "operators", "proof"}
+        if isinstance(obj, dict) and obj.get("format") == FORMAT_GRANTS:
+            fields.add("grants")
         if not isinstance(obj, dict) or set(obj) != fields:
             raise ProtocolError(f"trust root must be a map with exactly the keys {sorted(fields)}")
-        if obj["format"] != FORMAT:
-            raise ProtocolError(f"trust root format {obj['format']!r} is not supported (this version reads {FORMAT})")
+        if obj["format"] not in (FORMAT, FORMAT_GRANTS):
+            raise ProtocolError(f"trust root format {obj['format']!r} is not supported (this version reads {FORMAT} and {FORMAT_GRANTS})")
         try:
             ops = {
                 k: tuple(OperatorScope(selector=s["selector"], actions=tuple(s["actions"])) for s in v)
@@ -300,6 +324,9 @@ class TrustRoot:
                 admins=tuple(obj["admins"]),
                 publishers={k: tuple(v) for k, v in obj["publishers"].items()},
                 operators=ops,
+                grants={
+                    k: {p: Grant.from_plain(p, g) for p, g in v.items()} for k, v in obj.get("grants", {}).items()
+                },
                 proof=tuple(Link.from_plain(x) for x in obj["proof"]),
             )
         except TrustError:
@@ -318,6 +345,7 @@ class TrustRoot:
             "threshold": self.threshold,
             "admins": list(self.admins),
             "publishers": {k: list(v) for k, v in self.publishers.items()},
+            "grants": {k: {g.prefix: g.clauses() for g in self.publisher_grants(k)} for k in self.publishers},
             "operators": {k: [s.to_plain() for s in v] for k, v in self.operators.items()},
             "proof_serials": [link.root().serial for link in self.proof],
         }
@@ -538,147 +566,17 @@ def check_first_root(item: SignedItem, pinned: str | None = None) -> TrustRoot:
     )
 
 
-# -- authoring roots (CLI side) ---------------------------------------------------
+# Writing roots and reading/writing .gv files live in trust_files.py; they are
+# part of this module's interface, so they are looked up here on first use.
+_FILES_API = frozenset({
+    "add_signature", "build_root", "init_root", "item_from_file_bytes", "load_root_file", "read_item_file", "rotate",
+    "write_item_file",
+})
 
 
-def _sign(root: TrustRoot, keys: Iterable[SigningKey], version: Version) -> SignedItem:
-    item = SignedItem(key=ROOT_KEY, version=version, payload=root.encode())
-    for k in keys:
-        item = add_signature(item, k)
-    return item
+def __getattr__(name: str):
+    if name in _FILES_API:
+        from . import trust_files
 
-
-def _proof_for(current_item: SignedItem, current: TrustRoot, new_root: TrustRoot) -> tuple[Link, ...]:
-    """The current root's proof plus the current root itself, trimmed to fit."""
-    _, link_sigs = _split_signatures(current_item)
-    links = current.proof + (Link(fields=current.fields_bytes(), version=current_item.version, signatures=tuple(link_sigs)),)
-    links = links[-MAX_PROOF:]
-    while links and len(new_root.with_proof(links).encode()) > MAX_ROOT_BYTES:
-        links = links[1:]  # oldest first out: only nodes that slept longest lose the way back
-    return links
-
-
-def build_root(
-    *,
-    serial: int,
-    now_ms: int,
-    expires_days: float,
-    admins: Iterable[PublicKey],
-    threshold: int,
-    publishers: Iterable[tuple[PublicKey, str]] = (),
-    operators: Iterable[tuple[PublicKey, OperatorScope]] = (),
-) -> TrustRoot:
-    """Assemble a root from public keys and their roles (repeats merge)."""
-    keys: dict[str, bytes] = {}
-    admin_ids = []
-    for pub in admins:
-        keys[pub.key_id] = pub.raw
-        admin_ids.append(pub.key_id)
-    pubs: dict[str, set[str]] = {}
-    for pub, prefix in publishers:
-        keys[pub.key_id] = pub.raw
-        pubs.setdefault(pub.key_id, set()).add(prefix)
-    ops: dict[str, list[OperatorScope]] = {}
-    for pub, scope in operators:
-        keys[pub.key_id] = pub.raw
-        ops.setdefault(pub.key_id, []).append(scope)
-    if expires_days <= 0:
-        raise TrustError("the expiry must be a positive number of days")
-    return TrustRoot(
-        serial=serial,
-        created_ms=now_ms,
-        expires_ms=now_ms + int(expires_days * DAY_MS),
-        threshold=threshold,
-        keys=keys,
-        admins=tuple(admin_ids),
-        publishers={k: tuple(v) for k, v in pubs.items()},
-        operators={k: tuple(v) for k, v in ops.items()},
-    )
-
-
-def init_root(root: TrustRoot, signers: Iterable[SigningKey], now_ms: int) -> SignedItem:
-    """Sign a first root with one or more of its own admins."""
-    signers = list(signers)
-    if not signers:
-        raise TrustError("a trust root needs at least one signing key")
-    for k in signers:
-        if k.key_id not in root.admins:
-            raise TrustError(f"key {k.key_id} signs the root but is not one of its admins")
-    return _sign(root, signers, Version(now_ms, 0, signers[0].key_id))
-
-
-def rotate(
-    current_item: SignedItem, new_root: TrustRoot, signers: Iterable[SigningKey], now_ms: int, partial: bool = False
-) -> SignedItem:
-    """Sign ``new_root`` as the successor of ``current_item`` with the current admins in ``signers``.
-
-    The result is checked with ``verify_succession`` before it is returned, so
-    a rotation that nodes would refuse is refused here with the same reason.
-    With ``partial`` fewer signatures than the threshold are allowed: the
-    other admins add theirs with ``add_signature``.
-    """
-    signers = list(signers)
-    if not signers:
-        raise TrustError("a rotation needs at least one signing key")
-    current = decode_root_item(current_item)
-    cv = current_item.version
-    version = Version(now_ms, 0, signers[0].key_id) if now_ms > cv.wall_ms else Version(cv.wall_ms, cv.counter + 1, signers[0].key_id)
-    item = _sign(new_root.with_proof(_proof_for(current_item, current, new_root)), signers, version)
-    verify_succession(current, item, now_ms, current_item, require_threshold=not partial)
-    return item
-
-
-def add_signature(candidate: SignedItem, key: SigningKey) -> SignedItem:
-    """Add ``key``'s item and link signatures to a root (one admin at a time, on their own machine)."""
-    root = decode_root_item(candidate)
-    item = candidate.with_signature(key.key_id, key.sign(candidate.signing_bytes()))
-    return item.with_signature(LINK_PREFIX + key.key_id, key.sign(link_bytes(candidate.version, root.fields_bytes())))
-
-
-# -- files ---------------------------------------------------------------------------
-
-
-def read_item_file(path: str | os.PathLike, what: str = "item") -> SignedItem:
-    """Read a packed ``.gv`` file. Only the canonical encoding is accepted, so
-    any change to the file's bytes is a different (and refused) file."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise PolicyError(f"{what} file {p} does not exist") from None
-    except OSError as exc:
-        raise PolicyError(f"{what} file {p} cannot be read: {exc.strerror}") from None
-    return item_from_file_bytes(data, str(p))
-
-
-def item_from_file_bytes(data: bytes, source: str = "item") -> SignedItem:
-    """Decode the bytes of a ``.gv`` file; anything but the canonical encoding is ``Malformed``."""
-    try:
-        item = SignedItem.decode(data)
-    except GrapevineError as exc:
-        raise Refusal(MALFORMED, f"{source}: {exc}") from None
-    if item.encode() != data:
-        raise Refusal(MALFORMED, f"{source}: not the canonical encoding of an item")
-    return item
-
-
-def write_item_file(path: str | os.PathLike, item: SignedItem) -> None:
-    """Write a ``.gv`` file atomically (a reader never sees half a file)."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    try:
-        tmp.write_bytes(item.encode())
-        os.replace(tmp, p)
-    except OSError as exc:
-        if tmp.parent.is_dir():
-            tmp.unlink(missing_ok=True)
-        raise PolicyError(f"cannot write {p}: {exc.strerror}") from None
-
-
-def load_root_file(path: str | os.PathLike, pinned: str | None = None) -> tuple[SignedItem, TrustRoot]:
-    """Read a first root from a file (optionally pinned by fingerprint)."""
-    item = read_item_file(path, "trust root")
-    try:
-        return item, check_first_root(item, pinned)
-    except Refusal as exc:
-        raise Refusal(exc.reason, f"{path}: {exc.detail}") from None
+        return getattr(trust_files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
