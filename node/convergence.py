@@ -42,6 +42,7 @@ class Convergence:
         self._handle: asyncio.TimerHandle | None = None
         self._last_start = float("-inf")  # loop time the last converge began
         self._cache: dict[str, tuple[Version, int, Any]] = {}  # key -> (version, root serial, bundle or None)
+        self.conflicts: list[Any] = []  # later claims refused at the last look (policy.catalog.Conflict)
 
     def usable_bundle(self, item: SignedItem, now: int) -> Any | None:
         """The bundle in a stored item if the current root still trusts it (cached per version and root)."""
@@ -85,7 +86,20 @@ class Convergence:
             bundle = self.usable_bundle(item, now)
             if bundle is not None and self.targets_me(bundle):
                 out.append((bundle, item.version))
+        out = self._without_later_claims(out)
         return sorted(out, key=lambda bv: bv[0].name)
+
+    def _without_later_claims(self, targeted: list[tuple[Any, Version]]) -> list[tuple[Any, Version]]:
+        """Drop bundles that declare a resource an earlier bundle claims (policy.catalog.resolve_claims)."""
+        from grapevine.policy.catalog import resolve_claims
+
+        kept, conflicts = resolve_claims(targeted)
+        for c in conflicts:
+            if c not in self.conflicts:
+                log.warning("%s: %s", c.reason, c.detail())
+        self.conflicts = conflicts
+        names = {b.name for b in kept}
+        return [bv for bv in targeted if bv[0].name in names]
 
     def concerns_me(self, item: SignedItem, now: int) -> bool:
         """An accepted bundle version that targets this node, or replaces one applied here."""
@@ -150,6 +164,8 @@ class Convergence:
                 versions={n: version_text(v) for n, v in versions.items()},
             )
             doc.setdefault("bundles", sorted(versions))
+            if self.conflicts:
+                doc["refused"] = [c.to_json() for c in self.conflicts]
             doc.setdefault("duration_ms", int(took * 1000))
             if not dry_run:
                 self.agent.state.add_report(at_ms=at, trigger=trigger, bundles=sorted(versions), ok=ok, report=doc)

@@ -25,7 +25,7 @@ from grapevine.gossip.errors import PolicyError
 from . import selectors
 from .resources import Resource, build, entry_type, ref_list
 
-__all__ = ["Entry", "Catalog", "build_catalog", "validate_bundles"]
+__all__ = ["Entry", "Catalog", "Conflict", "build_catalog", "resolve_claims", "validate_bundles"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -227,6 +227,80 @@ def _one_cycle(members: list[str], after: dict[str, set[str]], position: dict) -
                 prev[n] = node
                 queue.append(n)
     return members + [start]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Conflict:
+    """Bundle ``refused`` declares ``resource``, which the earlier bundle ``kept`` already claims."""
+
+    resource: str
+    kept: str
+    refused: str
+    refused_resource: str  # as the later bundle spells it (a path may be written differently)
+
+    @property
+    def reason(self) -> str:
+        from .trust import CONFLICT
+
+        return CONFLICT
+
+    def detail(self) -> str:
+        same = "" if self.refused_resource == self.resource else f" (as {self.refused_resource})"
+        return (f"bundle {self.refused!r} declares {self.resource}{same}, already claimed by the earlier bundle"
+                f" {self.kept!r}; {self.refused!r} is not applied until one of them drops it")
+
+    def to_json(self) -> dict:
+        return {"bundle": self.refused, "reason": self.reason, "resource": self.resource, "kept": self.kept,
+                "detail": self.detail()}
+
+
+def _claims(bundle: object) -> list[tuple[str, str]]:
+    """(claim key, resource id) for every resource of ``bundle``. File, directory and symlink
+    resources claim their normalised path, whatever the type: they are one object on disk."""
+    from .grants import PATH_TYPES, normalise
+
+    out = []
+    for raw in getattr(bundle, "resources", ()):
+        try:
+            rtype = entry_type(raw)
+        except PolicyError:
+            continue  # the catalog names it when the bundle is built
+        name = raw.get(rtype)
+        if not isinstance(name, str):
+            continue
+        rid = f"{rtype}:{name}"
+        key = "path:" + normalise(name) if rtype in PATH_TYPES and name.startswith("/") else rid
+        out.append((key, rid))
+    return out
+
+
+def resolve_claims(versioned: Iterable[tuple[object, object]]) -> tuple[list, list[Conflict]]:
+    """Split ``(bundle, version)`` pairs into the bundles to apply and the refused later claims.
+
+    When two bundles declare the same resource, the *earlier* bundle keeps it
+    and the *later* one is refused as a whole (``Conflict``, naming both), so
+    one bundle cannot freeze another by declaring its resource. Earlier means
+    the smaller current version stamp (wall ms, counter, author key id), then
+    the smaller name: every node holding the same versions decides the same
+    way, without talking to the others. Bundles are claimed in that order,
+    and a refused bundle claims nothing. Result order: the bundles as given.
+    """
+    pairs = list(versioned)
+    order = sorted(range(len(pairs)), key=lambda i: (tuple(pairs[i][1]), pairs[i][0].name))
+    owner: dict[str, tuple[str, str]] = {}  # claim key -> (bundle name, resource id)
+    refused: dict[int, Conflict] = {}
+    for i in order:
+        bundle = pairs[i][0]
+        claims = _claims(bundle)
+        clash = next(((key, rid) for key, rid in claims if key in owner and owner[key][0] != bundle.name), None)
+        if clash is not None:
+            kept, kept_rid = owner[clash[0]]
+            refused[i] = Conflict(resource=kept_rid, kept=kept, refused=bundle.name, refused_resource=clash[1])
+            continue
+        for key, rid in claims:
+            owner.setdefault(key, (bundle.name, rid))
+    kept_bundles = [pairs[i][0] for i in range(len(pairs)) if i not in refused]
+    return kept_bundles, [refused[i] for i in sorted(refused, key=lambda i: pairs[i][0].name)]
 
 
 def validate_bundles(bundles: Sequence) -> None:
