@@ -85,6 +85,9 @@ class Convergence:
                 continue
             bundle = self.usable_bundle(item, now)
             if bundle is not None and self.targets_me(bundle):
+                if not self.agent.admission.within_ceiling(item, bundle, self.agent.facts):
+                    log.warning("%s is not applied: this node is outside its publisher's target ceiling", item.key)
+                    continue
                 out.append((bundle, item.version))
         out = self._without_later_claims(out)
         return sorted(out, key=lambda bv: bv[0].name)

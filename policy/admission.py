@@ -28,12 +28,14 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 from grapevine.gossip.errors import GrapevineError, TrustError
 from grapevine.gossip.item import SignedItem
 
 from .bundle import BUNDLE_KEY_PREFIX, MAX_BUNDLE_BYTES, Bundle
-from .grants import check_bundle
+from . import selectors
+from .grants import check_bundle, violation
 from .trust import (
     BAD_SIGNATURE,
     EXPIRED,
@@ -201,6 +203,21 @@ class Admission:
         except Refusal as exc:
             return exc.reason
         return None
+
+    def within_ceiling(self, item: SignedItem, bundle: Bundle, facts: Mapping[str, Any]) -> bool:
+        """At apply time: does this node match the target ceiling of a grant that covers ``bundle``?
+
+        Admission already refused any bundle whose target does not provably stay
+        inside its grant's ceiling; this is the same rule checked against the
+        node's own facts, so a node outside the ceiling never applies the bundle.
+        """
+        root = self.root
+        if root is None:
+            return False
+        for grant in root.publisher_grants(item.version.author, bundle.name):
+            if violation(grant, bundle) is None and (grant.target is None or selectors.matches(grant.target, facts)):
+                return True
+        return False
 
     # -- for the command line ------------------------------------------------------
 

@@ -16,8 +16,14 @@ A new root is accepted only if a threshold of the *current* root's admins
 signed it and its serial is higher: keys are rotated and revoked by gossiping
 a new root, with no node touched. Nodes get their first root out of band, as
 a file or pinned by its fingerprint (SHA-256 of the payload), so the first
-root needs no signature chain; its signatures by its own keys must still
-verify, which catches a damaged file.
+root needs no chain back to an older one. It must still vouch for itself:
+its signatures by keys it lists must verify, and at least one must be by one
+of its own admins (or, for a root whose admins all changed in its rotation,
+a threshold of the admins of the last root in its proof).
+
+A candidate successor's signers are checked on its raw bytes before its
+payload is decoded (``_signed_by_current_admins``), so a root forged by
+someone without an admin key costs a signature lookup, not a decode.
 
 Catching up over several rotations: the mesh keeps only the newest root, so
 a node that slept through rotations 2 and 3 sees root 4 while it still runs

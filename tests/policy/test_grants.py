@@ -209,3 +209,13 @@ def test_roots_with_clauses_round_trip_and_older_readers_are_told_the_format():
 def test_the_same_prefix_twice_with_different_clauses_is_refused():
     with pytest.raises(TrustError, match="given twice with different clauses"):
         root_with((WEB, "web/"), (WEB, "web/;types=file"))
+
+
+def test_at_apply_time_a_node_outside_the_ceiling_does_not_apply_the_bundle():
+    adm = admission((WEB, "web/;target=role=web"), (OPS, "ops/"))
+    bundle = web_bundle([{"file": "/etc/x", "content": "x"}], target="role=web and env=prod")
+    item = pack(bundle, WEB, NOW)
+    assert adm.within_ceiling(item, bundle, {"role": "web", "env": "prod"})
+    assert not adm.within_ceiling(item, bundle, {"role": "db", "env": "prod"})
+    free = Bundle(name="ops/any", resources=({"file": "/etc/y", "content": "y"},))
+    assert adm.within_ceiling(pack(free, OPS, NOW), free, {"role": "db"})  # unrestricted: no ceiling
