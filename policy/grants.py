@@ -37,6 +37,8 @@ alike) and when a rotation re-checks stored bundles. A refusal is
 from __future__ import annotations
 
 import fnmatch
+import functools
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -193,20 +195,84 @@ def normalise(path: str, base: str | None = None) -> str:
 
 def glob_matches(pattern: str, path: str) -> bool:
     """Whether normalised ``path`` matches normalised ``pattern`` (see the module docstring)."""
-    pat = [p for p in pattern.split("/") if p]
-    got = [p for p in path.split("/") if p]
+    pat = _parts(pattern)[0]
+    got, path = _parts(path)
     if len(got) > MAX_PATH_PARTS:
         return False
-    # ok[i][j]: pat[i:] matches got[j:]; filled from the end, so the cost is len(pat) * len(got)
-    ok = [[False] * (len(got) + 1) for _ in range(len(pat) + 1)]
-    ok[len(pat)][len(got)] = True
-    for i in range(len(pat) - 1, -1, -1):
-        for j in range(len(got), -1, -1):
-            if pat[i] == "**":
-                ok[i][j] = ok[i + 1][j] or (j < len(got) and ok[i][j + 1])
-            else:
-                ok[i][j] = j < len(got) and fnmatch.fnmatchcase(got[j], pat[i]) and ok[i + 1][j + 1]
-    return ok[0][0]
+    match = fnmatch.fnmatchcase
+    if "**" not in pat:  # the common shapes first
+        return len(pat) == len(got) and all(match(g, p) for g, p in zip(got, pat))
+    first = pat.index("**")
+    last = len(pat) - 1 - pat[::-1].index("**")
+    head, tail = pat[:first], pat[last + 1:]
+    if len(got) < len(head) + len(tail):
+        return False
+    if not all(match(g, p) for g, p in zip(got, head)):  # literal ends first: most paths fail here
+        return False
+    if tail and not all(match(g, p) for g, p in zip(got[len(got) - len(tail):], tail)):
+        return False
+    pat = pat[first:last + 1]
+    if all(p == "**" for p in pat):
+        return True
+    # pat is now ** seg ** seg ... **: each run of plain components may match anywhere after the
+    # previous one, and the earliest place is always as good as a later one (it leaves more room).
+    # The search for it runs in the regex engine, over the middle of the path as one string.
+    at = len("".join("/" + g for g in got[: len(head)]))  # where the middle starts in ``path`` ...
+    end = len(path) - len("".join("/" + g for g in got[len(got) - len(tail):])) if tail else len(path)  # ... and ends
+    for seg in _segments(pat):
+        found = seg.search(path, at, end)
+        if found is None:
+            return False
+        at = found.end()
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _parts(path: str) -> tuple[tuple[str, ...], str]:
+    """The components of ``path`` and its spelling with single slashes (what offsets refer to)."""
+    parts = tuple(p for p in path.split("/") if p)
+    return parts, "".join("/" + p for p in parts)
+
+
+def _component_re(part: str) -> str:
+    """One glob component as a regex that never matches a "/"."""
+    out, i = [], 0
+    while i < len(part):
+        c = part[i]
+        i += 1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = i + 1 if i < len(part) and part[i] == "!" else i
+            j = j + 1 if j < len(part) and part[j] == "]" else j
+            close = part.find("]", j)
+            if close < 0:
+                out.append(re.escape(c))
+                continue
+            body = part[i:close]
+            i = close + 1
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append("(?:(?!/)[" + body.replace("\\", "\\\\") + "])")
+        else:
+            out.append(re.escape(c))
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _segments(pat: tuple[str, ...]) -> tuple[re.Pattern, ...]:
+    """The runs of plain components between the ``**`` of ``pat``, compiled: each
+    matches whole components, starting at a "/" and ending before one."""
+    out, run = [], []
+    for p in pat + ("**",):
+        if p == "**":
+            if run:
+                out.append(re.compile("".join("/" + _component_re(r) for r in run) + "(?=/|$)"))
+            run = []
+        else:
+            run.append(p)
+    return tuple(out)
 
 
 # -- targets ---------------------------------------------------------------------------

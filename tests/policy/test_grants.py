@@ -219,3 +219,27 @@ def test_at_apply_time_a_node_outside_the_ceiling_does_not_apply_the_bundle():
     assert not adm.within_ceiling(item, bundle, {"role": "db", "env": "prod"})
     free = Bundle(name="ops/any", resources=({"file": "/etc/y", "content": "y"},))
     assert adm.within_ceiling(pack(free, OPS, NOW), free, {"role": "db"})  # unrestricted: no ceiling
+
+
+def _reference_match(pat, got):
+    """Plain recursive definition of the glob semantics, to check the fast matcher against."""
+    import fnmatch
+
+    if not pat:
+        return not got
+    if pat[0] == "**":
+        return any(_reference_match(pat[1:], got[k:]) for k in range(len(got) + 1))
+    return bool(got) and fnmatch.fnmatchcase(got[0], pat[0]) and _reference_match(pat[1:], got[1:])
+
+
+def test_the_glob_matcher_agrees_with_the_plain_definition_on_random_cases():
+    import random
+
+    rng = random.Random(12)
+    parts = ["a", "b", "ab", "x", "-", "]"]
+    pattern_parts = ["a", "b", "*", "a*", "?", "**", "**", "x", "[ab]", "[!a]", "[]a]", "[!]]", "*b", "[+-0]"]
+    for _ in range(20000):
+        pat = [rng.choice(pattern_parts) for _ in range(rng.randint(0, 5))]
+        got = [rng.choice(parts) for _ in range(rng.randint(0, 6))]
+        expected = _reference_match(pat, got)
+        assert glob_matches("/" + "/".join(pat), "/" + "/".join(got)) is expected, (pat, got)
