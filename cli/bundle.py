@@ -77,7 +77,8 @@ def bundle() -> None:
 @click.argument("policy_file", type=click.Path(dir_okay=False))
 @click.option("--key", "key_path", required=True, help="Private key of the publisher that signs.")
 @click.option("--out", "outs", multiple=True, required=True, help="Bundle file (.gv), or a directory for several bundles; repeat to name each.")
-@click.option("--trust", "trust_path", default=None, help="Also check the signed bundles would be admitted under this root (exit 1 if not).")
+@click.option("--trust", "trust_path", default=None, help="Also check the signed bundles would be admitted under this root: key, name prefix and the"
+              " prefix's grant (paths, resource types, target ceiling); exit 1 with OutOfScope naming the resource if not.")
 @click.option("--with", "context_paths", multiple=True, help="Policy or .gv file whose bundles these may require/notify (validated together, not packed; repeatable).")
 @json_option
 def pack_cmd(policy_file, key_path, outs, trust_path, context_paths, as_json) -> None:
