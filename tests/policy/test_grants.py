@@ -243,3 +243,32 @@ def test_the_glob_matcher_agrees_with_the_plain_definition_on_random_cases():
         got = [rng.choice(parts) for _ in range(rng.randint(0, 6))]
         expected = _reference_match(pat, got)
         assert glob_matches("/" + "/".join(pat), "/" + "/".join(got)) is expected, (pat, got)
+
+
+@pytest.mark.parametrize("grants", [
+    {"paths": ["/etc/**"], "target": None, "types": None},
+    {"paths": None, "target": "role=web", "types": ["file"]},
+])
+def test_grant_maps_of_the_wrong_shape_are_refused_with_a_grapevine_error(grants):
+    """Every field of a stored grant swapped for something else: a clear error or a valid root, never a crash."""
+    import msgpack
+
+    from grapevine.gossip.errors import GrapevineError
+
+    root = root_with((WEB, "web/;types=file"))
+    obj = msgpack.unpackb(root.encode(), raw=False)
+    bad_values = [None, 1, "x", [], {}, ["/ok/**", 3], ["relative"], ["/a**"], ["bogus-type"], "role=", [""] * 100]
+    for field in ("paths", "target", "types"):
+        for value in bad_values:
+            doc = dict(obj)
+            doc["grants"] = {WEB.key_id: {"web/": {**grants, field: value}}}
+            data = msgpack.packb(doc, use_bin_type=True)
+            try:
+                back = TrustRoot.decode(data)
+            except GrapevineError:
+                continue
+            assert back.encode() == data  # accepted only in canonical form
+    doc = dict(obj)
+    doc["grants"] = {WEB.key_id: {"db/": grants}}  # a grant for a prefix the key was not given
+    with pytest.raises(GrapevineError, match="not one of its prefixes"):
+        TrustRoot.decode(msgpack.packb(doc, use_bin_type=True))
