@@ -12,6 +12,12 @@ notifier (a refresh only makes sense once the change is made). Among
 resources free to go, the one declared first goes first (bundles by name,
 then declaration order), so the same policy always converges in the same
 order. A cycle is refused naming every resource in it.
+
+Two bundles that declare the same resource do not reach ``build_catalog`` on
+a node: ``resolve_claims`` first keeps the earlier claim and refuses the
+later bundle as a whole (``Conflict``, naming both), so one bundle cannot
+freeze another by declaring its resource. Earlier is decided from the
+bundles' current version stamps, the same on every node (see there).
 """
 
 from __future__ import annotations
@@ -284,6 +290,13 @@ def resolve_claims(versioned: Iterable[tuple[object, object]]) -> tuple[list, li
     the smaller name: every node holding the same versions decides the same
     way, without talking to the others. Bundles are claimed in that order,
     and a refused bundle claims nothing. Result order: the bundles as given.
+
+    The stamp is the bundle's *current* version: re-injecting the earlier
+    bundle while the conflict stands makes it the later claim, and a
+    publisher chooses its own stamps (it may backdate a new bundle). The
+    claim settles accidents between trusted publishers; keeping publishers
+    apart is the job of their grants (disjoint ``paths`` and ``types``).
+    Resolve a reported Conflict by removing the resource from one bundle.
     """
     pairs = list(versioned)
     order = sorted(range(len(pairs)), key=lambda i: (tuple(pairs[i][1]), pairs[i][0].name))

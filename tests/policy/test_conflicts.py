@@ -61,3 +61,11 @@ def test_a_refused_bundle_claims_nothing():
     kept, conflicts = resolve_claims([(first, Version(1, 0, A)), (second, Version(2, 0, A)), (third, Version(3, 0, A))])
     assert [b.name for b in kept] == ["a/first", "c/third"]
     assert [c.refused for c in conflicts] == ["b/second"]
+
+
+def test_the_claim_dates_from_the_current_version_so_a_reinjection_makes_it_later():
+    """Documented limit of the rule: the stamp compared is each bundle's current version."""
+    kept, _ = resolve_claims([(NGINX, Version(100, 0, A)), (INTRUDER, Version(200, 0, B))])
+    assert [b.name for b in kept] == ["web/nginx"]
+    kept, (c,) = resolve_claims([(NGINX, Version(300, 0, A)), (INTRUDER, Version(200, 0, B))])
+    assert [b.name for b in kept] == ["aaa/intruder"] and c.refused == "web/nginx"
