@@ -210,14 +210,17 @@ class Admission:
         Admission already refused any bundle whose target does not provably stay
         inside its grant's ceiling; this is the same rule checked against the
         node's own facts, so a node outside the ceiling never applies the bundle.
+        For a bundle the current root admits (convergence asks about no other):
+        the usual answers cost a selector match, not a second scope check.
         """
         root = self.root
         if root is None:
             return False
-        for grant in root.publisher_grants(item.version.author, bundle.name):
-            if violation(grant, bundle) is None and (grant.target is None or selectors.matches(grant.target, facts)):
-                return True
-        return False
+        grants = root.publisher_grants(item.version.author, bundle.name)
+        inside = [g for g in grants if g.target is None or selectors.matches(g.target, facts)]
+        if len(inside) == len(grants):
+            return bool(grants)  # the node is inside every ceiling, and one of these grants admits the bundle
+        return any(violation(g, bundle) is None for g in inside)
 
     # -- for the command line ------------------------------------------------------
 

@@ -272,3 +272,13 @@ def test_grant_maps_of_the_wrong_shape_are_refused_with_a_grapevine_error(grants
     doc["grants"] = {WEB.key_id: {"db/": grants}}  # a grant for a prefix the key was not given
     with pytest.raises(GrapevineError, match="not one of its prefixes"):
         TrustRoot.decode(msgpack.packb(doc, use_bin_type=True))
+
+
+def test_at_apply_time_only_the_ceiling_of_a_grant_that_admits_the_bundle_counts():
+    adm = admission((WEB, "web/;paths=/etc/**;target=role=web"), (WEB, "web/blog;paths=/srv/**;target=role=blog"))
+    blog = Bundle(name="web/blog", target="role=blog", resources=({"file": "/srv/blog/index", "content": "x"},))
+    item = pack(blog, WEB, NOW)
+    assert refusal(adm, blog) is None
+    assert adm.within_ceiling(item, blog, {"role": "blog"})
+    # inside the other grant's ceiling, but that grant does not admit this bundle (its paths)
+    assert not adm.within_ceiling(item, blog, {"role": "web"})
