@@ -7,6 +7,7 @@ byte for byte what travels between nodes.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 
@@ -66,6 +67,30 @@ def output_paths(bundles: list[Bundle], outs: tuple[str, ...]) -> list[Path]:
         raise PolicyError(f"{out} is a file but the policy holds {len(bundles)} bundles: give a directory or one --out per bundle")
     out.mkdir(parents=True, exist_ok=True)
     return [out / file_name(b) for b in bundles]
+
+
+def check_before_inject(client, items: list) -> bool:
+    """Check every bundle in ``items`` against the agent's current trust root before any is sent,
+    so a policy file is injected whole or not at all (``Refusal`` names the first bundle refused).
+    False when the agent holds no root this can read; the agent checks each item anyway."""
+    import base64
+    import binascii
+
+    from grapevine.policy.bundle import BUNDLE_KEY_PREFIX
+    from grapevine.policy.trust import ROOT_KEY, item_from_file_bytes
+
+    try:
+        versions = client.get(f"/v1/history?name={quote(ROOT_KEY, safe='')}")["versions"]
+        current = next(v["version"] for v in versions if v["current"])
+        encoded = client.get(f"/v1/item?key={quote(ROOT_KEY, safe='')}&version={quote(current, safe='')}")["item"]
+        admission = Admission(item_from_file_bytes(base64.b64decode(encoded), "the agent's trust root"))
+    except (GrapevineError, StopIteration, KeyError, TypeError, ValueError, binascii.Error):
+        return False
+    now = wall_ms()
+    for item in items:
+        if item.key.startswith(BUNDLE_KEY_PREFIX):
+            admission.verify_bundle_item(item, now)
+    return True
 
 
 @click.group()

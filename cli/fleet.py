@@ -190,6 +190,9 @@ def inject(path: Path, key_path: Path | None, now: bool, wait: bool, agent_socke
         raise click.UsageError("--wait follows the converge that --now starts; give both")
     client = agent_client(agent_socket)
     items = load_items(path, key_path)
+    from .bundle import check_before_inject
+
+    check_before_inject(client, items)  # grants and keys first: a policy file goes in whole or not at all
     results = inject_items(client, items)
     if not as_json:
         for r in results:

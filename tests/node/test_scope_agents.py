@@ -46,7 +46,8 @@ def start_web_nodes(fleet: Fleet, n: int):
     agents = [fleet.make(f"w{i}", p, join=[f"127.0.0.1:{ports[0]}"] if i else [], tags={"role": "web"})
               for i, p in enumerate(ports)]
     fleet.start(*agents)
-    wait_until(lambda: all(a.status()["active"] > 0 for a in agents), 30, what="every node linked")
+    if n > 1:
+        wait_until(lambda: all(a.status()["active"] > 0 for a in agents), 30, what="every node linked")
     return agents
 
 
@@ -113,3 +114,27 @@ def test_the_later_claim_on_a_resource_is_refused_and_the_earlier_bundle_keeps_c
     victim.write_text("drifted\n")
     report = agents[0].client(60).post("/v1/converge", {})
     assert report["changed"] == 1 and victim.read_text() == "first\n"
+
+
+def test_inject_of_a_policy_file_with_one_bundle_outside_the_grant_injects_none_of_it(scoped):
+    """The command checks every bundle against the agent's current root before sending any."""
+    import yaml
+
+    fleet, alice, bob = scoped
+    (agent,) = start_web_nodes(fleet, 1)
+    bob_key = fleet.base / "bob.key"
+    bob.save(bob_key)
+    docs = [
+        {"bundle": "web/fine", "target": "role=web", "resources": [{"file": "/etc/web/fine", "content": "x\n"}]},
+        {"bundle": "web/pkg", "target": "role=web", "resources": [{"package": "nmap"}]},
+    ]
+    policy = fleet.base / "two.yaml"
+    policy.write_text(yaml.safe_dump_all(docs))
+    res = fleet.cli("inject", str(policy), "--key", str(bob_key), agent=agent, check=False)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "OutOfScope" in res.stderr and "package:nmap" in res.stderr and "type package is not granted" in res.stderr
+    assert "web/fine" not in names_held(agent) and not (agent.root / "etc/web/fine").exists()
+    docs.pop()
+    policy.write_text(yaml.safe_dump_all(docs))
+    fleet.cli("inject", str(policy), "--key", str(bob_key), agent=agent)
+    wait_until(lambda: (agent.root / "etc/web/fine").is_file(), 30, what="web/fine converged")
