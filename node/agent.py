@@ -354,15 +354,13 @@ class Agent:
     def publish(self, item: SignedItem) -> tuple[bool, str, str]:
         """Admit a locally injected item: (accepted, reason, detail). Durable when accepted."""
         now = now_ms()
-        self.admission.last_refusal = None
         effects = self.node.publish(item, now)
         self._apply(effects, now)
         for e in effects:
             if isinstance(e, ItemAccepted) and e.item.key == item.key:
                 return True, "", ""
             if isinstance(e, ItemRefused) and e.key == item.key:
-                last = self.admission.last_refusal  # the validator's own words: which resource, which grant
-                return False, e.reason, last.detail if last is not None and last.reason == e.reason else e.detail
+                return False, e.reason, self.admission.refusal_detail(item, e.reason) or e.detail
         return False, "NotAccepted", "the gossip core neither accepted nor refused the item"
 
     async def _hello(self, body: Any) -> Any:

@@ -92,6 +92,7 @@ class Admission:
         self.node = node
         self.refusals: Counter[str] = Counter()
         self.last_refusal: Refusal | None = None  # the most recent refusal, with its detail
+        self._last_refused: SignedItem | None = None  # ... and the item it refused
 
     @classmethod
     def from_fingerprint(cls, pinned: str, **kwargs) -> Admission:
@@ -106,7 +107,7 @@ class Admission:
             self.check(item, current, now_ms)
         except Refusal as exc:
             self.refusals[exc.reason] += 1
-            self.last_refusal = exc
+            self.last_refusal, self._last_refused = exc, item
             log.info("%srefused %s %s: %s", f"[{self.node}] " if self.node else "", item.key, exc.reason, exc.detail)
             return exc.reason
         return None
@@ -171,6 +172,13 @@ class Admission:
             raise Refusal(MALFORMED, f"{item.key} carries the bundle {bundle.name!r}")
         check_bundle(root.publisher_grants(author, name), author, bundle)  # paths, types, target ceiling
         return bundle
+
+    def refusal_detail(self, item: SignedItem, reason: str) -> str | None:
+        """What the last refusal of ``item`` said (which key, resource or grant), if it was for ``reason``."""
+        last = self.last_refusal
+        if last is None or self._last_refused is not item or last.reason != reason:
+            return None
+        return last.detail
 
     # -- after the store accepted ----------------------------------------------------
 
