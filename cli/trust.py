@@ -125,7 +125,7 @@ _roles = [
         metavar="PUB=PREFIX[;paths=GLOB,..][;types=T,..][;target=SEL]",
         help="Publisher key and the bundle name prefix it may sign (repeatable; * = every name). Clauses narrow it:"
         " paths (globs for file/directory/symlink paths and link targets; ** crosses directories, * does not),"
-        " types (resource types; without it exec, user and package are refused), target (a selector ceiling)."
+        " types (resource types; without it exec, package, user and group are refused), target (a selector ceiling)."
         " No clause: unrestricted.",
     ),
     click.option(

@@ -14,8 +14,9 @@ carry clauses that narrow what the bundles under it may declare:
     above ``/``), so ``/etc/nginx/../shadow`` is ``/etc/shadow``.
 ``types``
     the resource types allowed. A grant with any clause but no ``types``
-    allows every type except ``exec``, ``user`` and ``package``, which run
-    programs or create accounts and must be granted by name.
+    allows ``file``, ``directory``, ``symlink`` and ``service``: ``exec``,
+    ``package``, ``user`` and ``group`` run programs or change accounts (a
+    group can be deleted) and must be granted by name.
 ``target``
     a ceiling: a selector the bundle's target must stay within. It is
     checked on the selectors as written, conservatively: the target must
@@ -49,7 +50,7 @@ from . import selectors
 __all__ = ["Grant", "KNOWN_TYPES", "DEFAULT_TYPES", "normalise", "glob_matches", "implies", "violation"]
 
 KNOWN_TYPES = ("directory", "exec", "file", "group", "package", "service", "symlink", "user")
-PRIVILEGED_TYPES = ("exec", "package", "user")  # run programs or create accounts: granted only by name
+PRIVILEGED_TYPES = ("exec", "group", "package", "user")  # run programs or change accounts: granted only by name
 DEFAULT_TYPES = tuple(t for t in KNOWN_TYPES if t not in PRIVILEGED_TYPES)
 PATH_TYPES = ("file", "directory", "symlink")
 MAX_GLOBS = 64  # path globs per grant
@@ -77,6 +78,8 @@ class Grant:
             for g in self.paths:
                 if not isinstance(g, str) or not g.startswith("/") or len(g) > MAX_GLOB_CHARS or "\0" in g:
                     raise TrustError(f"{where}: path glob {g!r} must be an absolute path of at most {MAX_GLOB_CHARS} characters")
+                if any(part in (".", "..") for part in g.split("/")):
+                    raise TrustError(f"{where}: path glob {g!r} must not contain '.' or '..' components")
                 norm = normalise(g)
                 if any("**" in part and part != "**" for part in norm.split("/")):
                     raise TrustError(f"{where}: path glob {g!r}: '**' must be a whole path component (as in /srv/**)")

@@ -81,6 +81,8 @@ def test_glob_clauses_are_checked_when_the_root_is_built():
         Grant.parse("web/;paths=/srv/a**")
     with pytest.raises(TrustError, match="absolute"):
         Grant.parse("web/;paths=etc/*")
+    with pytest.raises(TrustError, match="'..' components"):
+        Grant.parse("web/;paths=/srv/www/../../**")
     with pytest.raises(TrustError, match="unknown resource type"):
         Grant.parse("web/;types=file,bogus")
     with pytest.raises(TrustError, match="expected paths="):
@@ -136,11 +138,12 @@ def test_a_scoped_publisher_is_refused_outside_its_paths_types_and_ceiling():
         assert what in str(exc) and "grant web/ [paths /etc/nginx/**,/srv/www/**" in str(exc), str(exc)
 
 
-def test_a_grant_with_clauses_but_no_types_refuses_exec_user_and_package():
+def test_a_grant_with_clauses_but_no_types_refuses_exec_user_package_and_group():
     adm = admission((WEB, "web/;target=role=web"))
-    assert set(DEFAULT_TYPES) == {"file", "directory", "symlink", "service", "group"}
+    assert set(DEFAULT_TYPES) == {"file", "directory", "symlink", "service"}
     assert refusal(adm, web_bundle([{"file": "/anywhere", "content": "x"}])) is None  # no paths clause: any path
-    for entry in ({"exec": "x", "command": ["/bin/true"]}, {"user": "eve"}, {"package": "nmap"}):
+    for entry in ({"exec": "x", "command": ["/bin/true"]}, {"user": "eve"}, {"package": "nmap"},
+                  {"group": "sudo", "ensure": "absent"}):
         exc = refusal(adm, web_bundle([entry]))
         assert exc is not None and exc.reason == "OutOfScope" and "is not granted" in str(exc)
     adm = admission((WEB, "web/;types=exec;target=role=web"))
