@@ -16,10 +16,10 @@ wait for SIGTERM/SIGINT, then leave the mesh, drain in-flight sends within
 ``drain_timeout_s``, leave the loops in reverse order, ``runner.cleanup()``
 in ``finally``.
 
-Extension API (used by node/runs.py; see the agent contract):
-``node_id``, ``node_key``, ``facts``, ``config``, ``state``, ``admission``,
-``broadcast``, ``on_broadcast``, ``add_peer_route``, ``send_direct``,
-``add_api_route``, ``converge_now``, ``bundles``, ``last_report``.
+Services get ports, not the agent: runs (node/runs.py) are handed a
+``PeerLink``, a ``NodeWork`` and a ``RunBook`` (node/ports.py) built from
+bound methods here; ``add_peer_route``, ``on_broadcast`` and
+``add_api_route`` install what a service offers.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ from .config import AgentConfig
 from .convergence import Convergence
 from .metrics import AgentMetrics
 from .netkey import KeyRing, read_key_file
-from .state import State, version_text
+from .ports import Membership, NodeWork, PeerLink, RunBook, fleet_status_info
+from .runs import QUERY_KIND, RunService
+from .state import PEERS_KEEP, State, version_text
 from .transport import FrameRefused, Transport, peer_address
 
 log = logging.getLogger("grapevine.node")
@@ -224,14 +226,37 @@ class Agent:
                 self.admission.on_accepted(item)
 
     def _install_extensions(self) -> None:
-        try:
-            from grapevine.node.runs import RunService
-        except ImportError as exc:
-            log.debug("push-style runs not available: %s", exc)
-            return
-        svc = RunService(self)
-        svc.install()
+        """Push-style runs and fleet queries (node/runs.py), wired through narrow ports."""
+        self.membership = Membership(self.node_id, views=self._views, stored=lambda: self.state.known_peers(PEERS_KEEP))
+        svc = RunService(
+            me=self.node_id, node_key=self.node_key, facts=self.facts, root=lambda: self.admission.root,
+            peers=PeerLink(send=self.send_direct, broadcast=self.broadcast, live_peers=self._views,
+                           is_member=lambda n: self.membership.is_member(n, time.monotonic())),
+            work=NodeWork(converge_now=self.converge_now, bundles=self.bundles, status_info=self._status_info),
+            store=RunBook(run_seen=self.state.run_seen, mark_run_seen=self.state.mark_run_seen,
+                          record_run=self._record_run, run_history=self.state.run_history),
+            count=lambda reason: self.metrics.run_refusals.labels(reason).inc(),
+            count_late=lambda when: self.metrics.late_answers.labels(when).inc(),
+            run_user=self.config.run_user or None,
+        )
+        self.on_broadcast(QUERY_KIND, svc.on_query)
+        for name, (handler, with_sender) in svc.peer_routes().items():
+            self.add_peer_route(name, handler, with_sender=with_sender)
+        for (method, path), handler in svc.api_routes().items():
+            self.add_api_route(method, path, handler)
         self.extensions.append(svc)
+
+    def _views(self) -> frozenset[str]:
+        return frozenset(self.node.active_view).union(self.node.passive_view)
+
+    def _status_info(self) -> dict:
+        return fleet_status_info(targeted=[b.name for b, _ in self.targeted_bundles()], applied=self.state.applied(),
+                                 bundles=self.bundles(), last_report=self.last_report, status=self.status(),
+                                 now_ms=now_ms())
+
+    def _record_run(self, row: dict) -> None:
+        self.state.record_run(row, keep_rows=self.config.runs_keep, keep_ms=self.config.runs_keep_days * 86_400_000,
+                              now_ms=now_ms())
 
     # -- extension API --------------------------------------------------
     def broadcast(self, kind: str, body: object, ttl_ms: int) -> bytes:
@@ -245,10 +270,13 @@ class Agent:
     def on_broadcast(self, kind: str, handler: BroadcastHandler) -> None:
         self._broadcast_handlers[kind] = handler
 
-    def add_peer_route(self, name: str, handler: Callable[[Any], Awaitable[Any] | Any]) -> None:
+    def add_peer_route(self, name: str, handler: Callable[..., Awaitable[Any] | Any], *, with_sender: bool = False) -> None:
+        """``with_sender``: the handler takes (sender, body), the sender being the frame's, as the transport opened it."""
         if name == HELLO_ROUTE:
             raise ConfigError(f"peer route {name!r} is reserved")
         self.transport.routes[name] = handler
+        if with_sender:
+            self.transport.sender_routes.add(name)
 
     async def send_direct(self, node_id: str, name: str, body: object, timeout_s: float | None = None) -> object:
         _sender, answer = await self.transport.request(peer_address(node_id), name, body, timeout_s)
