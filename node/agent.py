@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import random
 import signal
 import time
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import msgpack
@@ -42,13 +40,13 @@ from grapevine.gossip import codec
 from grapevine.gossip.effects import Delivered, ItemAccepted, ItemRefused, PeerDown, PeerUp, Send
 from grapevine.gossip.errors import ConfigError, GrapevineError, ProtocolError
 from grapevine.gossip.item import SignedItem, Version
-from grapevine.policy.keys import SigningKey
 
 from .config import AgentConfig
-from .convergence import Convergence
+from .convergence import ConvergeSettings, Convergence
+from .lifecycle import Background, load_node_key, take_lock
 from .metrics import AgentMetrics
 from .netkey import KeyRing, read_key_file
-from .ports import Membership, NodeWork, PeerLink, RunBook, fleet_status_info
+from .ports import ConvergeLink, Membership, NodeWork, PeerLink, RunBook, fleet_status_info
 from .runs import QUERY_KIND, RunService
 from .state import PEERS_KEEP, State, version_text
 from .transport import FrameRefused, Transport, peer_address
@@ -74,40 +72,6 @@ def iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
-class GracefulExit(Exception):
-    """SIGTERM or SIGINT arrived: leave the mesh and stop."""
-
-
-class Background:
-    """An async context manager around one long-running loop task."""
-
-    def __init__(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
-        self.name = name
-        self.fn = fn
-        self.task: asyncio.Task | None = None
-
-    async def __aenter__(self) -> Background:
-        self.task = asyncio.get_running_loop().create_task(self._guard(), name=self.name)
-        return self
-
-    async def _guard(self) -> None:
-        try:
-            await self.fn()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background loop %s died", self.name)
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.task is None:
-            return
-        self.task.cancel()
-        try:
-            await self.task
-        except asyncio.CancelledError:
-            pass
-
-
 class Agent:
     def __init__(self, config: AgentConfig, *, rng: random.Random | None = None) -> None:
         from grapevine.gossip.node import GossipNode
@@ -121,14 +85,14 @@ class Agent:
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         config.root.mkdir(parents=True, exist_ok=True)  # a test or demo root may not exist yet
-        self._lock_fd = self._take_lock(config.data_dir / LOCK_FILE)
+        self._lock_fd = take_lock(config.data_dir / LOCK_FILE)
         self.state = State(config.data_dir, history_keep=config.history_keep, reports_keep=config.reports_keep,
                            fsync=config.fsync)
         self.metrics = AgentMetrics()
         self.ring = KeyRing()
         self._removed_keys: set[str] = set()
         self._load_keys()
-        self.node_key = self._load_node_key(config.data_dir / NODE_KEY_FILE)
+        self.node_key = load_node_key(config.data_dir / NODE_KEY_FILE)
         self.facts = facts_mod.gather(dict(config.tags), name=config.name)
 
         if config.trust is None:
@@ -161,7 +125,14 @@ class Agent:
         self._sleep_until = 0  # wall ms at which the ticker wakes by itself
         self._stop = asyncio.Event()
         self._isolated = asyncio.Event()
-        self.convergence = Convergence(self)
+        self.convergence = Convergence(
+            node_id=self.node_id, admission=self.admission, facts=self.facts, store=self.state, metrics=self.metrics,
+            settings=ConvergeSettings(root=config.root, debounce_ms=config.converge_debounce_ms,
+                                      interval_s=config.converge_interval_s, splay_s=config.converge_splay_s,
+                                      on_start=config.converge_on_start),
+            host=ConvergeLink(items=self.node.store.items, drain=self.transport.drain, spawn=self.spawn),
+            rng=self.rng, stopping=lambda: self.stopping,
+        )
         self._tasks: set[asyncio.Task] = set()
         self._join_ids: dict[str, str] = {}  # configured HOST:PORT -> node id learned by hello
         self._isolated_since: int | None = None
@@ -172,16 +143,6 @@ class Agent:
         self._install_extensions()
 
     # -- setup helpers --------------------------------------------------
-    @staticmethod
-    def _take_lock(path: Path) -> int:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ConfigError(f"data_dir: another agent is running on {path.parent}") from None
-        return fd
-
     def _load_keys(self) -> None:
         keys, primary, removed = self.state.netkeys()
         self._removed_keys = set(removed)
@@ -206,15 +167,6 @@ class Agent:
     def _save_keys(self) -> None:
         keys = {k.key_id: self.ring.key_bytes(k.key_id) for k in self.ring.keys()}
         self.state.save_netkeys(keys, self.ring.primary, self._removed_keys)
-
-    @staticmethod
-    def _load_node_key(path: Path) -> SigningKey:
-        if path.exists():
-            return SigningKey.load(path)
-        key = SigningKey.generate()
-        key.save(path)
-        log.info("created node key %s in %s", key.key_id, path)
-        return key
 
     def _install_stored_roots(self) -> None:
         """Replay stored trust/root versions so a restarted node runs on the newest root it accepted."""

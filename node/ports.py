@@ -54,6 +54,15 @@ class NodeWork:
 
 
 @dataclass(frozen=True, slots=True)
+class ConvergeLink:
+    """``ConvergeHost`` (node/convergence.py): the stored items, the transport's drain, the agent's task set."""
+
+    items: Callable[[], Iterable[Any]]
+    drain: Callable[[float], Awaitable[None]]
+    spawn: Callable[[Awaitable[Any], str], Any]
+
+
+@dataclass(frozen=True, slots=True)
 class RunBook:
     run_seen: Callable[[str], bool]
     mark_run_seen: Callable[[str, int], bool]

@@ -34,7 +34,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from aiohttp import web
 
 from grapevine.policy import runorder, selectors
 from grapevine.policy.keys import PublicKey, SigningKey
@@ -45,7 +44,7 @@ from .origin import Count, Emit, PostOrder, RunCoordinator
 from .ports import NodeWork, Peers, RunStore
 from .ratelimit import TokenBucket
 from .runexec import Execution, dumps, jsonable, report_later
-from .target import Admit, Refuse, RunTarget, audit_row, ticket_bytes, ticket_valid
+from .target import Admit, RunTarget, audit_row, ticket_bytes, ticket_valid
 
 log = logging.getLogger("grapevine.node")
 
