@@ -16,10 +16,12 @@ wait for SIGTERM/SIGINT, then leave the mesh, drain in-flight sends within
 ``drain_timeout_s``, leave the loops in reverse order, ``runner.cleanup()``
 in ``finally``.
 
-Services get ports, not the agent: runs (node/runs.py) are handed a
-``PeerLink``, a ``NodeWork`` and a ``RunBook`` (node/ports.py) built from
-bound methods here; ``add_peer_route``, ``on_broadcast`` and
-``add_api_route`` install what a service offers.
+Services get ports, not the agent, each built here from bound methods:
+runs (node/runs.py) a ``PeerLink``, a ``NodeWork`` and a ``RunBook``
+(node/ports.py); convergence a ``ConvergeLink``; the local API an
+``ApiLink``; network keys live in ``NetworkKeys`` (node/keystore.py).
+``add_peer_route``, ``on_broadcast`` and ``add_api_route`` install what a
+service offers.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from .config import AgentConfig
 from .convergence import ConvergeSettings, Convergence
 from .lifecycle import Background, load_node_key, take_lock
 from .metrics import AgentMetrics
-from .netkey import KeyRing, read_key_file
+from .keystore import NetworkKeys
+from .netkey import KeyRing
 from .ports import ConvergeLink, Membership, NodeWork, PeerLink, RunBook, fleet_status_info
 from .runs import QUERY_KIND, RunService
 from .state import PEERS_KEEP, State, version_text
@@ -90,8 +93,8 @@ class Agent:
                            fsync=config.fsync)
         self.metrics = AgentMetrics()
         self.ring = KeyRing()
-        self._removed_keys: set[str] = set()
-        self._load_keys()
+        self.netkeys = NetworkKeys(self.ring, self.state)
+        self.netkeys.load(config.network_key)
         self.node_key = load_node_key(config.data_dir / NODE_KEY_FILE)
         self.facts = facts_mod.gather(dict(config.tags), name=config.name)
 
@@ -143,31 +146,6 @@ class Agent:
         self._install_extensions()
 
     # -- setup helpers --------------------------------------------------
-    def _load_keys(self) -> None:
-        keys, primary, removed = self.state.netkeys()
-        self._removed_keys = set(removed)
-        for k in keys:
-            self.ring.install(k)
-        if self.config.network_key is not None:
-            key = read_key_file(self.config.network_key)
-            from .netkey import key_id
-
-            kid = key_id(key)
-            if kid in self._removed_keys:
-                log.warning("network key %s from %s was removed from this node; not installed", kid, self.config.network_key)
-            elif kid not in {k.key_id for k in self.ring.keys()}:
-                self.ring.install(key)
-                log.info("network key %s installed from %s", kid, self.config.network_key)
-        if primary is not None and primary in {k.key_id for k in self.ring.keys()}:
-            self.ring.use(primary)
-        self._save_keys()
-        if not self.ring.sealed:
-            log.warning("no network key: peer traffic is neither encrypted nor authenticated")
-
-    def _save_keys(self) -> None:
-        keys = {k.key_id: self.ring.key_bytes(k.key_id) for k in self.ring.keys()}
-        self.state.save_netkeys(keys, self.ring.primary, self._removed_keys)
-
     def _install_stored_roots(self) -> None:
         """Replay stored trust/root versions so a restarted node runs on the newest root it accepted."""
         for entry in self.state.history(ROOT_KEY):
@@ -497,7 +475,7 @@ class Agent:
         return self._stop.is_set()
 
     async def run(self, *, ready: Callable[[], None] | None = None) -> None:
-        from .api import make_api_app
+        from .api import ApiLink, make_api_app
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -506,7 +484,11 @@ class Agent:
         host = host.strip("[]")
         bound = self.config.drain_timeout_s  # open requests get this long when the servers stop
         peer_runner = web.AppRunner(self.transport.make_app(), access_log=None, handle_signals=False, shutdown_timeout=bound)
-        api_runner = web.AppRunner(make_api_app(self), access_log=None, handle_signals=False, shutdown_timeout=bound)
+        api = ApiLink(node_id=self.node_id, facts=self.facts, state=self.state, netkeys=self.netkeys, status=self.status,
+                      members=self.members, bundles=self.bundles, targeted_bundles=self.targeted_bundles,
+                      stored_item=self.node.store.get, publish=self.publish, converge_now=self.converge_now,
+                      routes=self.api_routes)
+        api_runner = web.AppRunner(make_api_app(api), access_log=None, handle_signals=False, shutdown_timeout=bound)
         sock = self.config.socket_path
         try:
             async with contextlib.AsyncExitStack() as stack:
