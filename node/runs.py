@@ -64,7 +64,7 @@ MIN_WAIT_S = 0.001  # the shortest timer the shell arms
 ANSWER_RATE, ANSWER_BURST = 50.0, 200  # a status sweep or a burst of runs answered at once, a flood not
 RESULT_RATE, RESULT_BURST = 50.0, 100  # results of long commands; a refused post is retried, not lost
 FLEET_RUNS = 50  # audit rows each node returns to `history --runs --fleet` (one answer frame stays small)
-FLEET_COMMAND_CHARS = 200  # the command in a fleet answer: the peer envelope caps strings at 320
+FLEET_TEXT_CHARS = 200  # command and selector in a fleet answer: the peer envelope caps strings at 320
 
 # kept importable under their old names
 _ticket_bytes = ticket_bytes
@@ -198,7 +198,8 @@ class RunService:
             return self.work.status_info()
         if kind == "runs":
             rows = self.store.run_history(FLEET_RUNS)
-            return {"runs": [dict(r, command=str(r.get("command") or "")[:FLEET_COMMAND_CHARS]) for r in rows]}
+            return {"runs": [dict(r, command=str(r.get("command") or "")[:FLEET_TEXT_CHARS],
+                                  selector=str(r.get("selector") or "")[:FLEET_TEXT_CHARS]) for r in rows]}
         return {}
 
     async def _send_quietly(self, node: str, route: str, body: Any) -> None:
