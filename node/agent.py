@@ -385,6 +385,7 @@ class Agent:
             self._sleep_until = 0  # effects applied by this tick never need to wake us
             self.metrics.ticks.inc()
             self._apply(self.node.on_tick(now), now)
+            self.membership.note(time.monotonic())  # who the views held: queries and orders from them are answered
             self._wake.clear()
             now = now_ms()
             wake_at = min(max(self.node.next_deadline(), now + int(MIN_TICK_S * 1000)), now + max_ms)

@@ -8,6 +8,7 @@ service can never reach into the rest of the agent.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Protocol
 
@@ -71,11 +72,19 @@ class RunBook:
 
 
 class Membership:
-    """Who counts as a known member of the mesh: the gossip views, and the peers stored for rejoining.
+    """Who counts as a known member of the mesh: nodes in this node's gossip views, now or before.
 
-    The stored list is read through ``stored`` at most every ``refresh_s``
-    (``now`` is passed in), so a check costs a set lookup, not a query.
+    The views (active and passive) change with every shuffle; ``note`` is
+    called from the daemon's tick and keeps every node id they held, most
+    recent first, up to ``MAX_MEMBERS`` (at most once per ``NOTE_EVERY_S``).
+    Add the peers stored for rejoining (read through ``stored`` at most every
+    ``refresh_s``) and a node knows, after a few shuffles, most of a fleet it
+    never had as a neighbour, while an address no member ever named stays a
+    stranger. Times are passed in.
     """
+
+    MAX_MEMBERS = 65_536  # node ids remembered: a large fleet; ~100 bytes each
+    NOTE_EVERY_S = 0.5  # the views are read into the memory at most this often
 
     def __init__(self, me: str, *, views: Callable[[], Iterable[str]], stored: Callable[[], Iterable[str]],
                  refresh_s: float = 5.0) -> None:
@@ -83,11 +92,24 @@ class Membership:
         self.views = views
         self.stored = stored
         self.refresh_s = refresh_s
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._noted_at = float("-inf")
         self._known: frozenset[str] = frozenset()
         self._read_at = float("-inf")
 
+    def note(self, now: float) -> None:
+        """Remember who is in the views now (called on every tick; cheap when called often)."""
+        if now - self._noted_at < self.NOTE_EVERY_S:
+            return
+        self._noted_at = now
+        for node in self.views():
+            self._seen[node] = None
+            self._seen.move_to_end(node)
+        while len(self._seen) > self.MAX_MEMBERS:
+            self._seen.popitem(last=False)
+
     def is_member(self, node_id: str, now: float) -> bool:
-        if node_id == self.me or node_id in self.views():
+        if node_id == self.me or node_id in self._seen or node_id in self.views():
             return True
         if now - self._read_at >= self.refresh_s:
             self._known = frozenset(self.stored())

@@ -406,3 +406,25 @@ def test_a_burst_of_bundles_costs_two_converges_and_the_timer_has_splay():
     assert plan.due(T0 + 0.19) is None and plan.due(T0 + 0.2) == "bundle"
     timers = [plan.next_timer(T0) - T0 for _ in range(50)]
     assert all(60 <= t <= 70 for t in timers) and len(set(timers)) > 1
+
+
+# ---------------------------------------------------------------- who is a member
+
+
+def test_a_node_once_in_the_views_stays_a_member_and_a_stranger_never_becomes_one():
+    from grapevine.node.ports import Membership
+
+    views = {IDS[1]}
+    stored = [IDS[5]]
+    mem = Membership(IDS[0], views=lambda: views, stored=lambda: stored, refresh_s=5.0)
+    mem.note(T0)
+    views.clear()
+    views.add(IDS[2])  # a shuffle replaced the passive view
+    mem.note(T0 + 0.1)  # too soon: not read again
+    assert mem.is_member(IDS[2], T0 + 0.1)  # in the views now
+    mem.note(T0 + 1)
+    views.clear()
+    assert mem.is_member(IDS[1], T0 + 2) and mem.is_member(IDS[2], T0 + 2)  # remembered
+    assert mem.is_member(IDS[0], T0 + 2)  # itself
+    assert mem.is_member(IDS[5], T0 + 2)  # stored for rejoining
+    assert not mem.is_member("victim@127.0.0.1:9", T0 + 2)
