@@ -43,6 +43,7 @@ from .discovery import Discovery, DiscoveryBook, QueryAnswer, QueryResponder
 from .origin import Count, Emit, PostOrder, RunCoordinator
 from .ports import NodeWork, Peers, RunStore
 from .ratelimit import TokenBucket
+from .runapi import RunApi
 from .runexec import Execution, dumps, jsonable, report_later
 from .target import Admit, RunTarget, audit_row, ticket_bytes, ticket_valid
 
@@ -121,8 +122,6 @@ class RunService:
                 RESULT_ROUTE: (self.on_result, False), KEY_ROUTE: (self.on_key_request, False)}
 
     def api_routes(self) -> dict[tuple[str, str], Callable]:
-        from .runapi import RunApi
-
         api = RunApi(self)
         return {("GET", "/v1/run/origin"): api.origin, ("POST", "/v1/run"): api.run,
                 ("POST", "/v1/fleet/query"): api.query, ("GET", "/v1/run/stats"): api.stats,
