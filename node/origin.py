@@ -30,6 +30,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from grapevine.gossip.errors import GrapevineError
 from grapevine.policy import runorder
 from grapevine.policy.keys import PublicKey
 from grapevine.policy.runorder import RunRefused, RunResult, SignedOrder, SignedResult
@@ -41,6 +42,16 @@ log = logging.getLogger("grapevine.node")
 RESULT_GRACE_MS = 5000  # beyond the command timeout, for the result to travel back
 ORDER_ATTEMPTS = 3  # posts of one order to one node when the reply does not come back (connection lost)
 ORDER_RETRY_S = 0.25  # first pause between them, doubled each time
+
+# The life of a run at its origin. Discovering: answers arrive, and without
+# batches each answerer is already started; running: discovery went quiet
+# (it stays open: late answerers are still started); done: the summary is out.
+DISCOVERING, RUNNING, DONE = "discovering", "running", "done"
+TRANSITIONS = {DISCOVERING: {RUNNING, DONE}, RUNNING: {DONE}, DONE: set()}
+
+
+class RunStateError(GrapevineError):
+    """A run-origin transition that is not in ``TRANSITIONS`` (a bug, never input from outside)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +106,7 @@ class RunCoordinator:
     confirmed: dict[str, PublicKey] = field(default_factory=dict)  # keys from order replies (address-bound)
     late: set[str] = field(default_factory=set)  # targets that answered after discovery went quiet
     summary: dict | None = None  # set once the run is over
+    phase: str = DISCOVERING
     _sent: dict[str, float] = field(default_factory=dict)  # node -> first post
     _attempts: dict[str, int] = field(default_factory=dict)
     _took: float | None = None  # discovery time (ms), once it went quiet
@@ -123,7 +135,12 @@ class RunCoordinator:
 
     @property
     def done(self) -> bool:
-        return self.summary is not None
+        return self.phase == DONE
+
+    def _enter(self, phase: str) -> None:
+        if phase not in TRANSITIONS[self.phase]:
+            raise RunStateError(f"run {self.signed.order.run_id}: no transition from {self.phase} to {phase}")
+        self.phase = phase
 
     def settled(self, node: str) -> bool:
         return node in self.results or node in self.refused or node in self.unreachable
@@ -134,8 +151,8 @@ class RunCoordinator:
             return float("inf")
         end = self.disc.quiet_end()
         if self.batch is None:
-            return min(self._until, end) if self._took is None else self._until
-        if self._plan is None:
+            return min(self._until, end) if self.phase == DISCOVERING else self._until
+        if self.phase == DISCOVERING:
             return end
         return self._current.until if self._current is not None else self.now
 
@@ -170,19 +187,20 @@ class RunCoordinator:
         out.append(PostOrder(node, now))
 
     def _poll_at_once(self, now: float, out: list[Effect]) -> None:
-        new = self._take_answers(now, self._took is not None, out)
+        new = self._take_answers(now, self.phase != DISCOVERING, out)
         for node in new:
             self._started.append(node)
             self._post(node, now, out)
         if new:
             self._until = self._results_due(now)
         end = self.disc.quiet_end()  # moves on when a late answer arrives: more may follow it
-        if self._took is None and now >= end:
+        if self.phase == DISCOVERING and now >= end:
             self._took = self.disc.elapsed_ms(now)
             self._targets(1, out)
             out.append(Emit({"event": "batch", "index": 0, "nodes": sorted(self._started)}))
+            self._enter(RUNNING)
         if now >= self._until or (now >= end and all(self.settled(n) for n in self._started)):
-            if self._took is None:
+            if self.phase == DISCOVERING:  # the deadline came before discovery went quiet
                 self._took = self.disc.elapsed_ms(now)
                 self._targets(1, out)
             failed = [n for n in self._started if not (n in self.results and self.results[n].ok)]
@@ -190,13 +208,14 @@ class RunCoordinator:
             self._finish(now)
 
     def _poll_batches(self, now: float, out: list[Effect]) -> None:
-        if self._plan is None:
+        if self.phase == DISCOVERING:
             if now < self.disc.quiet_end():
                 return
             self._took = self.disc.elapsed_ms(now)
             self._plan = runorder.plan_batches(self._take_answers(now, False, out), self.batch)
             self._size = len(self._plan[0]) if self._plan else 1  # a share of the targets is fixed once
             self._targets(len(self._plan), out)
+            self._enter(RUNNING)
         cur = self._current
         if cur is not None:
             if not all(self.settled(n) for n in cur.nodes) and now < cur.until:
@@ -329,6 +348,7 @@ class RunCoordinator:
         }
         doc["ok"] = not doc["failed"] and not doc["missing"] and self._stopped is None
         self.summary = doc
+        self._enter(DONE)
 
 
 def percentiles(values: list[float]) -> dict | None:

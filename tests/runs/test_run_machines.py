@@ -428,3 +428,18 @@ def test_a_node_once_in_the_views_stays_a_member_and_a_stranger_never_becomes_on
     assert mem.is_member(IDS[0], T0 + 2)  # itself
     assert mem.is_member(IDS[5], T0 + 2)  # stored for rejoining
     assert not mem.is_member("victim@127.0.0.1:9", T0 + 2)
+
+
+def test_a_run_moves_discovering_running_done_and_no_other_way():
+    from grapevine.node.origin import DONE, RUNNING, RunStateError
+
+    signed = order()
+    book, c = coordinator(signed, batch="1", answers=IDS[:1])
+    assert c.phase == "discovering"
+    c.poll(c.disc.quiet_end())
+    assert c.phase == RUNNING
+    settle(c, signed, IDS[0], c.disc.quiet_end() + 0.1)
+    c.poll(c.disc.quiet_end() + 0.1)
+    assert c.phase == DONE and c.poll(T0 + 100) == []
+    with pytest.raises(RunStateError):
+        c._enter(RUNNING)
