@@ -45,9 +45,9 @@ from grapevine.gossip.item import SignedItem, Version
 
 from .config import AgentConfig
 from .convergence import ConvergeSettings, Convergence
+from .keystore import NetworkKeys
 from .lifecycle import Background, load_node_key, take_lock
 from .metrics import AgentMetrics
-from .keystore import NetworkKeys
 from .netkey import KeyRing
 from .ports import ConvergeLink, Membership, NodeWork, PeerLink, RunBook, fleet_status_info
 from .runs import QUERY_KIND, RunService
