@@ -443,3 +443,69 @@ def test_a_run_moves_discovering_running_done_and_no_other_way():
     assert c.phase == DONE and c.poll(T0 + 100) == []
     with pytest.raises(RunStateError):
         c._enter(RUNNING)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("batch", [None, "7", "25%"])
+def test_a_simulated_fleet_run_starts_every_answerer_once_and_accounts_for_everyone(seed, batch):
+    """Virtual time, random answer and reply delays, lost replies, failures: the summary adds up.
+
+    A small discrete-event loop plays the shell: answers land in the book,
+    posts are answered after a delay (or lost, then retried by the machine),
+    and ``poll`` runs at every event and at ``next_deadline()``.
+    """
+    import heapq
+
+    rng = random.Random(seed)
+    fleet = {f"s{i}@127.0.0.1:{1000 + i}": SigningKey.generate() for i in range(60)}
+    signed = order(timeout_ms=2000)
+    book = DiscoveryBook(ME)
+    disc = book.start("q", "", peers=frozenset(), now=T0)
+    c = RunCoordinator(signed, disc, T0, WALL, runorder.BatchSize.parse(batch), None)
+    queue: list = []
+    answer_at = {}
+    for i, node in enumerate(fleet):
+        late = rng.random() < 0.05
+        answer_at[node] = T0 + (rng.uniform(1.0, 2.5) if late else rng.uniform(0.01, 0.4))
+        heapq.heappush(queue, (answer_at[node], i, "answer", node))
+    posted: list[str] = []
+    seq = len(fleet)
+    now = T0
+    while not c.done:
+        at = min(queue[0][0] if queue else float("inf"), c.next_deadline())
+        assert at < T0 + 120, "the run never ended"
+        now = max(now, at)
+        while queue and queue[0][0] <= now:
+            _, _, kind, node = heapq.heappop(queue)
+            if kind == "answer":
+                book.on_answer(node, {"q": "q", "n": node, "pk": fleet[node].public.raw, "i": {}}, now)
+                effects = []
+            elif kind == "lost":
+                effects = c.on_post_failed(node, "reply lost", now)
+            else:
+                res = RunResult(run_id=signed.order.run_id, node=node, exit_code=0 if kind == "ok" else 1,
+                                stdout=b"", stderr=b"", duration_ms=1)
+                effects = c.on_reply(node, {"ok": True, "pk": fleet[node].public.raw,
+                                            "result": SignedResult.sign(res, fleet[node]).to_wire()}, now)
+            for e in effects:
+                if isinstance(e, PostOrder):
+                    seq += 1
+                    outcome = "lost" if rng.random() < 0.1 else ("fail" if rng.random() < 0.1 else "ok")
+                    heapq.heappush(queue, (max(e.at, now) + rng.uniform(0.01, 0.3), seq, outcome, e.node))
+        for e in c.poll(now):
+            if isinstance(e, PostOrder):
+                posted.append(e.node)
+                seq += 1
+                outcome = "lost" if rng.random() < 0.1 else ("fail" if rng.random() < 0.1 else "ok")
+                heapq.heappush(queue, (now + rng.uniform(0.01, 0.3), seq, outcome, e.node))
+    s = c.summary
+    assert len(posted) == len(set(posted))  # each target started once (retries are asks-again, not starts)
+    # every answer that came while the run was open made a target (discovery stays open), and only those
+    assert sorted(s["targets"]) == sorted(disc.answers)
+    assert set(disc.answers) == {n for n, t in answer_at.items() if t <= now}
+    ran = [n for b in s["batches"] for n in b["nodes"]]
+    assert sorted(ran) == sorted(posted) == sorted(s["targets"]) and not s["not_started"]
+    accounted = {r["node"] for r in s["results"]} | set(s["unreachable"])
+    assert accounted == set(s["targets"])
+    assert set(s["late_targets"]) <= set(s["targets"])
+    assert set(s["failed"]) == {r["node"] for r in s["results"] if r["exit_code"]}
