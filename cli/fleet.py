@@ -271,11 +271,20 @@ def fetch_history(client: AgentClient, name: str) -> dict:
 
 
 @click.command("history")
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--runs", "runs", is_flag=True, help="The run orders this node executed or refused (its audit trail).")
+@click.option("--fleet", is_flag=True, help="With --runs: gather the recent audit rows of every node.")
 @agent_option
 @json_option
-def history(name: str, agent_socket: str | None, as_json: bool) -> None:
-    """Every accepted version of bundle NAME (newest last)."""
+def history(name: str | None, runs: bool, fleet: bool, agent_socket: str | None, as_json: bool) -> None:
+    """Every accepted version of bundle NAME (newest last), or with --runs the run audit trail."""
+    if runs:
+        show_run_history(agent_client(agent_socket), fleet, as_json)
+        return
+    if not name:
+        raise click.UsageError("history needs a bundle NAME, or --runs")
+    if fleet:
+        raise click.UsageError("--fleet goes with --runs")
     doc = fetch_history(agent_client(agent_socket), name)
     if as_json:
         emit_json(doc)
@@ -456,3 +465,27 @@ def show_fleet_status(client: AgentClient, selector: str, as_json: bool) -> None
         click.echo(f"{d['node']}:")
         for p in d["problems"]:
             click.echo(f"  - {p}")
+
+
+# -- history --runs: the run audit trail, here or fleet-wide -------------------
+def run_history(client: AgentClient, fleet: bool) -> dict:
+    """``{"runs": [...]}``, newest first; with ``fleet`` every node's recent rows, each with its ``node``."""
+    if not fleet:
+        doc = client.get("/v1/runs/history")
+        return {"runs": [dict(r, node=doc.get("node")) for r in doc["runs"]]}
+    answer = client.post("/v1/fleet/query", {"kind": "runs", "selector": ""})
+    rows = [dict(r, node=node) for node, info in answer["answers"].items() for r in (info.get("runs") or [])]
+    rows.sort(key=lambda r: r.get("started_ms") or 0, reverse=True)
+    return {"runs": rows, "nodes": len(answer["answers"]), "discovery_ms": answer.get("discovery_ms")}
+
+
+def show_run_history(client: AgentClient, fleet: bool, as_json: bool) -> None:
+    doc = run_history(client, fleet)
+    if as_json:
+        emit_json(doc)
+        return
+    for r in doc["runs"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime((r.get("started_ms") or 0) / 1000))
+        outcome = f"refused {r['refused']}" if r.get("refused") else f"exit {r.get('exit_code')} in {r.get('duration_ms')} ms"
+        click.echo(f"{when} UTC  {r['node']}  {r['order'][:12]}  {outcome}  by {r['operator']} from {r['origin']}"
+                   f"  [{r['selector'] or '*'}]  {r['command']}")

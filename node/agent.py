@@ -16,23 +16,23 @@ wait for SIGTERM/SIGINT, then leave the mesh, drain in-flight sends within
 ``drain_timeout_s``, leave the loops in reverse order, ``runner.cleanup()``
 in ``finally``.
 
-Extension API (used by node/runs.py; see the agent contract):
-``node_id``, ``node_key``, ``facts``, ``config``, ``state``, ``admission``,
-``broadcast``, ``on_broadcast``, ``add_peer_route``, ``send_direct``,
-``add_api_route``, ``converge_now``, ``bundles``, ``last_report``.
+Services get ports, not the agent, each built here from bound methods:
+runs (node/runs.py) a ``PeerLink``, a ``NodeWork`` and a ``RunBook``
+(node/ports.py); convergence a ``ConvergeLink``; the local API an
+``ApiLink``; network keys live in ``NetworkKeys`` (node/keystore.py).
+``add_peer_route``, ``on_broadcast`` and ``add_api_route`` install what a
+service offers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import random
 import signal
 import time
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import msgpack
@@ -42,13 +42,16 @@ from grapevine.gossip import codec
 from grapevine.gossip.effects import Delivered, ItemAccepted, ItemRefused, PeerDown, PeerUp, Send
 from grapevine.gossip.errors import ConfigError, GrapevineError, ProtocolError
 from grapevine.gossip.item import SignedItem, Version
-from grapevine.policy.keys import SigningKey
 
 from .config import AgentConfig
-from .convergence import Convergence
+from .convergence import ConvergeSettings, Convergence
+from .keystore import NetworkKeys
+from .lifecycle import Background, load_node_key, take_lock
 from .metrics import AgentMetrics
-from .netkey import KeyRing, read_key_file
-from .state import State, version_text
+from .netkey import KeyRing
+from .ports import ConvergeLink, Membership, NodeWork, PeerLink, RunBook, fleet_status_info
+from .runs import QUERY_KIND, RunService
+from .state import PEERS_KEEP, State, version_text
 from .transport import FrameRefused, Transport, peer_address
 
 log = logging.getLogger("grapevine.node")
@@ -72,40 +75,6 @@ def iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
-class GracefulExit(Exception):
-    """SIGTERM or SIGINT arrived: leave the mesh and stop."""
-
-
-class Background:
-    """An async context manager around one long-running loop task."""
-
-    def __init__(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
-        self.name = name
-        self.fn = fn
-        self.task: asyncio.Task | None = None
-
-    async def __aenter__(self) -> Background:
-        self.task = asyncio.get_running_loop().create_task(self._guard(), name=self.name)
-        return self
-
-    async def _guard(self) -> None:
-        try:
-            await self.fn()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background loop %s died", self.name)
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.task is None:
-            return
-        self.task.cancel()
-        try:
-            await self.task
-        except asyncio.CancelledError:
-            pass
-
-
 class Agent:
     def __init__(self, config: AgentConfig, *, rng: random.Random | None = None) -> None:
         from grapevine.gossip.node import GossipNode
@@ -119,14 +88,14 @@ class Agent:
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         config.root.mkdir(parents=True, exist_ok=True)  # a test or demo root may not exist yet
-        self._lock_fd = self._take_lock(config.data_dir / LOCK_FILE)
+        self._lock_fd = take_lock(config.data_dir / LOCK_FILE)
         self.state = State(config.data_dir, history_keep=config.history_keep, reports_keep=config.reports_keep,
                            fsync=config.fsync)
         self.metrics = AgentMetrics()
         self.ring = KeyRing()
-        self._removed_keys: set[str] = set()
-        self._load_keys()
-        self.node_key = self._load_node_key(config.data_dir / NODE_KEY_FILE)
+        self.netkeys = NetworkKeys(self.ring, self.state)
+        self.netkeys.load(config.network_key)
+        self.node_key = load_node_key(config.data_dir / NODE_KEY_FILE)
         self.facts = facts_mod.gather(dict(config.tags), name=config.name)
 
         if config.trust is None:
@@ -159,7 +128,14 @@ class Agent:
         self._sleep_until = 0  # wall ms at which the ticker wakes by itself
         self._stop = asyncio.Event()
         self._isolated = asyncio.Event()
-        self.convergence = Convergence(self)
+        self.convergence = Convergence(
+            node_id=self.node_id, admission=self.admission, facts=self.facts, store=self.state, metrics=self.metrics,
+            settings=ConvergeSettings(root=config.root, debounce_ms=config.converge_debounce_ms,
+                                      interval_s=config.converge_interval_s, splay_s=config.converge_splay_s,
+                                      on_start=config.converge_on_start),
+            host=ConvergeLink(items=self.node.store.items, drain=self.transport.drain, spawn=self.spawn),
+            rng=self.rng, stopping=lambda: self.stopping,
+        )
         self._tasks: set[asyncio.Task] = set()
         self._join_ids: dict[str, str] = {}  # configured HOST:PORT -> node id learned by hello
         self._isolated_since: int | None = None
@@ -170,50 +146,6 @@ class Agent:
         self._install_extensions()
 
     # -- setup helpers --------------------------------------------------
-    @staticmethod
-    def _take_lock(path: Path) -> int:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ConfigError(f"data_dir: another agent is running on {path.parent}") from None
-        return fd
-
-    def _load_keys(self) -> None:
-        keys, primary, removed = self.state.netkeys()
-        self._removed_keys = set(removed)
-        for k in keys:
-            self.ring.install(k)
-        if self.config.network_key is not None:
-            key = read_key_file(self.config.network_key)
-            from .netkey import key_id
-
-            kid = key_id(key)
-            if kid in self._removed_keys:
-                log.warning("network key %s from %s was removed from this node; not installed", kid, self.config.network_key)
-            elif kid not in {k.key_id for k in self.ring.keys()}:
-                self.ring.install(key)
-                log.info("network key %s installed from %s", kid, self.config.network_key)
-        if primary is not None and primary in {k.key_id for k in self.ring.keys()}:
-            self.ring.use(primary)
-        self._save_keys()
-        if not self.ring.sealed:
-            log.warning("no network key: peer traffic is neither encrypted nor authenticated")
-
-    def _save_keys(self) -> None:
-        keys = {k.key_id: self.ring.key_bytes(k.key_id) for k in self.ring.keys()}
-        self.state.save_netkeys(keys, self.ring.primary, self._removed_keys)
-
-    @staticmethod
-    def _load_node_key(path: Path) -> SigningKey:
-        if path.exists():
-            return SigningKey.load(path)
-        key = SigningKey.generate()
-        key.save(path)
-        log.info("created node key %s in %s", key.key_id, path)
-        return key
-
     def _install_stored_roots(self) -> None:
         """Replay stored trust/root versions so a restarted node runs on the newest root it accepted."""
         for entry in self.state.history(ROOT_KEY):
@@ -224,14 +156,37 @@ class Agent:
                 self.admission.on_accepted(item)
 
     def _install_extensions(self) -> None:
-        try:
-            from grapevine.node.runs import RunService
-        except ImportError as exc:
-            log.debug("push-style runs not available: %s", exc)
-            return
-        svc = RunService(self)
-        svc.install()
+        """Push-style runs and fleet queries (node/runs.py), wired through narrow ports."""
+        self.membership = Membership(self.node_id, views=self._views, stored=lambda: self.state.known_peers(PEERS_KEEP))
+        svc = RunService(
+            me=self.node_id, node_key=self.node_key, facts=self.facts, root=lambda: self.admission.root,
+            peers=PeerLink(send=self.send_direct, broadcast=self.broadcast, live_peers=self._views,
+                           is_member=lambda n: self.membership.is_member(n, time.monotonic())),
+            work=NodeWork(converge_now=self.converge_now, bundles=self.bundles, status_info=self._status_info),
+            store=RunBook(run_seen=self.state.run_seen, mark_run_seen=self.state.mark_run_seen,
+                          record_run=self._record_run, run_history=self.state.run_history),
+            count=lambda reason: self.metrics.run_refusals.labels(reason).inc(),
+            count_late=lambda when: self.metrics.late_answers.labels(when).inc(),
+            run_user=self.config.run_user or None,
+        )
+        self.on_broadcast(QUERY_KIND, svc.on_query)
+        for name, (handler, with_sender) in svc.peer_routes().items():
+            self.add_peer_route(name, handler, with_sender=with_sender)
+        for (method, path), handler in svc.api_routes().items():
+            self.add_api_route(method, path, handler)
         self.extensions.append(svc)
+
+    def _views(self) -> frozenset[str]:
+        return frozenset(self.node.active_view).union(self.node.passive_view)
+
+    def _status_info(self) -> dict:
+        return fleet_status_info(targeted=[b.name for b, _ in self.targeted_bundles()], applied=self.state.applied(),
+                                 bundles=self.bundles(), last_report=self.last_report, status=self.status(),
+                                 now_ms=now_ms())
+
+    def _record_run(self, row: dict) -> None:
+        self.state.record_run(row, keep_rows=self.config.runs_keep, keep_ms=self.config.runs_keep_days * 86_400_000,
+                              now_ms=now_ms())
 
     # -- extension API --------------------------------------------------
     def broadcast(self, kind: str, body: object, ttl_ms: int) -> bytes:
@@ -245,10 +200,13 @@ class Agent:
     def on_broadcast(self, kind: str, handler: BroadcastHandler) -> None:
         self._broadcast_handlers[kind] = handler
 
-    def add_peer_route(self, name: str, handler: Callable[[Any], Awaitable[Any] | Any]) -> None:
+    def add_peer_route(self, name: str, handler: Callable[..., Awaitable[Any] | Any], *, with_sender: bool = False) -> None:
+        """``with_sender``: the handler takes (sender, body), the sender being the frame's, as the transport opened it."""
         if name == HELLO_ROUTE:
             raise ConfigError(f"peer route {name!r} is reserved")
         self.transport.routes[name] = handler
+        if with_sender:
+            self.transport.sender_routes.add(name)
 
     async def send_direct(self, node_id: str, name: str, body: object, timeout_s: float | None = None) -> object:
         _sender, answer = await self.transport.request(peer_address(node_id), name, body, timeout_s)
@@ -427,6 +385,7 @@ class Agent:
             self._sleep_until = 0  # effects applied by this tick never need to wake us
             self.metrics.ticks.inc()
             self._apply(self.node.on_tick(now), now)
+            self.membership.note(time.monotonic())  # who the views held: queries and orders from them are answered
             self._wake.clear()
             now = now_ms()
             wake_at = min(max(self.node.next_deadline(), now + int(MIN_TICK_S * 1000)), now + max_ms)
@@ -517,7 +476,7 @@ class Agent:
         return self._stop.is_set()
 
     async def run(self, *, ready: Callable[[], None] | None = None) -> None:
-        from .api import make_api_app
+        from .api import ApiLink, make_api_app
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -526,7 +485,11 @@ class Agent:
         host = host.strip("[]")
         bound = self.config.drain_timeout_s  # open requests get this long when the servers stop
         peer_runner = web.AppRunner(self.transport.make_app(), access_log=None, handle_signals=False, shutdown_timeout=bound)
-        api_runner = web.AppRunner(make_api_app(self), access_log=None, handle_signals=False, shutdown_timeout=bound)
+        api = ApiLink(node_id=self.node_id, facts=self.facts, state=self.state, netkeys=self.netkeys, status=self.status,
+                      members=self.members, bundles=self.bundles, targeted_bundles=self.targeted_bundles,
+                      stored_item=self.node.store.get, publish=self.publish, converge_now=self.converge_now,
+                      routes=self.api_routes)
+        api_runner = web.AppRunner(make_api_app(api), access_log=None, handle_signals=False, shutdown_timeout=bound)
         sock = self.config.socket_path
         try:
             async with contextlib.AsyncExitStack() as stack:

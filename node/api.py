@@ -19,8 +19,9 @@ Routes (JSON in and out unless noted):
     POST /v1/netkeys/use                {"key_id": ...}
     POST /v1/netkeys/remove             {"key_id": ...}
 
-Extensions add routes with ``agent.add_api_route``; they are looked up at
-request time, so they may be added before or after the server starts.
+Services add routes with ``Agent.add_api_route`` (into ``ApiLink.routes``);
+they are looked up at request time, so they may be added before or after the
+server starts. The API gets an ``ApiLink``, never the agent.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -39,7 +41,7 @@ from .netkey import KEY_BYTES
 from .state import version_text
 
 if TYPE_CHECKING:
-    from .agent import Agent
+    from .keystore import NetworkKeys
 
 log = logging.getLogger("grapevine.node")
 
@@ -68,23 +70,41 @@ async def _json_body(request: web.Request) -> dict:
     return doc
 
 
-def make_api_app(agent: Agent) -> web.Application:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiLink:
+    """What the local API reads and calls: the agent builds it from bound methods, and nothing else is reachable."""
+
+    node_id: str
+    facts: dict
+    state: Any  # node/state.py: applied, history, get_version, reports
+    netkeys: NetworkKeys
+    status: Callable[[], dict]
+    members: Callable[[], dict]
+    bundles: Callable[[], list]
+    targeted_bundles: Callable[[], list]
+    stored_item: Callable[[str], SignedItem | None]
+    publish: Callable[[SignedItem], tuple[bool, str, str]]
+    converge_now: Callable[..., Awaitable[dict]]
+    routes: dict[tuple[str, str], Callable] = field(default_factory=dict)  # routes services add (runs)
+
+
+def make_api_app(host: ApiLink) -> web.Application:
     app = web.Application(client_max_size=MAX_API_BODY)
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(agent.status())
+        return web.json_response(host.status())
 
     async def members(request: web.Request) -> web.Response:
-        return web.json_response(agent.members())
+        return web.json_response(host.members())
 
     async def bundles(request: web.Request) -> web.Response:
         from grapevine.policy.bundle import Bundle
 
-        applied = agent.state.applied()
-        targeted = {b.name for b, _ in agent.targeted_bundles()}
+        applied = host.state.applied()
+        targeted = {b.name for b, _ in host.targeted_bundles()}
         rows = []
-        for name, version, is_applied in agent.bundles():
-            item = agent.node.store.get("bundle/" + name)
+        for name, version, is_applied in host.bundles():
+            item = host.stored_item("bundle/" + name)
             try:
                 target = Bundle.decode(item.payload).target if item else None
             except GrapevineError:
@@ -96,14 +116,14 @@ def make_api_app(agent: Agent) -> web.Application:
                 "applied_version": version_text(a[0]) if a else None, "applied_ok": a[2] if a else None,
                 "applied_ms": a[1] if a else None,
             })
-        return web.json_response({"node": agent.node_id, "bundles": rows})
+        return web.json_response({"node": host.node_id, "bundles": rows})
 
     async def history(request: web.Request) -> web.Response:
         name = request.query.get("name", "")
         key = name if name.startswith(("bundle/", "trust/")) else "bundle/" + name
-        entries = agent.state.history(key)
+        entries = host.state.history(key)
         if not entries:
-            return _error(404, "NotFound", f"no versions of {key} are stored on {agent.node_id}")
+            return _error(404, "NotFound", f"no versions of {key} are stored on {host.node_id}")
         return web.json_response({
             "key": key,
             "versions": [
@@ -120,7 +140,7 @@ def make_api_app(agent: Agent) -> web.Application:
             version = parse_version(request.query.get("version", ""))
         except ConfigError as exc:
             return _error(400, "BadRequest", str(exc))
-        found = agent.state.get_version(key, version)
+        found = host.state.get_version(key, version)
         if found is None:
             return _error(404, "NotFound", f"{key} version {version_text(version)} is not stored here")
         return web.json_response({"key": key, "version": version_text(version), "item": base64.b64encode(found.encode()).decode()})
@@ -131,11 +151,11 @@ def make_api_app(agent: Agent) -> web.Application:
             signed = SignedItem.decode(data)
         except GrapevineError as exc:
             return _error(400, "Malformed", str(exc))
-        accepted, reason, detail = agent.publish(signed)
+        accepted, reason, detail = host.publish(signed)
         if not accepted:
             status = 409 if reason == "Stale" else 422
             return _error(status, reason, detail or f"{signed.key} was refused")
-        return web.json_response({"accepted": True, "key": signed.key, "version": version_text(signed.version), "node": agent.node_id})
+        return web.json_response({"accepted": True, "key": signed.key, "version": version_text(signed.version), "node": host.node_id})
 
     async def converge(request: web.Request) -> web.Response:
         doc = await _json_body(request) if request.can_read_body else {}
@@ -146,12 +166,12 @@ def make_api_app(agent: Agent) -> web.Application:
         if target:
             from grapevine.policy import selectors
 
-            if not selectors.matches(str(target), agent.facts):
+            if not selectors.matches(str(target), host.facts):
                 return web.json_response({
-                    "node": agent.node_id, "changed": 0, "unchanged": 0, "failed": 0, "skipped": 0,
+                    "node": host.node_id, "changed": 0, "unchanged": 0, "failed": 0, "skipped": 0,
                     "resources": [], "skipped_reason": f"this node does not match {target!r}",
                 })
-        report = await agent.converge_now(names, dry_run=bool(doc.get("dry_run")), trigger="api")
+        report = await host.converge_now(names, dry_run=bool(doc.get("dry_run")), trigger="api")
         return web.json_response(report)
 
     async def reports(request: web.Request) -> web.Response:
@@ -161,11 +181,11 @@ def make_api_app(agent: Agent) -> web.Application:
             return _error(400, "BadRequest", "limit must be an integer")
         return web.json_response({"reports": [
             {"id": r.id, "at_ms": r.at_ms, "trigger": r.trigger, "bundles": r.bundles, "ok": r.ok, "report": r.report}
-            for r in agent.state.reports(limit)
+            for r in host.state.reports(limit)
         ]})
 
     def _keys_doc() -> dict:
-        return {"node": agent.node_id, "keys": [{"key_id": k.key_id, "primary": k.primary} for k in agent.ring.keys()]}
+        return {"node": host.node_id, "keys": host.netkeys.doc()}
 
     async def netkeys(request: web.Request) -> web.Response:
         return web.json_response(_keys_doc())
@@ -178,35 +198,25 @@ def make_api_app(agent: Agent) -> web.Application:
             return _error(400, "BadRequest", "key must be base64")
         if len(key) != KEY_BYTES:
             return _error(400, "BadRequest", f"key must be {KEY_BYTES} bytes")
-        kid = agent.ring.install(key)
-        agent._removed_keys.discard(kid)
-        if doc.get("use"):
-            agent.ring.use(kid)
-        agent._save_keys()
-        log.info("network key %s installed%s", kid, " and in use" if doc.get("use") else "")
+        kid = host.netkeys.install(key, use=bool(doc.get("use")))
         return web.json_response({**_keys_doc(), "installed": kid})
 
     async def netkey_use(request: web.Request) -> web.Response:
         doc = await _json_body(request)
         try:
-            agent.ring.use(str(doc.get("key_id", "")))
+            host.netkeys.use(str(doc.get("key_id", "")))
         except ConfigError as exc:
             return _error(404, "UnknownKey", str(exc))
-        agent._save_keys()
-        log.info("network key %s now seals outgoing frames", agent.ring.primary)
         return web.json_response(_keys_doc())
 
     async def netkey_remove(request: web.Request) -> web.Response:
         doc = await _json_body(request)
         kid = str(doc.get("key_id", ""))
         try:
-            agent.ring.remove(kid)
+            host.netkeys.remove(kid)
         except ConfigError as exc:
             code = 404 if "not installed" in str(exc) else 409
             return _error(code, "UnknownKey" if code == 404 else "KeyInUse", str(exc))
-        agent._removed_keys.add(kid)
-        agent._save_keys()
-        log.info("network key %s removed", kid)
         return web.json_response(_keys_doc())
 
     builtin: dict[tuple[str, str], Any] = {
@@ -226,7 +236,7 @@ def make_api_app(agent: Agent) -> web.Application:
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         key = (request.method, request.path)
-        handler = builtin.get(key) or agent.api_routes.get(key)
+        handler = builtin.get(key) or host.routes.get(key)
         if handler is None:
             return _error(404, "NotFound", f"no API route {request.method} {request.path}")
         try:

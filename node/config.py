@@ -128,6 +128,8 @@ class AgentConfig:
     fsync: str = "local"
     history_keep: int = 0  # 0 keeps every accepted version; N keeps the last N per key
     reports_keep: int = 200  # converge reports kept in the store
+    runs_keep: int = 10_000  # run orders executed or refused kept in the audit trail (`history --runs`)...
+    runs_keep_days: int = 30  # ...and for at most this many days
     # the user run orders execute as ("": the agent's own); an agent that is not root can only run as itself
     run_user: str = ""
 
@@ -311,7 +313,7 @@ def check_config(cfg: AgentConfig) -> None:
     cfg.gossip_config()
     positive = (
         "tick_max_ms", "converge_interval_s", "stale_after_s", "rejoin_min_s", "rejoin_max_s",
-        "send_timeout_s", "link_heartbeat_s", "drain_timeout_s", "reports_keep",
+        "send_timeout_s", "link_heartbeat_s", "drain_timeout_s", "reports_keep", "runs_keep", "runs_keep_days",
     )
     for name in positive:
         if getattr(cfg, name) <= 0:

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 from grapevine.gossip.errors import GrapevineError
 from grapevine.gossip.item import SignedItem, Version
 
 from .state import version_text
-
-if TYPE_CHECKING:
-    from .agent import Agent
 
 log = logging.getLogger("grapevine.node")
 
@@ -34,13 +34,94 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConvergeSettings:
+    root: Path  # provider paths go through this root
+    debounce_ms: int = 200  # at most one converge per window; bundles arriving within it converge together
+    interval_s: float = 1800.0  # the periodic converge corrects drift...
+    splay_s: float = 300.0  # ...after a random extra delay up to this, so a fleet does not converge in lockstep
+    on_start: bool = True  # converge what the store holds once after start
+
+
+class ConvergeSchedule:
+    """When to converge, as a sans-I/O machine (times: seconds on one monotonic clock, passed in).
+
+    ``request`` (a bundle arrived, trust changed, start, timer) answers when
+    the converge is to begin: at once after a quiet window, or at the end of
+    the debounce window that began with the last converge; a request while
+    one is pending joins it, so a burst of bundles costs two converges, not
+    one per bundle. ``next_timer`` is the periodic converge: every interval
+    plus a splay drawn from the injected random source.
+    """
+
+    def __init__(self, settings: ConvergeSettings, rng: random.Random) -> None:
+        self.settings = settings
+        self.rng = rng
+        self.pending: tuple[float, str] | None = None  # (when, trigger) of the converge to come
+        self.last_start = float("-inf")
+
+    def request(self, trigger: str, now: float) -> float | None:
+        """A converge is wanted: when it begins, or None when it joins one already pending."""
+        if self.pending is not None:
+            return None
+        at = now + max(0.0, self.settings.debounce_ms / 1000 - (now - self.last_start))
+        self.pending = (at, trigger)
+        return at
+
+    def due(self, now: float) -> str | None:
+        """The trigger of the pending converge if its time has come (it is then no longer pending)."""
+        if self.pending is None or now < self.pending[0]:
+            return None
+        trigger = self.pending[1]
+        self.pending = None
+        return trigger
+
+    def started(self, now: float) -> None:
+        self.last_start = now
+
+    def cancel(self) -> None:
+        self.pending = None
+
+    def next_timer(self, now: float) -> float:
+        return now + self.settings.interval_s + self.rng.uniform(0, self.settings.splay_s)
+
+
+class ReportStore(Protocol):
+    """What convergence stores (node/state.py)."""
+
+    def applied(self) -> dict[str, tuple[Version, int, bool]]: ...
+
+    def add_report(self, *, at_ms: int, trigger: str, bundles: list[str], ok: bool, report: dict) -> int: ...
+
+    def set_applied(self, versions: dict[str, Version], at_ms: int, ok: bool) -> None: ...
+
+
+class ConvergeHost(Protocol):
+    """The few calls convergence makes on the rest of the daemon."""
+
+    def items(self) -> Iterable[SignedItem]: ...
+
+    def drain(self, timeout_s: float) -> Awaitable[None]: ...
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> Any: ...
+
+
 class Convergence:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, *, node_id: str, settings: ConvergeSettings, admission: Any, facts: dict,
+                 store: ReportStore, host: ConvergeHost, metrics: Any, rng: random.Random,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+        self.node_id = node_id
+        self.settings = settings
+        self.admission = admission
+        self.facts = facts
+        self.store = store
+        self.host = host
+        self.metrics = metrics
+        self.stopping = stopping
+        self.plan = ConvergeSchedule(settings, rng)
         self.last_report: dict | None = None
         self._lock = asyncio.Lock()
         self._handle: asyncio.TimerHandle | None = None
-        self._last_start = float("-inf")  # loop time the last converge began
         self._cache: dict[str, tuple[Version, int, Any]] = {}  # key -> (version, root serial, bundle or None)
         self.conflicts: list[Any] = []  # later claims refused at the last look (policy.catalog.Conflict)
 
@@ -48,12 +129,12 @@ class Convergence:
         """The bundle in a stored item if the current root still trusts it (cached per version and root)."""
         from grapevine.policy.bundle import Bundle
 
-        serial = self.agent.admission.root.serial
+        serial = self.admission.root.serial
         cached = self._cache.get(item.key)
         if cached is not None and cached[0] == item.version and cached[1] == serial:
             return cached[2]
         bundle = None
-        refusal = self.agent.admission.still_valid(item, now)
+        refusal = self.admission.still_valid(item, now)
         if refusal is not None:
             log.warning("stored %s is not applied: %s under trust root serial %d", item.key, refusal, serial)
         else:
@@ -68,7 +149,7 @@ class Convergence:
         from grapevine.policy import selectors
 
         try:
-            return selectors.matches(bundle.target or None, self.agent.facts)
+            return selectors.matches(bundle.target or None, self.facts)
         except GrapevineError as exc:
             log.warning("bundle %s has an unusable target: %s", bundle.name, exc)
             return False
@@ -76,11 +157,11 @@ class Convergence:
     def targeted_bundles(self) -> list[tuple[Any, Version]]:
         """Stored bundles that target this node and that the current trust root still trusts."""
         now = now_ms()
-        if self.agent.admission.root.expired(now):
-            log.warning("trust root serial %d has expired: no bundle is applied", self.agent.admission.root.serial)
+        if self.admission.root.expired(now):
+            log.warning("trust root serial %d has expired: no bundle is applied", self.admission.root.serial)
             return []
         out = []
-        for item in self.agent.node.store.items():
+        for item in self.host.items():
             if not item.key.startswith(BUNDLE_PREFIX):
                 continue
             bundle = self.usable_bundle(item, now)
@@ -109,31 +190,27 @@ class Convergence:
         bundle = self.usable_bundle(item, now)
         if bundle is not None and self.targets_me(bundle):
             return True
-        return item.key[len(BUNDLE_PREFIX):] in self.agent.state.applied()
+        return item.key[len(BUNDLE_PREFIX):] in self.store.applied()
 
     def schedule(self, trigger: str) -> None:
-        """Converge soon, at most once per debounce window.
-
-        The first arrival after a quiet window converges at once; arrivals
-        within ``converge_debounce_ms`` of the last converge's start join one
-        converge at the end of the window, so a burst of bundles costs two
-        converges, not one per bundle.
-        """
-        if self._handle is not None or self.agent.stopping:
-            return  # already scheduled: this arrival joins it
+        """Converge soon, at most once per debounce window (``ConvergeSchedule`` says when)."""
+        if self.stopping():
+            return
         loop = asyncio.get_running_loop()
-        since = loop.time() - self._last_start
-        delay = max(0.0, self.agent.config.converge_debounce_ms / 1000 - since)
+        at = self.plan.request(trigger, loop.time())
+        if at is None:
+            return  # already scheduled: this arrival joins it
+        self._handle = loop.call_at(at, self._fire)
 
-        def fire() -> None:
-            self._handle = None
-            self.agent.spawn(self._quiet(trigger), "converge")
-
-        self._handle = loop.call_later(delay, fire)
+    def _fire(self) -> None:
+        self._handle = None
+        trigger = self.plan.due(asyncio.get_running_loop().time())
+        if trigger is not None:
+            self.host.spawn(self._quiet(trigger), "converge")
 
     async def _quiet(self, trigger: str) -> None:
         # the mesh first: frames this node is forwarding leave before the converge takes the CPU
-        await self.agent.transport.drain(FORWARD_FIRST_S)
+        await self.host.drain(FORWARD_FIRST_S)
         try:
             await self.converge_now(trigger=trigger)
         except Exception:
@@ -144,7 +221,7 @@ class Convergence:
         from grapevine.policy import engine
 
         async with self._lock:
-            self._last_start = asyncio.get_running_loop().time()
+            self.plan.started(asyncio.get_running_loop().time())
             targeted = self.targeted_bundles()
             if bundle_names:
                 wanted = set(bundle_names)
@@ -155,7 +232,7 @@ class Convergence:
             at = now_ms()
             try:
                 report = await asyncio.to_thread(
-                    engine.converge, bundles, root=self.agent.config.root, facts=self.agent.facts, dry_run=dry_run
+                    engine.converge, bundles, root=self.settings.root, facts=self.facts, dry_run=dry_run
                 )
                 doc = report.to_json()
             except GrapevineError as exc:
@@ -163,7 +240,7 @@ class Convergence:
             took = time.monotonic() - t0
             ok = not doc.get("failed") and not doc.get("error")
             doc.update(
-                node=self.agent.node_id, at_ms=at, trigger=trigger, dry_run=dry_run,
+                node=self.node_id, at_ms=at, trigger=trigger, dry_run=dry_run,
                 versions={n: version_text(v) for n, v in versions.items()},
             )
             doc.setdefault("bundles", sorted(versions))
@@ -171,12 +248,12 @@ class Convergence:
                 doc["refused"] = [c.to_json() for c in self.conflicts]
             doc.setdefault("duration_ms", int(took * 1000))
             if not dry_run:
-                self.agent.state.add_report(at_ms=at, trigger=trigger, bundles=sorted(versions), ok=ok, report=doc)
-                self.agent.state.set_applied(versions, at, ok)
+                self.store.add_report(at_ms=at, trigger=trigger, bundles=sorted(versions), ok=ok, report=doc)
+                self.store.set_applied(versions, at, ok)
                 self.last_report = doc
-                self.agent.metrics.converge_seconds.labels(trigger).observe(took)
+                self.metrics.converge_seconds.labels(trigger).observe(took)
                 if not ok:
-                    self.agent.metrics.converge_failures.inc()
+                    self.metrics.converge_failures.inc()
             if doc.get("error"):
                 log.warning("converge (%s) could not run: %s", trigger, doc["error"])
             log.info(
@@ -187,15 +264,16 @@ class Convergence:
 
     def cancel(self) -> None:
         """Drop a scheduled converge (shutdown)."""
+        self.plan.cancel()
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
 
     async def periodic(self) -> None:
         """Converge once after start (if anything targets this node), then every interval plus splay."""
-        cfg = self.agent.config
-        if cfg.converge_on_start and self.targeted_bundles():
+        loop = asyncio.get_running_loop()
+        if self.settings.on_start and self.targeted_bundles():
             self.schedule("start")
         while True:
-            await asyncio.sleep(cfg.converge_interval_s + self.agent.rng.uniform(0, cfg.converge_splay_s))
+            await asyncio.sleep(max(0.0, self.plan.next_timer(loop.time()) - loop.time()))  # the shell's timer
             self.schedule("timer")

@@ -298,6 +298,54 @@ class State:
             self._synced = want
         return _Tx(self.db)
 
+    # -- run audit trail (`grapevine history --runs`) ----------------------
+    RUN_AUDIT_PRUNE_EVERY = 64  # inserts between two retention passes (a pass reads up to keep_rows index entries)
+    RUN_AUDIT_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS run_audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, operator TEXT NOT NULL, command TEXT NOT NULL,
+        selector TEXT NOT NULL, origin TEXT NOT NULL, started_ms INTEGER NOT NULL, duration_ms INTEGER,
+        exit_code INTEGER, refused TEXT
+    );
+    CREATE INDEX IF NOT EXISTS run_audit_started ON run_audit (started_ms);
+    """
+
+    def record_run(self, row: dict, *, keep_rows: int, keep_ms: int, now_ms: int) -> None:
+        """Record one run order this node executed or refused.
+
+        Rows older than ``keep_ms`` and beyond the newest ``keep_rows`` are
+        dropped every ``RUN_AUDIT_PRUNE_EVERY`` inserts, so the table never
+        holds more than ``keep_rows + RUN_AUDIT_PRUNE_EVERY`` rows.
+        """
+        if not getattr(self, "_run_audit_ready", False):
+            self.db.executescript(self.RUN_AUDIT_SCHEMA)
+            self._run_audit_ready = True
+        with self._tx(sync=self.fsync == "always"):  # bookkeeping, like reports
+            self.db.execute(
+                "INSERT INTO run_audit (run_id, operator, command, selector, origin, started_ms, duration_ms,"
+                " exit_code, refused) VALUES (?,?,?,?,?,?,?,?,?)",
+                (row["order"], row["operator"], row["command"], row["selector"], row["origin"], int(row["started_ms"]),
+                 row.get("duration_ms"), row.get("exit_code"), row.get("refused")),
+            )
+            self._run_audit_inserts = getattr(self, "_run_audit_inserts", 0) + 1
+            if self._run_audit_inserts % self.RUN_AUDIT_PRUNE_EVERY == 1:  # the first insert, then every so many
+                self.db.execute("DELETE FROM run_audit WHERE started_ms < ?", (now_ms - keep_ms,))
+                self.db.execute(
+                    "DELETE FROM run_audit WHERE id <= (SELECT id FROM run_audit ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (max(0, keep_rows),),
+                )
+
+    def run_history(self, limit: int = 100) -> list[dict]:
+        """The newest ``limit`` audit rows, newest first, in the form `history --runs --json` prints."""
+        if not getattr(self, "_run_audit_ready", False):
+            self.db.executescript(self.RUN_AUDIT_SCHEMA)
+            self._run_audit_ready = True
+        rows = self.db.execute(
+            "SELECT run_id, operator, command, selector, origin, started_ms, duration_ms, exit_code, refused"
+            " FROM run_audit ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        keys = ("order", "operator", "command", "selector", "origin", "started_ms", "duration_ms", "exit_code", "refused")
+        return [dict(zip(keys, r)) for r in rows]
+
 
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error (autocommit connection)."""

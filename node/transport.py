@@ -105,6 +105,7 @@ class Transport:
         self.send_timeout_s = send_timeout_s
         self.heartbeat_s = heartbeat_s
         self.routes: dict[str, RouteHandler] = {}
+        self.sender_routes: set[str] = set()  # routes whose handler takes (sender, body): the frame's sender
         self.links: dict[str, _Link] = {}
         self._tasks: set[asyncio.Task] = set()
         self._post_slots = asyncio.Semaphore(MAX_POSTS_IN_FLIGHT)
@@ -234,7 +235,7 @@ class Transport:
         self.metrics.messages_in.labels(f"route:{name}").inc()
         self.metrics.bytes_in.labels(f"route:{name}").inc(len(frame))
         try:
-            result = handler(body)
+            result = handler(sender, body) if name in self.sender_routes else handler(body)
             if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
                 result = await result
         except ProtocolError as exc:

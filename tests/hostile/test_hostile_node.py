@@ -465,5 +465,6 @@ def test_attack_shows_by_reason_in_every_honest_nodes_metrics(world, hostile_rep
         for reason in ("Replayed", "UnknownKey", "BadSignature", "Expired"):
             assert c[("grapevine_run_refusals", reason)] > 0, (name, reason, c)
     origin = per_node[world.agents[0].name]
-    for reason in ("KeyMismatch", "UnknownNode", "Malformed"):  # discovery lies and forged results, at the origin
+    # discovery lies (answers in another node's name: refused against the frame's sender) and forged results
+    for reason in ("SenderMismatch", "UnknownNode", "Malformed"):
         assert origin[("grapevine_run_refusals", reason)] > 0, (reason, origin)
