@@ -166,7 +166,7 @@ class Convergence:
                 continue
             bundle = self.usable_bundle(item, now)
             if bundle is not None and self.targets_me(bundle):
-                if not self.agent.admission.within_ceiling(item, bundle, self.agent.facts):
+                if not self.admission.within_ceiling(item, bundle, self.facts):
                     log.warning("%s is not applied: this node is outside its publisher's target ceiling", item.key)
                     continue
                 out.append((bundle, item.version))
