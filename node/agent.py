@@ -48,6 +48,7 @@ from .config import AgentConfig
 from .convergence import Convergence
 from .metrics import AgentMetrics
 from .netkey import KeyRing, read_key_file
+from .pins import Pins, pin_api_routes
 from .state import State, version_text
 from .transport import FrameRefused, Transport, peer_address
 
@@ -148,11 +149,13 @@ class Agent:
             node_id=self.node_id, ring=self.ring, metrics=self.metrics,
             on_message=self._on_peer_frame, on_send_failed=self._on_send_failed,
             send_timeout_s=config.send_timeout_s, heartbeat_s=config.link_heartbeat_s,
+            node_key=self.node_key, serve_metrics=config.peer_metrics,
+            pins=Pins(self.state, on_change=lambda name: self.metrics.node_key_changes.inc()),
         )
         self.transport.health = self.health
         self.transport.routes[HELLO_ROUTE] = self._hello
         self._broadcast_handlers: dict[str, BroadcastHandler] = {}
-        self.api_routes: dict[tuple[str, str], Callable] = {}
+        self.api_routes: dict[tuple[str, str], Callable] = dict(pin_api_routes(self.transport.pins))
         self.started_ms = now_ms()
         self.last_heard_ms = self.started_ms
         self._wake = asyncio.Event()
@@ -251,7 +254,7 @@ class Agent:
         self.transport.routes[name] = handler
 
     async def send_direct(self, node_id: str, name: str, body: object, timeout_s: float | None = None) -> object:
-        _sender, answer = await self.transport.request(peer_address(node_id), name, body, timeout_s)
+        _sender, answer = await self.transport.request(peer_address(node_id), name, body, timeout_s, dest=node_id)
         return answer
 
     def add_api_route(self, method: str, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
@@ -525,7 +528,7 @@ class Agent:
         host, port = self.config.bind.rsplit(":", 1)
         host = host.strip("[]")
         bound = self.config.drain_timeout_s  # open requests get this long when the servers stop
-        peer_runner = web.AppRunner(self.transport.make_app(), access_log=None, handle_signals=False, shutdown_timeout=bound)
+        peer_runner = self.transport.make_runner(shutdown_timeout=bound)
         api_runner = web.AppRunner(make_api_app(self), access_log=None, handle_signals=False, shutdown_timeout=bound)
         sock = self.config.socket_path
         try:
@@ -533,7 +536,7 @@ class Agent:
                 await stack.enter_async_context(self.transport)
                 await peer_runner.setup()
                 try:
-                    await web.TCPSite(peer_runner, host, int(port), reuse_address=True).start()
+                    await self.transport.make_site(peer_runner, host, int(port), reuse_address=True).start()
                 except OSError as exc:
                     raise ConfigError(f"bind: cannot listen on {self.config.bind}: {exc.strerror or exc}") from None
                 await api_runner.setup()
