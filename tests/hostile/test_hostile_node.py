@@ -399,7 +399,7 @@ def test_lies_in_discovery_cannot_plant_forged_run_results(world):
     """A hostile member answers every run discovery in each honest node's name with its own key,
     then forges those nodes' results: the origin must keep only the genuine ones."""
     port = free_port()
-    member = HostilePeer(world.mesh.netkey_path, name="mallory", port=port)
+    member = HostilePeer(world.mesh.netkey_path, name="mallory-member", port=port)  # "mallory" is pinned to the other key
     server = HostileServer(member, port, [a.node_id for a in world.agents])
     server.start()
     try:
