@@ -20,6 +20,7 @@ targets and the tests read these names, never a number of their own.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +50,16 @@ MAX_ROUTE_ANSWER_BYTES = MAX_ROUTE_FRAME_BYTES  # what a route request reads bac
 # A link is authenticated by a frame in its upgrade request, base64 in one header line:
 # it carries a few dozen bytes of body, and aiohttp refuses header lines above 8190 bytes anyway.
 MAX_LINK_TOKEN_BYTES = 2048
+# A link token is fresh per dial: one older than this (or this far ahead of our clock) is refused, and
+# one seen before is refused, so a captured token cannot open a link later. Five minutes is far
+# beyond the clock skew a fleet runs with (items more than 60 s ahead are refused anyway).
+LINK_TOKEN_HEADER = "X-Grapevine-Link"
+LINK_TOKEN_MAX_AGE_MS = 300_000
+LINK_TOKENS_REMEMBERED = 4096  # tokens kept to refuse replays: far more links than one node opens in 5 min
 __all__ = [
     "ENVELOPE_VERSION", "MAX_NODE_ID_LEN", "MAX_FRAME_BYTES", "MAX_ROUTE_BODY_BYTES", "MAX_ROUTE_FRAME_BYTES",
     "FRAME_HEADER_BYTES", "FrameRefused", "Envelope", "pack_envelope", "unpack_envelope", "node_name",
+    "LINK_TOKEN_HEADER", "LinkTokens", "link_token_body",
 ]
 
 
@@ -121,3 +129,31 @@ def unpack_route_body(body: bytes) -> Any:
                                max_array_len=4096, max_map_len=4096, max_ext_len=0)
     except Exception as exc:
         raise FrameRefused(400, "BadRouteBody", f"route body is not valid msgpack: {exc}") from None
+
+
+def link_token_body(now_ms: int) -> bytes:
+    return msgpack.packb({"t": now_ms}, use_bin_type=True)
+
+
+class LinkTokens:
+    """Link tokens admitted lately: a token must be fresh and never seen before (time passed in)."""
+
+    def __init__(self, *, max_age_ms: int = LINK_TOKEN_MAX_AGE_MS, remember: int = LINK_TOKENS_REMEMBERED) -> None:
+        self.max_age_ms = max_age_ms
+        self.remember = remember
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+
+    def admit(self, env: Envelope, now_ms: int) -> None:
+        """Accept the (already authenticated) token ``env`` or raise FrameRefused."""
+        try:
+            t = msgpack.unpackb(env.body, raw=False, max_str_len=8, max_bin_len=0, max_array_len=0, max_map_len=1)["t"]
+            age = now_ms - int(t)
+        except Exception:
+            raise FrameRefused(400, "BadEnvelope", "link token body must be {t: sent_ms}") from None
+        if abs(age) > self.max_age_ms:
+            raise FrameRefused(403, "StaleLinkToken", f"link token from {env.sender} is {age} ms old (clock skew?)")
+        if env.signature in self._seen:
+            raise FrameRefused(403, "ReplayedLinkToken", f"link token from {env.sender} was used before")
+        self._seen[env.signature] = None
+        while len(self._seen) > self.remember:
+            self._seen.popitem(last=False)

@@ -48,7 +48,6 @@ import binascii
 import contextvars
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -60,9 +59,9 @@ from grapevine.gossip.errors import ProtocolError
 from grapevine.policy.keys import SigningKey
 
 from .frames import (
-    FRAME_HEADER_BYTES, MAX_FRAME_BYTES, MAX_LINK_TOKEN_BYTES, MAX_NODE_ID_LEN, MAX_ROUTE_ANSWER_BYTES,
-    MAX_ROUTE_BODY_BYTES, MAX_ROUTE_FRAME_BYTES, Envelope, FrameRefused, pack_envelope, unpack_envelope,
-    unpack_route_body,
+    FRAME_HEADER_BYTES, LINK_TOKEN_HEADER, MAX_FRAME_BYTES, MAX_LINK_TOKEN_BYTES, MAX_NODE_ID_LEN,
+    MAX_ROUTE_ANSWER_BYTES, MAX_ROUTE_BODY_BYTES, MAX_ROUTE_FRAME_BYTES, Envelope, FrameRefused, LinkTokens,
+    link_token_body, pack_envelope, unpack_envelope, unpack_route_body,
 )
 from .guard import UNAUTH_DEADLINE_S, ConnectionGuard, GuardedSite
 from .metrics import AgentMetrics
@@ -71,8 +70,8 @@ from .pins import Pins
 
 log = logging.getLogger("grapevine.node")
 
-__all__ = ["Transport", "FrameRefused", "MAX_FRAME_BYTES", "MAX_NODE_ID_LEN", "MAX_ROUTE_BODY_BYTES", "peer_address",
-           "frame_sender"]
+__all__ = ["Transport", "FrameRefused", "LINK_TOKEN_HEADER", "MAX_FRAME_BYTES", "MAX_NODE_ID_LEN",
+           "MAX_ROUTE_BODY_BYTES", "peer_address", "frame_sender"]
 
 LINK_QUEUE_FRAMES = 4096  # frames waiting on one link; a peer this far behind is treated as failed
 MAX_POSTS_IN_FLIGHT = 64  # concurrent one-off POSTs; more wait their turn
@@ -91,11 +90,6 @@ KEEPALIVE_S = 30.0
 MAX_REQUEST_LINE = 1024  # "POST /v1/peer/<route> HTTP/1.1"; aiohttp's default is 8190
 MAX_HEADER_FIELD = 4096  # the largest header is the link token (MAX_LINK_TOKEN_BYTES in base64)
 MAX_HEADERS = 24  # aiohttp's client sends about 8 (10 with a WebSocket upgrade)
-# Link tokens: a fresh one per dial; one older than this (or this far ahead of our clock) is refused,
-# and one seen before is refused, so a captured token cannot open a link later.
-LINK_TOKEN_HEADER = "X-Grapevine-Link"
-LINK_TOKEN_MAX_AGE_MS = 300_000
-LINK_TOKENS_REMEMBERED = 4096  # tokens kept to refuse replays: far more links than one node opens in 5 min
 REFUSAL_LOG_EVERY_S = 10.0  # a flood of refusals is logged once per reason per window, with the count
 
 PeerMessageHandler = Callable[[str, bytes, int], None]  # (sender, body, frame_size)
@@ -162,7 +156,7 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
         self._server_ws: set[web.WebSocketResponse] = set()
         self._site: GuardedSite | None = None
-        self._tokens_seen: OrderedDict[bytes, None] = OrderedDict()
+        self._link_tokens = LinkTokens()
         self._refusal_log: dict[str, tuple[float, int]] = {}
         self.health: Callable[[], dict] = lambda: {"ok": True}
         self.closed = False
@@ -370,8 +364,7 @@ class Transport:
 
     def link_token(self, peer: str) -> str:
         """The header value that opens a link to ``peer``: a fresh frame addressed to it."""
-        body = msgpack.packb({"t": now_ms()}, use_bin_type=True)
-        return base64.b64encode(self.seal(body, peer)).decode("ascii")
+        return base64.b64encode(self.seal(link_token_body(now_ms()), peer)).decode("ascii")
 
     def _check_link_token(self, request: web.Request) -> str:
         text = request.headers.get(LINK_TOKEN_HEADER)
@@ -388,18 +381,7 @@ class Transport:
         except BadSeal as exc:
             raise FrameRefused(400 if exc.reason == "NotAFrame" else 403, exc.reason, str(exc)) from None
         env = self.check_envelope(plain, (self.node_id,))
-        try:
-            t = msgpack.unpackb(env.body, raw=False, max_str_len=8, max_bin_len=0, max_array_len=0, max_map_len=1)["t"]
-            age = now_ms() - int(t)
-        except Exception:
-            raise FrameRefused(400, "BadEnvelope", "link token body must be {t: sent_ms}") from None
-        if abs(age) > LINK_TOKEN_MAX_AGE_MS:
-            raise FrameRefused(403, "StaleLinkToken", f"link token from {env.sender} is {age} ms old (clock skew?)")
-        if env.signature in self._tokens_seen:
-            raise FrameRefused(403, "ReplayedLinkToken", f"link token from {env.sender} was used before")
-        self._tokens_seen[env.signature] = None
-        while len(self._tokens_seen) > LINK_TOKENS_REMEMBERED:
-            self._tokens_seen.popitem(last=False)
+        self._link_tokens.admit(env, now_ms())
         return env.sender
 
     async def _handle_link(self, request: web.Request) -> web.StreamResponse:

@@ -121,3 +121,17 @@ def test_guard_evicts_the_oldest_of_the_busiest_source_and_expires_by_deadline()
     assert g.expired(3.25) == ["a3"]
     assert sorted(g.expired(10.0)) == ["a4", "b2"]
     assert len(g) == 0
+
+
+def test_link_tokens_must_be_fresh_and_used_once():
+    key = SigningKey.generate()
+    tokens = frames.LinkTokens(max_age_ms=300_000)
+    env = unpack_envelope(pack_envelope(key, PEER, NODE, frames.link_token_body(1_000_000)))
+    tokens.admit(env, 1_000_500)
+    with pytest.raises(FrameRefused) as err:
+        tokens.admit(env, 1_000_600)
+    assert err.value.reason == "ReplayedLinkToken"
+    old = unpack_envelope(pack_envelope(key, PEER, NODE, frames.link_token_body(1_000_000)))
+    with pytest.raises(FrameRefused) as err:
+        frames.LinkTokens(max_age_ms=300_000).admit(old, 1_000_000 + 300_001)
+    assert err.value.reason == "StaleLinkToken"
