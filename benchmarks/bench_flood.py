@@ -1,6 +1,6 @@
 """Peer port under a flood of hostile connections: memory, /health latency, honest delivery.
 
-    .venv/bin/python benchmarks/bench_flood.py [--code both|new|old] [--conns 120] [--seconds 20] [--json]
+    .venv/bin/python benchmarks/bench_flood.py [--code both|new|old] [--conns 120] [--seconds 20] [--frames] [--json]
 
 For each code under test, three agents on loopback (``LocalMesh``, local
 preset); agent 0 is the target. After the mesh settles, ``tests/hostile/flood.py``
@@ -17,7 +17,10 @@ holds the fleet key). Meanwhile this process
 
 ``--code old`` runs the same agents with ``OLD_PYTHON`` (default
 /work/main/.venv/bin/python, the code before the peer-port fix); ``both`` runs
-old then new in one invocation so the figures sit side by side. Every process
+old then new in one invocation so the figures sit side by side. ``--frames``
+also times the honest path in-process: sealing and opening one frame of
+200 B, 64 KiB and 1 MiB with each code (the new frame adds a node-key
+signature and its check). Every process
 started is stopped (``local_mesh``), the flood process is killed by PID.
 """
 
@@ -109,7 +112,8 @@ def run_one(code: str, conns: int, seconds: float, base: Path) -> dict:
         mesh.wait_mesh()
         target, others = mesh.agents[0], mesh.agents[1:]
         mesh.inject(others[0], doc(1))
-        mesh.wait_until(lambda: applied_everywhere(mesh.agents, 1), DELIVERY_TIMEOUT_S, "v1 everywhere")
+        out["delivery_no_flood_s"] = round(mesh.wait_until(
+            lambda: applied_everywhere(mesh.agents, 1), DELIVERY_TIMEOUT_S, "v1 everywhere"), 3)
         time.sleep(SETTLE_S)
         pid = target.proc.pid
         samples = []
@@ -192,7 +196,7 @@ def run_one(code: str, conns: int, seconds: float, base: Path) -> dict:
     return out
 
 
-ROWS = [("RSS before, MiB", "rss_before_mib"), ("RSS max during flood, MiB", "rss_max_mib"),
+ROWS = [("bundle to every node before the flood, s", "delivery_no_flood_s"), ("RSS before, MiB", "rss_before_mib"), ("RSS max during flood, MiB", "rss_max_mib"),
         ("RSS growth, MiB", "rss_growth_mib"), ("RSS 3 s after, MiB", "rss_3s_after_mib"),
         ("/health probes", "health_probes"), ("/health failed (5 s timeout)", "health_failed"),
         ("/health median, ms", "health_median_ms"), ("/health max, ms", "health_max_ms"),
@@ -211,6 +215,36 @@ def table(results: list[dict]) -> str:
     return head + "\n".join(lines)
 
 
+FRAME_COST = r"""
+import inspect, json, statistics, time
+from grapevine.node.metrics import AgentMetrics
+from grapevine.node.netkey import KeyRing, generate_key
+from grapevine.node.transport import Transport
+ring = KeyRing(); ring.install(generate_key())
+mk = lambda nid: Transport(node_id=nid, ring=ring, metrics=AgentMetrics(), on_message=lambda *a: None,
+                           on_send_failed=lambda p: None)
+a, b = mk("a@127.0.0.1:1"), mk("b@127.0.0.1:2")
+addressed = "dest" in inspect.signature(a.seal).parameters
+out = {}
+for size, n in ((200, 3000), (64 * 1024, 300), (1024 * 1024, 30)):
+    body, runs = bytes(size), []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f = a.seal(body, b.node_id) if addressed else a.seal(body)
+            b.open(f)
+        runs.append((time.perf_counter() - t0) / n * 1e6)
+    out[str(size)] = {"us_per_frame": round(statistics.median(runs), 1), "frame_bytes": len(f)}
+print(json.dumps(out))
+"""
+
+
+def frame_cost(python: str) -> dict:
+    """Median microseconds to seal and open one frame (sender and receiver side), in-process."""
+    done = subprocess.run([python, "-c", FRAME_COST], capture_output=True, text=True, timeout=300)
+    return json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr[-300:]}
+
+
 def main() -> int:
     import tempfile
 
@@ -219,18 +253,24 @@ def main() -> int:
     p.add_argument("--conns", type=int, default=120)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--frames", action="store_true", help="also time sealing and opening one honest frame")
     a = p.parse_args()
     codes = ["old", "new"] if a.code == "both" else [a.code]
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-flood-") as tmp:
         for code in codes:
             results.append(run_one(code, a.conns, a.seconds, Path(tmp)))
+    if a.frames:
+        for r in results:
+            r["frame_cost"] = frame_cost(r["python"])
     if a.json:
         print(json.dumps(results, indent=1))
     else:
         print(table(results))
         for r in results:
             print(f"{r['code']}: flood outcomes {json.dumps(r['flood'].get('outcomes'))}; load {r['load_before']} -> {r['load_after']}")
+            if "frame_cost" in r:
+                print(f"{r['code']}: seal + open one frame, median us (body bytes: us): {json.dumps(r['frame_cost'])}")
     return 0
 
 

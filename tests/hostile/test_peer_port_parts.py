@@ -135,3 +135,17 @@ def test_link_tokens_must_be_fresh_and_used_once():
     with pytest.raises(FrameRefused) as err:
         frames.LinkTokens(max_age_ms=300_000).admit(old, 1_000_000 + 300_001)
     assert err.value.reason == "StaleLinkToken"
+
+
+def test_metrics_are_off_the_peer_port_unless_asked_for():
+    from grapevine.node.config import load_config
+
+    assert load_config(flags={"name": "n", "bind": "127.0.0.1:7000"}, environ={}).peer_metrics is False
+    assert load_config(flags={"name": "n", "bind": "127.0.0.1:7000"},
+                       environ={"GRAPEVINE_PEER_METRICS": "true"}).peer_metrics is True
+    paths = lambda t: {r.canonical for r in t.make_app().router.resources()}  # noqa: E731
+    off = transport()
+    assert "/metrics" not in paths(off) and "/health" in paths(off)
+    on = Transport(node_id=NODE, ring=ring(), metrics=AgentMetrics(), on_message=lambda *a: None,
+                   on_send_failed=lambda p: None, serve_metrics=True)
+    assert "/metrics" in paths(on)
