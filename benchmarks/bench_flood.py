@@ -156,15 +156,16 @@ def run_one(code: str, conns: int, seconds: float, base: Path) -> dict:
             deliveries["to_target_s"] = round(mesh.wait_until(
                 lambda: applied_everywhere([target], 2), DELIVERY_TIMEOUT_S, "v2 at the target"), 3)
         except RuntimeError:
-            deliveries["to_target_s"] = None
+            deliveries["to_target_s"] = None  # not within DELIVERY_TIMEOUT_S
         deliveries["to_target_during_flood"] = time.monotonic() - t0 < seconds
         time.sleep(max(0.0, t_inj + 5.0 - time.monotonic()))
-        mesh.inject(target, doc(3))
-        try:
+        try:  # through the flooded agent's local API: the flood may have made that one unreachable too
+            mesh.inject(target, doc(3))
             deliveries["from_target_s"] = round(mesh.wait_until(
                 lambda: applied_everywhere(others, 3), DELIVERY_TIMEOUT_S, "v3 at the others"), 3)
-        except RuntimeError:
+        except RuntimeError as exc:
             deliveries["from_target_s"] = None
+            deliveries["from_target_error"] = str(exc)[-160:]
         deliveries["from_target_during_flood"] = time.monotonic() - t0 < seconds
         try:
             fout, ferr = flood_proc.communicate(timeout=seconds + 30)
