@@ -187,7 +187,7 @@ class Transport:
         return self._site
 
     def _on_evict(self, why: str) -> None:
-        self.metrics.bad_frames.labels(why).inc()
+        self.metrics.strangers_closed.labels(why).inc()
         self._log_refusal(why, "connection", None, f"unauthenticated connection closed ({why})")
 
     def _authenticated(self, request: web.Request) -> None:

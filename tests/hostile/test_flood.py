@@ -125,7 +125,8 @@ def test_honest_gossip_reaches_the_flooded_agent_during_the_flood(flooded):
 @pytest.mark.parametrize("reasons", [("CompressedBody",), ("NoLinkToken",), ("NotAFrame",), ("Expired", "Evicted")])
 def test_each_hostile_form_is_refused_and_counted_by_reason(flooded, reasons):
     before, after = flooded["metrics_before"], flooded["metrics_after"]
-    n = sum(after.get(("grapevine_bad_frames", r), 0) - before.get(("grapevine_bad_frames", r), 0) for r in reasons)
+    metric = "grapevine_peer_strangers_closed" if reasons == ("Expired", "Evicted") else "grapevine_bad_frames"
+    n = sum(after.get((metric, r), 0) - before.get((metric, r), 0) for r in reasons)
     assert n > 0, f"no {'/'.join(reasons)} refusal counted; refusals seen: " + ", ".join(
         f"{k[1]}={v - before.get(k, 0):.0f}" for k, v in after.items())
 
