@@ -310,8 +310,10 @@ class State:
         return {r[0]: (bytes(r[1]), r[2], r[3]) for r in rows}
 
     def pin_node(self, name: str, key: bytes, now_ms: int, node_id: str) -> None:
+        # no wait for the disk: new names arrive at a member's pace, and a pin lost to a power cut is
+        # only taken again on the next sight
         self._pins_table()
-        with self._tx():
+        with self._tx(sync=False):
             self.db.execute("INSERT OR IGNORE INTO node_pins (name, key, first_seen_ms, node_id) VALUES (?, ?, ?, ?)",
                             (name, key, now_ms, node_id))
 
