@@ -19,6 +19,7 @@ from grapevine.gossip.errors import GrapevineError
 COMMANDS: dict[str, str] = {
     "keys": "grapevine.cli.keys:keys",
     "netkey": "grapevine.cli.netkey:netkey",
+    "pins": "grapevine.cli.pins:pins",
     "trust": "grapevine.cli.trust:trust",
     "bundle": "grapevine.cli.bundle:bundle",
     "converge": "grapevine.cli.converge:converge",

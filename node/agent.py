@@ -49,6 +49,7 @@ from .keystore import NetworkKeys
 from .lifecycle import Background, load_node_key, take_lock
 from .metrics import AgentMetrics
 from .netkey import KeyRing
+from .pins import Pins, pin_api_routes
 from .ports import ConvergeLink, Membership, NodeWork, PeerLink, RunBook, fleet_status_info
 from .runs import QUERY_KIND, RunService
 from .state import PEERS_KEEP, State, version_text
@@ -117,11 +118,13 @@ class Agent:
             node_id=self.node_id, ring=self.ring, metrics=self.metrics,
             on_message=self._on_peer_frame, on_send_failed=self._on_send_failed,
             send_timeout_s=config.send_timeout_s, heartbeat_s=config.link_heartbeat_s,
+            node_key=self.node_key, serve_metrics=config.peer_metrics,
+            pins=Pins(self.state, on_change=lambda name: self.metrics.node_key_changes.inc()),
         )
         self.transport.health = self.health
         self.transport.routes[HELLO_ROUTE] = self._hello
         self._broadcast_handlers: dict[str, BroadcastHandler] = {}
-        self.api_routes: dict[tuple[str, str], Callable] = {}
+        self.api_routes: dict[tuple[str, str], Callable] = dict(pin_api_routes(self.transport.pins))
         self.started_ms = now_ms()
         self.last_heard_ms = self.started_ms
         self._wake = asyncio.Event()
@@ -209,7 +212,7 @@ class Agent:
             self.transport.sender_routes.add(name)
 
     async def send_direct(self, node_id: str, name: str, body: object, timeout_s: float | None = None) -> object:
-        _sender, answer = await self.transport.request(peer_address(node_id), name, body, timeout_s)
+        _sender, answer = await self.transport.request(peer_address(node_id), name, body, timeout_s, dest=node_id)
         return answer
 
     def add_api_route(self, method: str, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
@@ -484,7 +487,7 @@ class Agent:
         host, port = self.config.bind.rsplit(":", 1)
         host = host.strip("[]")
         bound = self.config.drain_timeout_s  # open requests get this long when the servers stop
-        peer_runner = web.AppRunner(self.transport.make_app(), access_log=None, handle_signals=False, shutdown_timeout=bound)
+        peer_runner = self.transport.make_runner(shutdown_timeout=bound)
         api = ApiLink(node_id=self.node_id, facts=self.facts, state=self.state, netkeys=self.netkeys, status=self.status,
                       members=self.members, bundles=self.bundles, targeted_bundles=self.targeted_bundles,
                       stored_item=self.node.store.get, publish=self.publish, converge_now=self.converge_now,
@@ -496,7 +499,7 @@ class Agent:
                 await stack.enter_async_context(self.transport)
                 await peer_runner.setup()
                 try:
-                    await web.TCPSite(peer_runner, host, int(port), reuse_address=True).start()
+                    await self.transport.make_site(peer_runner, host, int(port), reuse_address=True).start()
                 except OSError as exc:
                     raise ConfigError(f"bind: cannot listen on {self.config.bind}: {exc.strerror or exc}") from None
                 await api_runner.setup()

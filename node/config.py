@@ -132,6 +132,9 @@ class AgentConfig:
     runs_keep_days: int = 30  # ...and for at most this many days
     # the user run orders execute as ("": the agent's own); an agent that is not root can only run as itself
     run_user: str = ""
+    # serve /metrics on the peer port too: anyone who reaches that port can read it, so it is off
+    # unless the port is firewalled to the monitoring system (/health is always served)
+    peer_metrics: bool = False
 
     @property
     def socket_path(self) -> Path:

@@ -47,6 +47,15 @@ class AgentMetrics:
         self.passive_peers = Gauge("grapevine_passive_peers", "Peers in the passive view", registry=r)
         self.links = Gauge("grapevine_links_open", "Open outgoing peer links", registry=r)
         self.ticks = Counter("grapevine_core_ticks", "Timer ticks of the gossip core", registry=r)
+        self.strangers_closed = Counter(
+            "grapevine_peer_strangers_closed",
+            "Unauthenticated peer-port connections closed: Evicted (over the cap) or Expired (deadline)",
+            ["reason"], registry=r,
+        )
+        self.node_key_changes = Counter(
+            "grapevine_node_key_changes", "Frames signed with a node key other than the one pinned for their sender's name",
+            registry=r,
+        )
         self.last_heard = Gauge("grapevine_last_heard_timestamp_seconds", "When a valid frame last arrived", registry=r)
 
     def inbound(self, type_name: str) -> tuple:

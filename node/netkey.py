@@ -1,16 +1,24 @@
 """Fleet network keys: sealing every peer frame with a NaCl secret box.
 
-A sealed frame is ``MAGIC (2 bytes) | key id (4 bytes) | nonce (24) | box``.
+A sealed frame is a fixed-size *header* followed by the body::
+
+    MAGIC (2) | key id (4) | nonce (24) | box(body length, u32)   -- FRAME_HEADER_BYTES = 50
+    box(body)                                                      -- body length + 16
+
 The key id (the first 4 bytes of a BLAKE2b hash of the key) tells the
-receiver which installed key opens the frame without trying them all; the
-box authenticates the whole plaintext, so a frame that does not open under an
-installed key is dropped before a byte of it is decoded.
+receiver which installed key opens the frame without trying them all. The
+header is a secret box of its own, so a receiver reads 50 bytes, learns that
+the sender holds the fleet key and how long the body is, and only then reads
+the body: nothing beyond the header is read from a stranger. The body's nonce
+is the header's with one bit flipped, so a body cannot be moved under
+another frame's header.
 
 A ``KeyRing`` holds several keys at once and uses one, the primary, to send:
 rotation is install the new key everywhere, make it primary everywhere,
 remove the old one, with no restart and no moment where two nodes cannot
-talk. A node with no key at all sends and accepts plain frames (``MAGIC_PLAIN``)
-and logs that its traffic is not encrypted; a node with keys refuses them.
+talk. A node with no key at all sends and accepts plain frames (``MAGIC_PLAIN``,
+the same 50-byte header carrying the length in clear) and logs that its
+traffic is not encrypted; a node with keys refuses them.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import binascii
 import hashlib
 import os
 import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +38,16 @@ import nacl.utils
 
 from grapevine.gossip.errors import ConfigError, ProtocolError
 
-MAGIC_SEALED = b"G\x01"
+MAGIC_SEALED = b"G\x02"  # 2: header and body sealed apart (1 sealed the frame in one box)
 MAGIC_PLAIN = b"G\x00"
 KEY_ID_BYTES = 4  # a fleet holds a handful of keys at once; 32 bits never collide in practice
 KEY_BYTES = nacl.secret.SecretBox.KEY_SIZE  # 32
-HEADER_BYTES = 2 + KEY_ID_BYTES
-SEAL_OVERHEAD = HEADER_BYTES + nacl.secret.SecretBox.NONCE_SIZE + nacl.secret.SecretBox.MACBYTES
+_NONCE = nacl.secret.SecretBox.NONCE_SIZE  # 24
+_MAC = nacl.secret.SecretBox.MACBYTES  # 16
+_LEN = struct.Struct(">I")  # the body length in the header: frames stay far below 4 GiB
+KEY_PREFIX_BYTES = 2 + KEY_ID_BYTES  # magic and key id, in clear
+FRAME_HEADER_BYTES = KEY_PREFIX_BYTES + _NONCE + _LEN.size + _MAC  # 50: all a stranger gets us to read
+SEAL_OVERHEAD = FRAME_HEADER_BYTES + _MAC  # header plus the body's MAC
 FILE_PREFIX = "grapevine-netkey-v1:"  # so a netkey file is never mistaken for a signing key
 
 
@@ -155,25 +168,64 @@ class KeyRing:
     # -- frames ---------------------------------------------------------
     def seal(self, plaintext: bytes) -> bytes:
         if self._primary is None:
-            return MAGIC_PLAIN + plaintext
+            head = MAGIC_PLAIN + _LEN.pack(len(plaintext))
+            return head + bytes(FRAME_HEADER_BYTES - len(head)) + plaintext
         kid = bytes.fromhex(self._primary)
-        return MAGIC_SEALED + kid + bytes(self._boxes[kid].encrypt(plaintext))
+        box = self._boxes[kid]
+        nonce = nacl.utils.random(_NONCE)
+        head = box.encrypt(_LEN.pack(len(plaintext)), nonce).ciphertext
+        return MAGIC_SEALED + kid + nonce + head + box.encrypt(plaintext, _body_nonce(nonce)).ciphertext
 
-    def open(self, frame: bytes) -> bytes:
-        """Plaintext of a frame, or ``BadSeal`` with a metrics reason."""
-        magic = frame[:2]
+    def open_header(self, header: bytes) -> FrameHeader:
+        """Authenticate the first ``FRAME_HEADER_BYTES`` of a frame: ``BadSeal`` with a metrics reason, or
+        the length of the body that follows and what opens it."""
+        magic = header[:2]
         if magic == MAGIC_PLAIN:
             if self._primary is not None:
                 raise BadSeal("Unsealed", "plain frame refused: this node requires the fleet network key")
-            return frame[2:]
+            if len(header) < FRAME_HEADER_BYTES:
+                raise BadSeal("NotAFrame", f"frame of {len(header)} bytes is shorter than its header")
+            (n,) = _LEN.unpack_from(header, 2)
+            return FrameHeader(body_bytes=n, box=None, nonce=b"")
         if magic != MAGIC_SEALED:
             raise BadSeal("NotAFrame", "frame does not start with the grapevine frame marker")
-        if len(frame) < SEAL_OVERHEAD:
-            raise BadSeal("NotAFrame", f"sealed frame of {len(frame)} bytes is shorter than its header")
-        box = self._boxes.get(frame[2:HEADER_BYTES])
+        if len(header) < FRAME_HEADER_BYTES:
+            raise BadSeal("NotAFrame", f"sealed frame of {len(header)} bytes is shorter than its header")
+        box = self._boxes.get(header[2:KEY_PREFIX_BYTES])
         if box is None:
-            raise BadSeal("UnknownNetworkKey", f"frame sealed with network key {frame[2:HEADER_BYTES].hex()} not installed here")
+            raise BadSeal("UnknownNetworkKey", f"frame sealed with network key {header[2:KEY_PREFIX_BYTES].hex()} not installed here")
+        nonce = header[KEY_PREFIX_BYTES:KEY_PREFIX_BYTES + _NONCE]
         try:
-            return bytes(box.decrypt(frame[HEADER_BYTES:]))
+            (n,) = _LEN.unpack(box.decrypt(header[KEY_PREFIX_BYTES + _NONCE:FRAME_HEADER_BYTES], nonce))
+        except nacl.exceptions.CryptoError:
+            raise BadSeal("BadSeal", "frame header does not authenticate under its network key") from None
+        return FrameHeader(body_bytes=n + _MAC, box=box, nonce=_body_nonce(nonce))
+
+    def open_body(self, head: FrameHeader, body: bytes) -> bytes:
+        """Plaintext of the body announced by ``head`` (exactly ``head.body_bytes`` long)."""
+        if len(body) != head.body_bytes:
+            raise BadSeal("NotAFrame", f"frame body is {len(body)} bytes, its header says {head.body_bytes}")
+        if head.box is None:
+            return bytes(body)
+        try:
+            return bytes(head.box.decrypt(bytes(body), head.nonce))
         except nacl.exceptions.CryptoError:
             raise BadSeal("BadSeal", "frame does not authenticate under its network key") from None
+
+    def open(self, frame: bytes) -> bytes:
+        """Plaintext of a whole frame in memory, or ``BadSeal`` with a metrics reason."""
+        head = self.open_header(frame[:FRAME_HEADER_BYTES])
+        return self.open_body(head, frame[FRAME_HEADER_BYTES:])
+
+
+def _body_nonce(nonce: bytes) -> bytes:
+    return nonce[:-1] + bytes([nonce[-1] ^ 1])
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHeader:
+    """An authenticated frame header: how many bytes of body follow, and what opens them."""
+
+    body_bytes: int  # on the wire, MAC included
+    box: nacl.secret.SecretBox | None
+    nonce: bytes

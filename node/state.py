@@ -346,6 +346,30 @@ class State:
         keys = ("order", "operator", "command", "selector", "origin", "started_ms", "duration_ms", "exit_code", "refused")
         return [dict(zip(keys, r)) for r in rows]
 
+    # -- node-key pins (node/pins.py): a node name -> the node key first seen for it --------
+    def _pins_table(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS node_pins (name TEXT PRIMARY KEY, key BLOB NOT NULL, "
+                        "first_seen_ms INTEGER NOT NULL, node_id TEXT NOT NULL)")
+
+    def node_pins(self) -> dict[str, tuple[bytes, int, str]]:
+        """name -> (public key, first seen ms, node id it was first seen as)."""
+        self._pins_table()
+        rows = self.db.execute("SELECT name, key, first_seen_ms, node_id FROM node_pins").fetchall()
+        return {r[0]: (bytes(r[1]), r[2], r[3]) for r in rows}
+
+    def pin_node(self, name: str, key: bytes, now_ms: int, node_id: str) -> None:
+        # no wait for the disk: new names arrive at a member's pace, and a pin lost to a power cut is
+        # only taken again on the next sight
+        self._pins_table()
+        with self._tx(sync=False):
+            self.db.execute("INSERT OR IGNORE INTO node_pins (name, key, first_seen_ms, node_id) VALUES (?, ?, ?, ?)",
+                            (name, key, now_ms, node_id))
+
+    def unpin_node(self, name: str) -> bool:
+        self._pins_table()
+        with self._tx():
+            return self.db.execute("DELETE FROM node_pins WHERE name = ?", (name,)).rowcount > 0
+
 
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error (autocommit connection)."""

@@ -37,6 +37,7 @@ from grapevine.gossip.item import SignedItem, Version
 from grapevine.gossip.node import GossipNode
 from grapevine.node import config as agent_config
 from grapevine.node.metrics import AgentMetrics
+from grapevine.node.frames import pack_envelope
 from grapevine.node.netkey import KeyRing, decode_key_text, encode_key_file
 from grapevine.node.transport import MAX_FRAME_BYTES, MAX_NODE_ID_LEN, FrameRefused, Transport
 from grapevine.policy import authoring, catalog, runorder, selectors, trust
@@ -200,6 +201,7 @@ t_agent_frame = _AgentFrames()
 
 _RING = KeyRing()
 _RING.install(NETKEY)
+_PEER_KEY = SigningKey(bytes(range(2, 34)))  # the node key of PEER_ID in the frame seeds (fixed: seeds replay)
 _TRANSPORT = Transport(node_id=NODE_ID, ring=_RING, metrics=AgentMetrics(), on_message=lambda *a: None,
                        on_send_failed=lambda p: None)
 
@@ -345,12 +347,13 @@ def _seeds_codec() -> list[bytes]:
 
 
 def _seeds_frames() -> list[bytes]:
-    plain = [msgpack.packb([1, PEER_ID, codec.encode(x)], use_bin_type=True) for x in _messages()[:12]]
-    return plain + [b"G\x00" + p for p in plain[:2]]
+    # signed v2 envelopes from a peer to the fuzzed node (node/frames.py)
+    plain = [pack_envelope(_PEER_KEY, PEER_ID, NODE_ID, codec.encode(x)) for x in _messages()[:12]]
+    return plain + [b"G\x00" + bytes(48) + p for p in plain[:2]]
 
 
 def _seeds_frames_sealed() -> list[bytes]:
-    return [_RING.seal(p) for p in _seeds_frames()[:6]] + [b"G\x01" + bytes(40)]
+    return [_RING.seal(p) for p in _seeds_frames()[:6]] + [b"G\x02" + bytes(48)]
 
 
 def _seeds_items() -> list[bytes]:

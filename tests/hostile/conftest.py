@@ -63,12 +63,14 @@ def hostile_report() -> dict[str, Counter]:
 def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("hostile")
     with local_mesh(base / "mesh") as mesh:
+        mesh.extra_env["GRAPEVINE_PEER_METRICS"] = "true"  # the attack is read from /metrics on the peer port
         for i in range(HONEST_NODES):
             mesh.add(f"honest{i}", tags={"role": "web"})
         mesh.start_all()
         mesh.wait_ready()
         mesh.wait_mesh()
         w = World(mesh=mesh, hostile=HostilePeer(mesh.netkey_path), base=base)
+        w.hostile.ids = {a.port: a.node_id for a in mesh.agents}
         w.inject(1)
         w.wait_applied(1)
         time.sleep(0.3)  # let the genuine broadcast finish before the baseline is taken

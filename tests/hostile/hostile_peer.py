@@ -2,9 +2,10 @@
 
 ``HostilePeer`` speaks the real wire format (sealed frames, the msgpack
 envelope, ``gossip.codec`` messages, peer routes) over plain HTTP to honest
-agents on loopback. It can claim any sender id in the envelope, because the
-network key is all a peer needs to be heard. It signs what it can sign: with
-its own node key, or with keys it made up.
+agents on loopback. It can claim any sender id in the envelope, but it signs
+every frame with its own node key (it has no other), so a claim to be a node
+whose key is pinned is refused. It signs what it can sign: with its own node
+key, or with keys it made up.
 
 Every request it makes is bounded in time; every answer is recorded in
 ``attempts`` as (what was tried, HTTP status, refusal reason or "ok").
@@ -12,6 +13,7 @@ Every request it makes is bounded in time; every answer is recorded in
 
 from __future__ import annotations
 
+import base64
 import http.client
 import re
 import threading
@@ -24,12 +26,13 @@ import msgpack
 from grapevine.gossip import codec
 from grapevine.gossip import messages as m
 from grapevine.gossip.item import SignedItem, Version
+from grapevine.node.frames import pack_envelope
 from grapevine.node.netkey import KeyRing, read_key_file
+from grapevine.node.transport import LINK_TOKEN_HEADER
 from grapevine.policy.bundle import Bundle
 from grapevine.policy.keys import SigningKey
 
 REQUEST_TIMEOUT_S = 10.0  # one POST to a loopback agent; a busy 2-core box can stall for seconds
-ENVELOPE_VERSION = 1
 
 
 def now_ms() -> int:
@@ -42,13 +45,22 @@ class HostilePeer:
         self.ring.install(read_key_file(netkey_path))
         self.node_key = SigningKey.generate()  # a valid node key: nodes sign results and nothing else
         self.node_id = f"{name}@127.0.0.1:{port}"
+        self.ids: dict[int, str] = {}  # port -> node id of the honest agent there (the frames' destination)
         self.attempts: list[tuple[str, int, str]] = []
         self._lock = threading.Lock()
 
     # -- frames -----------------------------------------------------------
-    def frame(self, body: Any, sender: str | None = None) -> bytes:
-        env = [ENVELOPE_VERSION, sender or self.node_id, body]
-        return self.ring.seal(msgpack.packb(env, use_bin_type=True))
+    def frame(self, body: bytes, sender: str | None = None, dest: str = "", key: SigningKey | None = None) -> bytes:
+        """A sealed frame in ``sender``'s name (default: its own), signed with its own node key."""
+        return self.ring.seal(pack_envelope(key or self.node_key, sender or self.node_id, dest, body))
+
+    def link_headers(self, dest: str, sender: str | None = None) -> dict[str, str]:
+        """The upgrade header that opens a link to ``dest`` in ``sender``'s name (signed with its own key)."""
+        token = self.frame(msgpack.packb({"t": now_ms()}), sender, dest)
+        return {LINK_TOKEN_HEADER: base64.b64encode(token).decode("ascii")}
+
+    def route_frame(self, body: Any, sender: str | None = None) -> bytes:
+        return self.frame(msgpack.packb(body, use_bin_type=True), sender)
 
     def _post(self, port: int, path: str, data: bytes) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
@@ -71,16 +83,15 @@ class HostilePeer:
 
     def gossip(self, port: int, msg: m.Message, what: str, sender: str | None = None) -> int:
         """One gossip message in a frame sealed with the fleet key, as ``sender`` (default: itself)."""
-        return self.post_raw(port, self.frame(codec.encode(msg), sender), what)
+        return self.post_raw(port, self.frame(codec.encode(msg), sender, self.ids.get(port, "")), what)
 
     def route(self, port: int, name: str, body: Any, what: str, sender: str | None = None) -> Any:
         """A peer-route request; returns the opened answer body (or None on an HTTP error)."""
-        status, data = self._post(port, f"/v1/peer/{name}", self.frame(body, sender))
+        status, data = self._post(port, f"/v1/peer/{name}", self.route_frame(body, sender))
         if status != 200:
             self._note(what, status, _json_error(data))
             return None
-        env = msgpack.unpackb(self.ring.open(data), raw=False)
-        answer = env[2]
+        answer = open_answer(self.ring, data)
         outcome = "ok" if isinstance(answer, dict) and answer.get("ok") else str(
             answer.get("refused") if isinstance(answer, dict) else answer)
         self._note(what, status, outcome)
@@ -100,6 +111,12 @@ class HostilePeer:
         if signer is not None:
             item = item.with_signature(kid, signer.sign(item.signing_bytes()))
         return item
+
+
+def open_answer(ring: KeyRing, data: bytes) -> Any:
+    """The body of a peer-route answer frame (envelope v2: [2, sender, key, dest, body, signature])."""
+    env = msgpack.unpackb(ring.open(data), raw=False)
+    return msgpack.unpackb(env[4], raw=False)
 
 
 def _json_error(body: bytes) -> str:

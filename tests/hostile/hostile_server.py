@@ -24,6 +24,7 @@ from aiohttp import web
 from grapevine.gossip import codec
 from grapevine.gossip import messages as m
 from grapevine.node.transport import peer_address
+from hostile_peer import open_answer
 from grapevine.policy.runorder import RunResult, SignedOrder, SignedResult
 
 START_TIMEOUT_S = 10.0
@@ -94,26 +95,26 @@ class HostileServer:
     async def send(self, node_id: str, msg: m.Message) -> None:
         try:
             async with self._session.post(f"http://{peer_address(node_id)}/v1/gossip",
-                                          data=self.peer.frame(codec.encode(msg))) as resp:
+                                          data=self.peer.frame(codec.encode(msg), dest=node_id)) as resp:
                 await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, RuntimeError):
             pass  # the peer is gone or the hostile is shutting down: nothing to lie to
 
     async def request(self, node_id: str, route: str, body: Any) -> Any:
         async with self._session.post(f"http://{peer_address(node_id)}/v1/peer/{route}",
-                                      data=self.peer.frame(body)) as resp:
+                                      data=self.peer.route_frame(body)) as resp:
             data = await resp.read()
             if resp.status != 200:
                 return {"http": resp.status}
-        return msgpack.unpackb(self.peer.ring.open(data), raw=False)[2]
+        return open_answer(self.peer.ring, data)
 
     async def join(self, contact: str) -> None:
         await self.send(contact, m.Join())
 
     # -- receiving ----------------------------------------------------------
     def _open(self, frame: bytes) -> tuple[str, Any]:
-        env = msgpack.unpackb(self.peer.ring.open(frame), raw=False)
-        return env[1], env[2]
+        env = msgpack.unpackb(self.peer.ring.open(frame), raw=False)  # [2, sender, key, dest, body, sig]
+        return env[1], env[4]
 
     async def _link(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=8 * 1024 * 1024)
@@ -155,7 +156,8 @@ class HostileServer:
 
     async def _route(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        sender, body = self._open(await request.read())
+        sender, raw = self._open(await request.read())
+        body = msgpack.unpackb(raw, raw=False)
         if name == "hello":
             answer: Any = {"id": self.peer.node_id}
         elif name == "run.order":
@@ -165,7 +167,7 @@ class HostileServer:
             answer = {"ok": True, "pk": self.peer.node_key.public.raw}  # what an honest node's reply carries
         else:  # a key or status question: answer with the hostile's own key, as if it were anyone
             answer = {"ok": True, "n": self.peer.node_id, "pk": self.peer.node_key.public.raw}
-        return web.Response(body=self.peer.frame(answer), content_type="application/octet-stream")
+        return web.Response(body=self.peer.route_frame(answer), content_type="application/octet-stream")
 
     async def _forge_results(self, signed: SignedOrder) -> None:
         order = signed.order

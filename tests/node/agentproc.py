@@ -34,6 +34,7 @@ FAST_ENV = {
     "GRAPEVINE_SEND_TIMEOUT_S": "2",
     "GRAPEVINE_DRAIN_TIMEOUT_S": "2",
     "GRAPEVINE_TICK_MAX_MS": "500",
+    "GRAPEVINE_PEER_METRICS": "true",  # the tests read /metrics on the peer port (off by default)
     "GRAPEVINE_LOG_LEVEL": "info",
 }
 START_TIMEOUT_S = 30.0  # 10+ agents importing on 2 cores at once

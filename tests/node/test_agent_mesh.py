@@ -14,7 +14,9 @@ import pytest
 from agentproc import free_ports, pack_bundle, wait_until, write_bundle
 
 from grapevine.cli.fleet import AgentRefused
+from grapevine.node.frames import pack_envelope
 from grapevine.node.netkey import KeyRing, read_key_file
+from grapevine.policy.keys import SigningKey
 from grapevine.node.state import State
 
 pytestmark = pytest.mark.slow
@@ -165,17 +167,18 @@ def test_malformed_oversized_and_garbage_frames_get_4xx_are_counted_and_the_daem
     fleet.start(a)
     ring = KeyRing()
     ring.install(read_key_file(fleet.keys.netkey))
-    env = lambda body: ring.seal(msgpack.packb([1, "x@127.0.0.1:1", body], use_bin_type=True))  # noqa: E731
+    stranger = SigningKey.generate()
+    env = lambda body: ring.seal(pack_envelope(stranger, "x@127.0.0.1:1", a.node_id, body))  # noqa: E731
     cases = [
-        (b"", 400, "Empty"),
+        (b"", 400, "NotAFrame"),
         (b'{"hello": "json"}', 400, "NotAFrame"),
-        (b"G\x01" + os.urandom(64), 403, "UnknownNetworkKey"),
-        (b"G\x00" + msgpack.packb([1, "x@127.0.0.1:1", b"\x01"]), 403, "Unsealed"),
+        (b"G\x02" + os.urandom(64), 403, "UnknownNetworkKey"),
+        (b"G\x00" + bytes(64), 403, "Unsealed"),
         (ring.seal(b"\xc1\xc1 not msgpack"), 400, "BadEnvelope"),
         (ring.seal(msgpack.packb({"not": "a list"})), 400, "BadEnvelope"),
         (env(b"\x92\xff\xff garbage msgpack"), 400, "BadMessage"),
         (env(msgpack.packb([1, 999, "no such message type"])), 400, "BadMessage"),
-        (b"G\x01" + b"\0" * (10 * 1024 * 1024), 413, "TooLarge"),
+        (b"G\x02" + b"\0" * (10 * 1024 * 1024), 413, "TooLarge"),
     ]
     for body, status, reason in cases:
         req = urllib.request.Request(f"http://{a.address}/v1/gossip", data=body, method="POST",
@@ -185,6 +188,11 @@ def test_malformed_oversized_and_garbage_frames_get_4xx_are_counted_and_the_daem
                 got = r.status
         except urllib.error.HTTPError as e:
             got = e.code
+        except urllib.error.URLError as e:
+            # the peer port answers an oversized body at its headers and closes without reading
+            # the body: a client still writing it sees the reset (the refusal is counted below)
+            assert reason == "TooLarge" and isinstance(e.reason, (ConnectionResetError, BrokenPipeError)), e
+            got = status
         assert got == status, f"{reason}: got HTTP {got}"
     for _, _, reason in cases:
         assert a.metric("grapevine_bad_frames_total", f'reason="{reason}"') >= 1, reason

@@ -13,6 +13,7 @@ import pytest
 
 from grapevine.cli.demo import LocalMesh, local_mesh
 from grapevine.cli.run import agent_stream
+from grapevine.node.frames import pack_envelope
 from grapevine.node.netkey import KeyRing, read_key_file
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.trust import OperatorScope
@@ -29,6 +30,7 @@ class Mesh:
         self.limited_path = limited_path
         self.ring = KeyRing()
         self.ring.install(read_key_file(mesh.netkey_path))
+        self.node_key = SigningKey.generate()  # the tester's own node key: frames are signed by their sender
 
     @property
     def agents(self):
@@ -36,7 +38,7 @@ class Mesh:
 
     def post_peer(self, agent, route: str, body: Any, sender: str = "tester@127.0.0.1:9") -> Any:
         """POST a sealed frame to a peer route, as any mesh member holding the network key could."""
-        frame = self.ring.seal(msgpack.packb([1, sender, body], use_bin_type=True))
+        frame = self.ring.seal(pack_envelope(self.node_key, sender, "", msgpack.packb(body, use_bin_type=True)))
         conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=10)
         try:
             conn.request("POST", f"/v1/peer/{route}", body=frame, headers={"Content-Type": "application/octet-stream"})
@@ -45,8 +47,8 @@ class Mesh:
             assert resp.status == 200, (resp.status, data[:300])
         finally:
             conn.close()
-        env = msgpack.unpackb(self.ring.open(data), raw=False)
-        return env[2]
+        env = msgpack.unpackb(self.ring.open(data), raw=False)  # [2, sender, key, dest, body, signature]
+        return msgpack.unpackb(env[4], raw=False)
 
     def run_stream(self, via, signed, batch=None, max_failures=None) -> "StreamThread":
         t = StreamThread(via.socket, {"order": signed.encode().hex(), "batch": batch, "max_failures": max_failures})
