@@ -220,6 +220,8 @@ def _walk(catalog: Catalog, selected: list[str], ctx: Context, *, dry_run: bool,
                 diffs.append(change.diff)
                 if not dry_run:
                     out = res.apply(ctx, change)
+                    if res.TYPE != "file":  # a link, a removed tree, a command: paths may resolve anew
+                        ctx.forget_paths()
                     if out:
                         outputs.append(out)
                 applied[rid] = change
@@ -231,6 +233,7 @@ def _walk(catalog: Catalog, selected: list[str], ctx: Context, *, dry_run: bool,
                     diffs.append(refresh.diff)
                     if not dry_run:
                         out = res.apply_refresh(ctx, refresh)
+                        ctx.forget_paths()
                         if out:
                             outputs.append(out)
                     applied.setdefault(rid, refresh)

@@ -56,11 +56,16 @@ def text_diff(old: bytes | None, new: bytes | None, path: str) -> str:
     return text
 
 
+def _open_nofollow(path: str, flags: int = os.O_RDONLY) -> int:
+    """Open the file itself, never a symlink swapped in since the ``lstat`` (nor block on a FIFO)."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
 def _same_content(path: str, size: int, want: bytes) -> bool:
     if size != len(want):
         return False
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(_open_nofollow(path), "rb") as fh:
             if size <= READ_WHOLE_LIMIT:
                 return fh.read(size + 1) == want
             view = memoryview(want)
@@ -78,7 +83,7 @@ def _same_content(path: str, size: int, want: bytes) -> bool:
 
 def _read(path: str) -> bytes | None:
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(_open_nofollow(path), "rb") as fh:
             return fh.read(4 * MAX_DIFF_BYTES + 1)
     except FileNotFoundError:
         return None
@@ -278,11 +283,22 @@ class FileResource(Resource):
             if not replacing:
                 ctx.cache["files:unsynced"] = True
             return ""
-        if mode is not None:
-            os.chmod(path, mode)
-        if uid >= 0 or gid >= 0:
-            os.lchown(path, uid, gid)
+        _set_meta(path, mode, uid, gid)
         return ""
+
+
+def _set_meta(path: str, mode: int | None, uid: int, gid: int, flags: int = 0) -> None:
+    """chmod/chown the object at ``path`` itself, through a descriptor opened without following a link."""
+    if mode is None and uid < 0 and gid < 0:
+        return
+    fd = _open_nofollow(path, os.O_RDONLY | flags)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        if uid >= 0 or gid >= 0:
+            os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
 
 
 class DirectoryResource(Resource):
@@ -337,11 +353,8 @@ class DirectoryResource(Resource):
         mode = self.attrs["mode"]
         if change.data == "create":
             os.makedirs(path, mode=DEFAULT_DIR_MODE, exist_ok=True)
-            os.chmod(path, mode if mode is not None else DEFAULT_DIR_MODE)  # makedirs is subject to umask
-        elif mode is not None:
-            os.chmod(path, mode)
-        if uid >= 0 or gid >= 0:
-            os.lchown(path, uid, gid)
+            mode = mode if mode is not None else DEFAULT_DIR_MODE  # makedirs is subject to umask
+        _set_meta(path, mode, uid, gid, os.O_DIRECTORY)
         return ""
 
 
