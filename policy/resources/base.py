@@ -35,6 +35,10 @@ PROBE_TIMEOUT_S = 60.0
 # limit (ELOOP), so a path that works on a real node resolves here too, and a
 # planted loop ends quickly.
 MAX_LINKS_FOLLOWED = 40
+# Secret values shorter than this are not searched for in old file contents
+# and reports (a one-letter value would hide every diff); a file rendered
+# from a secret is hidden whatever the value's length.
+MIN_SCRUBBED_SECRET = 4
 
 COMMON_ATTRS = ("require", "notify", "when")
 
@@ -112,6 +116,30 @@ class Context:
     dry_run: bool = False
     cache: dict[str, Any] = field(default_factory=dict)  # provider caches, one converge long
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # bundle -> opened secrets of this node
+    node_key_id: str = ""  # the key that opened them ("" = this converge has no node key)
+    # bundle -> (resource id or "", error): bundles that could not be prepared on this node and are not applied
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def secret_values(self) -> list[str]:
+        """Every opened secret value long enough to look for in old file contents and reports."""
+        out = self.cache.get("secret-values")
+        if out is None:
+            vals = {v for per in self.secrets.values() for v in per.values() if len(v) >= MIN_SCRUBBED_SECRET}
+            out = self.cache["secret-values"] = sorted(vals, key=len, reverse=True)
+        return out
+
+    def holds_secret(self, data: bytes | str | None) -> bool:
+        if not data:
+            return False
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        return any(v in text for v in self.secret_values())
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every opened secret value replaced by ``<secret>``."""
+        for v in self.secret_values():
+            if v in text:
+                text = text.replace(v, "<secret>")
+        return text
 
     @property
     def rooted(self) -> bool:

@@ -26,6 +26,9 @@ READ_WHOLE_LIMIT = 4 * 1024 * 1024
 # Mode of a new file or directory when the policy names none.
 DEFAULT_FILE_MODE = 0o644
 DEFAULT_DIR_MODE = 0o755
+# Mode of a file rendered from a secret when the policy names none: only the
+# owner (the agent, usually root) reads it.
+SECRET_FILE_MODE = 0o600
 
 ENSURE = ("present", "absent")
 
@@ -199,23 +202,49 @@ class FileResource(Resource):
             self.desired = None
             return
         if is_template:
-            from grapevine.policy.templates import render
+            from grapevine.policy.templates import SecretsView, render
 
             if isinstance(text, bytes):
                 try:
                     text = text.decode("utf-8")
                 except UnicodeDecodeError:
                     raise PolicyError(f"template {name} is not UTF-8 text") from None
+            where = f"node key {ctx.node_key_id}" if ctx.node_key_id else "this converge has no node key"
+            view = SecretsView(ctx.secrets.get(self.bundle), where=where)
+            source_text = text
+            text = render(text, ctx.facts, name=name, secrets=view)
             # A file that may hold a secret never shows its content in a
-            # diff, a report or a log.
-            self.sensitive = "secrets" in text
-            text = render(text, ctx.facts, name=name, secrets=ctx.secrets.get(self.bundle))
+            # diff, a report or a log, and is private unless the bundle
+            # gives a mode: it read the secrets, names them, or holds a value.
+            self.sensitive = view.used or "secrets" in source_text or ctx.holds_secret(text)
         self.desired = text.encode("utf-8") if isinstance(text, str) else text
 
-    def _diff(self, old: bytes | None, new: bytes | None) -> str:
+    def _mode(self) -> int | None:
+        """The mode to enforce: the bundle's, else 0600 for a file rendered from a secret."""
+        mode = self.attrs["mode"]
+        if mode is None and getattr(self, "sensitive", False):
+            return SECRET_FILE_MODE
+        return mode
+
+    def _diff(self, ctx: Context, old: bytes | None, new: bytes | None, old_st: os.stat_result | None = None) -> str:
+        """The content diff, or why it is hidden.
+
+        Hidden when the new content was rendered from a secret, when the old
+        file is not readable by others (its owner kept it private: a file
+        once rendered from a secret is 0600 by default), or when the old
+        content holds a secret value opened on this node. Neither side is
+        shown then, so rewriting or removing such a file never prints the
+        old plaintext.
+        """
         if getattr(self, "sensitive", False):
-            return f"content differs (templated with secrets; diff hidden; {len(old or b'')} -> {len(new or b'')} bytes)\n"
-        return text_diff(old, new, self.name)
+            why = "rendered from a secret"
+        elif old is not None and old_st is not None and not old_st.st_mode & stat.S_IROTH:
+            why = f"the file is not readable by others (mode {stat.S_IMODE(old_st.st_mode):04o})"
+        elif ctx.holds_secret(old):
+            why = "the file holds a secret"
+        else:
+            return text_diff(old, new, self.name)
+        return f"content hidden: {why}; diff hidden\n"
 
     def check(self, ctx: Context) -> Change | Converged:
         path = ctx.path(self.name)
@@ -231,10 +260,10 @@ class FileResource(Resource):
             if stat.S_ISDIR(st.st_mode):
                 raise ResourceError(f"{self.name} is a directory; a file resource will not remove it")
             old = _read(path) if stat.S_ISREG(st.st_mode) else None
-            return Change(summary=("remove",), diff=self._diff(old, None), data="remove")
+            return Change(summary=("remove",), diff=self._diff(ctx, old, None, st), data="remove")
         uid, gid = _ownership(ctx, self.attrs["owner"], self.attrs["group"])
         want = self.desired
-        mode = self.attrs["mode"]
+        mode = self._mode()
         if st is None or not stat.S_ISREG(st.st_mode):
             if st is not None and stat.S_ISDIR(st.st_mode):
                 raise ResourceError(f"{self.name} is a directory, not a file")
@@ -242,18 +271,18 @@ class FileResource(Resource):
             summary = [what]
             if mode is not None:
                 summary.append(f"mode {mode:04o}")
-            return Change(summary=tuple(summary), diff=self._diff(None, want or b""), data="write")
+            return Change(summary=tuple(summary), diff=self._diff(ctx, None, want or b""), data="write")
         summary = []
         rewrite = False
         diff = ""
         if want is not None and not _same_content(path, st.st_size, want):
-            diff = self._diff(_read(path), want)
-            summary.append(f"content ({st.st_size} -> {len(want)} bytes)")
+            diff = self._diff(ctx, _read(path), want, st)
+            summary.append("content (hidden)" if getattr(self, "sensitive", False) else f"content ({st.st_size} -> {len(want)} bytes)")
             rewrite = True
         summary.extend(_meta_changes(st, mode, uid, gid))
         if not summary:
             return Converged(reason="content matches" if want is not None else "exists; mode and owner match")
-        meta = "\n".join(s for s in summary if not s.startswith("content"))
+        meta = "\n".join(line for line in summary if not line.startswith("content"))
         if meta:
             diff = diff + meta + "\n"
         return Change(summary=tuple(summary), diff=diff, data="write" if rewrite else "meta")
@@ -264,7 +293,7 @@ class FileResource(Resource):
             os.unlink(path)
             return ""
         uid, gid = _ownership(ctx, self.attrs["owner"], self.attrs["group"])
-        mode = self.attrs["mode"]
+        mode = self._mode()
         if change.data == "write":
             if mode is None:
                 try:
