@@ -138,7 +138,8 @@ class Convergence:
             at = now_ms()
             try:
                 report = await asyncio.to_thread(
-                    engine.converge, bundles, root=self.agent.config.root, facts=self.agent.facts, dry_run=dry_run
+                    engine.converge, bundles, root=self.agent.config.root, facts=self.agent.facts, dry_run=dry_run,
+                    node_key=self.agent.node_key, isolate_bundles=True,
                 )
                 doc = report.to_json()
             except GrapevineError as exc:
