@@ -46,6 +46,11 @@ MAX_RENDER_SECONDS = 5.0
 # digits) take long to compute and print and have no place in a config file.
 MAX_POWER_BITS = 64 * 1024
 _NUMBER = re.compile(r"\d+")
+# Calls whose integer arguments size what they build (a width, a count of
+# batches or slices); other calls take numbers as plain values (a memory size
+# passed to `format` or `filesizeformat`) and are not limited.
+SIZED_METHODS = frozenset(["center", "ljust", "rjust", "zfill"])
+SIZED_FILTERS = frozenset(["center", "batch", "slice"])
 
 
 class TemplateError(PolicyError):
@@ -183,7 +188,8 @@ def _environment() -> Any:
 
         def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
             what = getattr(__obj, "__name__", "a call")
-            _check_args(what, args, kwargs)
+            if what in SIZED_METHODS:
+                _check_args(what, args, kwargs)
             _check_growth(what, getattr(__obj, "__self__", None), args, kwargs)
             return super().call(__context, __obj, *args, **kwargs)
 
@@ -208,7 +214,8 @@ def _environment() -> Any:
 def _bounded_filter(fname: str, func: Any) -> Any:
     @functools.wraps(func)  # keeps jinja's pass_context/pass_environment marks
     def bounded(*args: Any, **kwargs: Any) -> Any:
-        _check_args(f"filter {fname}", args, kwargs)
+        if fname in SIZED_FILTERS:
+            _check_args(f"filter {fname}", args[1:], kwargs)  # args[0] is the value filtered
         strings = [a for a in args if isinstance(a, str)]
         if fname in ("replace", "indent") and strings:
             _check_growth(fname, strings[0], args[args.index(strings[0]) + 1:], kwargs)

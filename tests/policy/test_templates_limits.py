@@ -43,6 +43,8 @@ def test_a_loop_that_renders_gigabytes_is_stopped_at_the_output_limit():
         ("{{ ('a\n' * 1000000)|indent(100) }}", "indent would build"),
         ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", "'+' would build"),
         ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "'~' built"),
+        ("{{ [1]|batch(100000000, 'x') }}", "filter batch"),
+        ("{{ [1]|slice(100000000) }}", "filter slice"),
         ("{{ lipsum(1000000) }}", "'lipsum' is undefined"),
         ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "recursion too deep"),
     ],
@@ -60,6 +62,12 @@ def test_ordinary_templates_render_as_before():
         "{% for i in range(3) %}{{ i }}{% endfor %}\n"
     )
     assert render(text, FACTS, name="ok.j2") == "web-01 ababab 00004    1 1024 a+b [1, 2, 3] xy\n012\n"
+
+
+def test_large_numbers_as_plain_values_are_fine():
+    facts = {**FACTS, "memory_bytes": 24 * 1024**3}
+    text = "{{ facts.memory_bytes|filesizeformat }} {{ '{}'.format(facts.memory_bytes) }} {{ facts.memory_bytes|int }}"
+    assert render(text, facts, name="mem.j2") == f"25.8 GB {24 * 1024**3} {24 * 1024**3}"
 
 
 def test_the_callers_tracer_is_restored():
