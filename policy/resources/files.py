@@ -211,12 +211,12 @@ class FileResource(Resource):
                     raise PolicyError(f"template {name} is not UTF-8 text") from None
             where = f"node key {ctx.node_key_id}" if ctx.node_key_id else "this converge has no node key"
             view = SecretsView(ctx.secrets.get(self.bundle), where=where)
-            source_text = text
             text = render(text, ctx.facts, name=name, secrets=view)
             # A file that may hold a secret never shows its content in a
             # diff, a report or a log, and is private unless the bundle
-            # gives a mode: it read the secrets, names them, or holds a value.
-            self.sensitive = view.used or "secrets" in source_text or ctx.holds_secret(text)
+            # gives a mode: its template read the secrets (any way: the view
+            # records it), or its output holds an opened value.
+            self.sensitive = view.used or ctx.holds_secret(text)
         self.desired = text.encode("utf-8") if isinstance(text, str) else text
 
     def _mode(self) -> int | None:

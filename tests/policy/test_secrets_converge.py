@@ -139,3 +139,10 @@ def test_private_files_show_no_diff_even_without_secrets(tmp_path):
         {"file": "/etc/shadow", "content": "root:*:1:0\n"}]}, "t.yaml")], root=tmp_path, facts=FACTS, dry_run=True)
     assert "$6$hash" not in shown(report)
     assert "content hidden: the file is not readable by others (mode 0640)" in report.resources[0].diff
+
+
+def test_a_template_that_reads_no_secret_is_an_ordinary_file(tmp_path):
+    b = bundle([{"file": "/etc/motd", "content": "no secrets here, {{ facts.name }}\n", "template": True}])
+    report = converge([b], root=tmp_path, facts=FACTS, node_key=NODE)
+    assert (tmp_path / "etc/motd").stat().st_mode & 0o777 == 0o644
+    assert "+no secrets here, db-01" in report.resources[0].diff
