@@ -1,7 +1,8 @@
 """The agent's durable state: one SQLite database (WAL) in the data directory.
 
-What it holds: every accepted version of every item (the newest one per key
-is the live store the gossip core starts from), run-order ids already seen
+What it holds: the last ``history_keep`` accepted versions of every item (the
+newest one per key is the live store the gossip core starts from; of two
+items under one version, the one the gossip store keeps), run-order ids seen
 (so an order executes at most once, across restarts too), converge reports,
 which bundle version was last applied, known peers (rejoin after a restart),
 and the fleet network key ring.

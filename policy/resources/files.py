@@ -5,6 +5,12 @@ only when the size matches, one read to compare contents, so a converged
 file costs a stat and a read. Writes go to a temporary file in the same
 directory that gets its final mode and owner before an atomic rename, so a
 reader never sees a half-written file or a moment with the wrong mode.
+
+Paths come from ``Context.path``, which refuses a symlink leading out of the
+root, and files are opened with ``O_NOFOLLOW``. A file rendered from a
+secret is mode 0600 unless the bundle says otherwise and its diff is
+hidden; the old side of a diff is hidden as well when the old file is not
+readable by others or holds an opened secret value.
 """
 
 from __future__ import annotations
