@@ -137,7 +137,7 @@ class Agent:
                                       interval_s=config.converge_interval_s, splay_s=config.converge_splay_s,
                                       on_start=config.converge_on_start),
             host=ConvergeLink(items=self.node.store.items, drain=self.transport.drain, spawn=self.spawn),
-            rng=self.rng, stopping=lambda: self.stopping,
+            rng=self.rng, stopping=lambda: self.stopping, node_key=self.node_key,
         )
         self._tasks: set[asyncio.Task] = set()
         self._join_ids: dict[str, str] = {}  # configured HOST:PORT -> node id learned by hello

@@ -24,6 +24,8 @@ from typing import Any, Mapping
 
 from grapevine.gossip.errors import ConfigError
 
+from .state import HISTORY_KEEP_DEFAULT, check_history_keep
+
 ENV_PREFIX = "GRAPEVINE_"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # a DNS label or so: shows up in ids and logs
 TAG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")  # selector grammar identifiers
@@ -126,7 +128,8 @@ class AgentConfig:
     # every commit survives a crash of the agent; "always" also waits for the disk on every commit,
     # "local" on all but items received from peers (which anti-entropy restores after a machine crash)
     fsync: str = "local"
-    history_keep: int = 0  # 0 keeps every accepted version; N keeps the last N per key
+    # accepted versions kept per key, 1..1000: 1 keeps only the live one; always bounded (see node/state.py)
+    history_keep: int = HISTORY_KEEP_DEFAULT
     reports_keep: int = 200  # converge reports kept in the store
     runs_keep: int = 10_000  # run orders executed or refused kept in the audit trail (`history --runs`)...
     runs_keep_days: int = 30  # ...and for at most this many days
@@ -321,7 +324,8 @@ def check_config(cfg: AgentConfig) -> None:
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name}: must be greater than zero (got {getattr(cfg, name)})")
-    for name in ("converge_debounce_ms", "converge_splay_s", "history_keep"):
+    check_history_keep(cfg.history_keep)
+    for name in ("converge_debounce_ms", "converge_splay_s"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}: must not be negative (got {getattr(cfg, name)})")
     if cfg.rejoin_max_s < cfg.rejoin_min_s:

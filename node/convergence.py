@@ -109,8 +109,9 @@ class ConvergeHost(Protocol):
 class Convergence:
     def __init__(self, *, node_id: str, settings: ConvergeSettings, admission: Any, facts: dict,
                  store: ReportStore, host: ConvergeHost, metrics: Any, rng: random.Random,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False, node_key: Any = None) -> None:
         self.node_id = node_id
+        self.node_key = node_key  # opens the secrets sealed to this node (policy.secrets)
         self.settings = settings
         self.admission = admission
         self.facts = facts
@@ -232,7 +233,8 @@ class Convergence:
             at = now_ms()
             try:
                 report = await asyncio.to_thread(
-                    engine.converge, bundles, root=self.settings.root, facts=self.facts, dry_run=dry_run
+                    engine.converge, bundles, root=self.settings.root, facts=self.facts, dry_run=dry_run,
+                    node_key=self.node_key, isolate_bundles=True,
                 )
                 doc = report.to_json()
             except GrapevineError as exc:

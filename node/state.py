@@ -1,7 +1,8 @@
 """The agent's durable state: one SQLite database (WAL) in the data directory.
 
-What it holds: every accepted version of every item (the newest one per key
-is the live store the gossip core starts from), run-order ids already seen
+What it holds: the last ``history_keep`` accepted versions of every item (the
+newest one per key is the live store the gossip core starts from; of two
+items under one version, the one the gossip store keeps), run-order ids seen
 (so an order executes at most once, across restarts too), converge reports,
 which bundle version was last applied, known peers (rejoin after a restart),
 and the fleet network key ring.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -37,6 +39,18 @@ FSYNC_MODES = ("always", "local", "never")
 SCHEMA_VERSION = 1
 PEERS_KEEP = 512  # known peers kept for rejoining; far more than a passive view needs
 SEEN_RUNS_PRUNE_EVERY = 256  # prune expired run ids every so many inserts (cheap, bounded table)
+# A seen run id is forgotten only this long after its own deadline: an order
+# past its deadline is refused anyway, and the margin covers this node's clock
+# being stepped back (an hour covers any NTP correction worth the name).
+SEEN_RUNS_GRACE_MS = 3600 * 1000
+# Accepted versions kept per key (``history_keep``): every value is a bound,
+# there is no "keep everything", since a peer that keeps publishing could
+# otherwise grow the database without limit. 1 keeps only the live version
+# (no rollback to an earlier one from this node's store); the default keeps
+# enough for `history` and a rollback several versions back; the maximum
+# bounds one key at about 1,000 bundles of at most 1 MiB each.
+HISTORY_KEEP_DEFAULT = 50
+HISTORY_KEEP_MAX = 1000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -89,9 +103,12 @@ def version_text(v: Version) -> str:
 
 
 class State:
-    def __init__(self, data_dir: Path, *, history_keep: int = 0, reports_keep: int = 200, fsync: str = "local") -> None:
+    def __init__(
+        self, data_dir: Path, *, history_keep: int = HISTORY_KEEP_DEFAULT, reports_keep: int = 200, fsync: str = "local"
+    ) -> None:
         if fsync not in FSYNC_MODES:
             raise ConfigError(f"fsync: {fsync!r} must be one of {', '.join(FSYNC_MODES)}")
+        check_history_keep(history_keep)
         self.fsync = fsync
         self.path = Path(data_dir) / DB_NAME
         self.history_keep = history_keep
@@ -129,24 +146,47 @@ class State:
             return 0
         with self._tx(sync=self.fsync == "always" or (self.fsync == "local" and not replicated)):
             for item, at_ms, source in rows:
-                v = item.version
-                self.db.execute(
-                    "INSERT OR IGNORE INTO items (key, wall, counter, author, data, accepted_ms, source) VALUES (?,?,?,?,?,?,?)",
-                    (item.key, v.wall_ms, v.counter, v.author, item.encode(), at_ms, source),
-                )
-                head = self.db.execute("SELECT wall, counter, author FROM heads WHERE key=?", (item.key,)).fetchone()
-                if head is None or Version(*head) < v:
-                    self.db.execute(
-                        "INSERT OR REPLACE INTO heads (key, wall, counter, author) VALUES (?,?,?,?)",
-                        (item.key, v.wall_ms, v.counter, v.author),
-                    )
-                if self.history_keep > 0:
-                    self.db.execute(
-                        "DELETE FROM items WHERE key=? AND rowid NOT IN (SELECT rowid FROM items WHERE key=?"
-                        " ORDER BY wall DESC, counter DESC, author DESC LIMIT ?)",
-                        (item.key, item.key, self.history_keep),
-                    )
+                self._put_one(item, at_ms, source)
         return len(rows)
+
+    def _put_one(self, item: SignedItem, at_ms: int, source: str | None) -> None:
+        """Store one accepted item; the head moves only to a winner, as in the in-memory store.
+
+        Rows are keyed by version, so two different items under one version
+        (a rare tie) share a row: the one with the greater digest, the same
+        rule as ``gossip.store.is_newer``, takes it, and a loser arriving
+        after the winner changes nothing. Without this the first one stored
+        came back live after a restart even when it had lost the tie.
+        """
+        v = item.version
+        data = item.encode()
+        row = self.db.execute(
+            "SELECT data FROM items WHERE key=? AND wall=? AND counter=? AND author=?",
+            (item.key, v.wall_ms, v.counter, v.author),
+        ).fetchone()
+        if row is None:
+            self.db.execute(
+                "INSERT INTO items (key, wall, counter, author, data, accepted_ms, source) VALUES (?,?,?,?,?,?,?)",
+                (item.key, v.wall_ms, v.counter, v.author, data, at_ms, source),
+            )
+        elif bytes(row[0]) != data:
+            if not item.digest() > SignedItem.decode(bytes(row[0])).digest():
+                return  # the stored item under this version wins the tie
+            self.db.execute(
+                "UPDATE items SET data=?, accepted_ms=?, source=? WHERE key=? AND wall=? AND counter=? AND author=?",
+                (data, at_ms, source, item.key, v.wall_ms, v.counter, v.author),
+            )
+        head = self.db.execute("SELECT wall, counter, author FROM heads WHERE key=?", (item.key,)).fetchone()
+        if head is None or Version(*head) < v:
+            self.db.execute(
+                "INSERT OR REPLACE INTO heads (key, wall, counter, author) VALUES (?,?,?,?)",
+                (item.key, v.wall_ms, v.counter, v.author),
+            )
+        self.db.execute(
+            "DELETE FROM items WHERE key=? AND rowid NOT IN (SELECT rowid FROM items WHERE key=?"
+            " ORDER BY wall DESC, counter DESC, author DESC LIMIT ?)",
+            (item.key, item.key, self.history_keep),
+        )
 
     def load_items(self) -> list[SignedItem]:
         """The newest accepted version of every key."""
@@ -182,8 +222,14 @@ class State:
         return SignedItem.decode(row[0]) if row else None
 
     # -- run orders -----------------------------------------------------
-    def mark_run_seen(self, run_id: str, deadline_ms: int) -> bool:
-        """Remember a run-order id until its deadline; True if it was new (durable on return)."""
+    def mark_run_seen(self, run_id: str, deadline_ms: int, *, now_ms: int | None = None) -> bool:
+        """Remember a run-order id until its deadline; True if it was new (durable on return).
+
+        Every so many inserts, ids whose own deadline passed more than
+        ``SEEN_RUNS_GRACE_MS`` before ``now_ms`` (default: the wall clock)
+        are forgotten; an id is never forgotten before its own deadline,
+        whatever the deadline of the order being marked.
+        """
         with self._tx():
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO seen_runs (run_id, deadline_ms) VALUES (?, ?)", (run_id, int(deadline_ms))
@@ -191,7 +237,8 @@ class State:
             new = cur.rowcount == 1
         self._run_inserts += 1
         if self._run_inserts % SEEN_RUNS_PRUNE_EVERY == 0:
-            self.prune_runs(int(deadline_ms) - 24 * 3600 * 1000)
+            now = time.time_ns() // 1_000_000 if now_ms is None else int(now_ms)
+            self.prune_runs(now - SEEN_RUNS_GRACE_MS)
         return new
 
     def run_seen(self, run_id: str) -> bool:
@@ -369,6 +416,16 @@ class State:
         self._pins_table()
         with self._tx():
             return self.db.execute("DELETE FROM node_pins WHERE name = ?", (name,)).rowcount > 0
+
+
+def check_history_keep(value: object) -> int:
+    """``history_keep`` must be a whole number from 1 to ``HISTORY_KEEP_MAX`` (ConfigError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= HISTORY_KEEP_MAX:
+        raise ConfigError(
+            f"history_keep: {value!r} must be a whole number from 1 (only the live version) to {HISTORY_KEEP_MAX};"
+            f" history is always bounded (default {HISTORY_KEEP_DEFAULT})"
+        )
+    return value
 
 
 class _Tx:

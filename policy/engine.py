@@ -98,8 +98,12 @@ def _ids_of(bundles: Iterable) -> set[str]:
     return out
 
 
-def _open_secrets(bundles: Sequence, node_key: Any) -> dict[str, dict[str, str]]:
-    """bundle name -> {secret name: plaintext} for the values sealed to this node."""
+def _open_secrets(bundles: Sequence, node_key: Any, refused: dict[str, tuple[str, str]] | None) -> dict[str, dict[str, str]]:
+    """bundle name -> {secret name: plaintext} for the values sealed to this node.
+
+    A value that cannot be opened is a PolicyError, or with ``refused`` given,
+    refuses that bundle alone.
+    """
     if node_key is None or not any(getattr(b, "secrets", None) for b in bundles):
         return {}
     from grapevine.gossip.errors import TrustError
@@ -112,32 +116,48 @@ def _open_secrets(bundles: Sequence, node_key: Any) -> dict[str, dict[str, str]]
             opened = secrets_for(b, node_key)
             out[b.name] = {k: v.text() for k, v in opened.items()}
         except (TrustError, UnicodeDecodeError) as exc:
-            raise PolicyError(f"bundle {b.name!r}: secrets: {exc}") from None
+            error = f"bundle {b.name!r}: secrets: {exc}"
+            if refused is None:
+                raise PolicyError(error) from None
+            refused[b.name] = ("", error)
     return out
 
 
 def plan(
-    bundles: Sequence, *, root: Path, facts: Mapping[str, Any], node_key: Any = None
+    bundles: Sequence, *, root: Path, facts: Mapping[str, Any], node_key: Any = None, isolate_bundles: bool = False
 ) -> tuple[Catalog, list[str], Context]:
     """Validate and prepare: the catalog, the selected ids in order, the context.
 
     Raises PolicyError (naming bundle, resource and reason) for anything
-    wrong with the policy; touches nothing on disk.
+    wrong with the policy; touches nothing on disk. With ``isolate_bundles``
+    a bundle that cannot be prepared on this node (a template error, a
+    secret not sealed to it) is recorded in ``ctx.refused`` instead: it is
+    not applied, and the other bundles are.
     """
     chosen, others = select_bundles(bundles, facts)
     catalog = build_catalog(chosen, known_elsewhere=_ids_of(others))
-    ctx = Context(root=Path(root), facts=facts, secrets=_open_secrets(chosen, node_key))
+    refused: dict[str, tuple[str, str]] = {}
+    ctx = Context(
+        root=Path(root), facts=facts, secrets=_open_secrets(chosen, node_key, refused if isolate_bundles else None),
+        node_key_id=getattr(node_key, "key_id", "") if node_key is not None else "", refused=refused,
+    )
     selected: list[str] = []
     for rid in catalog.order:
         entry = catalog.entries[rid]
         if not entry.when.matches(facts):
             log.debug("[%s] %s not selected on this node (when: %s)", facts.get("name", ""), rid, entry.when.text)
             continue
+        selected.append(rid)
+        if entry.bundle in refused:
+            continue
         try:
             entry.resource.prepare(ctx)
         except PolicyError as exc:
-            raise PolicyError(f"bundle {entry.bundle!r}: resource {rid}: {exc}") from None
-        selected.append(rid)
+            error = ctx.scrub(f"bundle {entry.bundle!r}: resource {rid}: {exc}")
+            if not isolate_bundles:
+                raise PolicyError(error) from None
+            refused[entry.bundle] = (rid, error)
+            log.error("[%s] bundle %s is not applied: %s", facts.get("name", ""), entry.bundle, error)
     return catalog, selected, ctx
 
 
@@ -149,12 +169,20 @@ def converge(
     dry_run: bool = False,
     node_key: Any = None,
     lock_wait_s: float = LOCK_WAIT_S,
+    isolate_bundles: bool = False,
 ) -> Report:
     """Converge this node to ``bundles``; returns the report (never raises for a
     resource that fails, only PolicyError for a broken policy).
 
     ``node_key`` (a ``keys.SigningKey``) opens the secrets sealed to this
-    node so templates can use them; without it ``secrets`` is empty.
+    node so templates can use them; without it ``secrets`` is empty. No
+    opened value appears in the report: a file rendered from a secret shows
+    no diff, and every text field is scrubbed of the values.
+
+    ``isolate_bundles`` (the daemon): a bundle that cannot be prepared on
+    this node fails alone (its resources are reported failed or skipped)
+    instead of stopping the converge; one bad bundle must not hold back
+    every other bundle on the node.
 
     Two converges never apply to the same root at once (the daemon's timer
     and an operator's ``converge --local``): applying holds an exclusive
@@ -164,7 +192,7 @@ def converge(
     started_ms = int(time.time() * 1000)
     t_start = time.perf_counter()
     root = Path(root)
-    catalog, selected, ctx = plan(bundles, root=root, facts=facts, node_key=node_key)
+    catalog, selected, ctx = plan(bundles, root=root, facts=facts, node_key=node_key, isolate_bundles=isolate_bundles)
     ctx.dry_run = dry_run
     node = str(facts.get("name", ""))
     with root_lock(root, exclusive=not dry_run, wait_s=lock_wait_s):
@@ -173,6 +201,8 @@ def converge(
         finally:
             finish(ctx)
     chosen = sorted(b.name for b in select_bundles(bundles, facts)[0])
+    if ctx.secret_values():
+        results = [_scrubbed(r, ctx) for r in results]
     return Report(
         resources=tuple(results),
         dry_run=dry_run,
@@ -198,6 +228,16 @@ def _walk(catalog: Catalog, selected: list[str], ctx: Context, *, dry_run: bool,
         entry = catalog.entries[rid]
         res = entry.resource
         t0 = time.perf_counter()
+        if entry.bundle in ctx.refused:
+            cause, error = ctx.refused[entry.bundle]
+            if cause in (rid, "") and not any(r.bundle == entry.bundle and r.status == "failed" for r in results):
+                status[rid] = "failed"
+                results.append(ResourceReport(id=rid, bundle=entry.bundle, status="failed", error=error))
+            else:
+                status[rid] = "skipped"
+                results.append(ResourceReport(id=rid, bundle=entry.bundle, status="skipped",
+                                              reason=f"bundle {entry.bundle} is not applied on this node ({error})"))
+            continue
         blocked = [d for d in waits_for.get(rid, ()) if status.get(d) in ("failed", "skipped")]
         if blocked:
             why = ", ".join(f"{d} ({status[d]})" for d in blocked)
@@ -220,6 +260,8 @@ def _walk(catalog: Catalog, selected: list[str], ctx: Context, *, dry_run: bool,
                 diffs.append(change.diff)
                 if not dry_run:
                     out = res.apply(ctx, change)
+                    if res.TYPE != "file":  # a link, a removed tree, a command: paths may resolve anew
+                        ctx.forget_paths()
                     if out:
                         outputs.append(out)
                 applied[rid] = change
@@ -231,6 +273,7 @@ def _walk(catalog: Catalog, selected: list[str], ctx: Context, *, dry_run: bool,
                     diffs.append(refresh.diff)
                     if not dry_run:
                         out = res.apply_refresh(ctx, refresh)
+                        ctx.forget_paths()
                         if out:
                             outputs.append(out)
                     applied.setdefault(rid, refresh)
@@ -272,6 +315,17 @@ def _walk(catalog: Catalog, selected: list[str], ctx: Context, *, dry_run: bool,
             )
         )
     return results
+
+
+def _scrubbed(r: ResourceReport, ctx: Context) -> ResourceReport:
+    """The report of one resource with every opened secret value replaced (belt and braces)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        r,
+        changes=tuple(ctx.scrub(c) for c in r.changes),
+        diff=ctx.scrub(r.diff), error=ctx.scrub(r.error), reason=ctx.scrub(r.reason), output=ctx.scrub(r.output),
+    )
 
 
 def _failed(rid: str, bundle: str, error: str, changes: list[str], diffs: list[str], t0: float) -> ResourceReport:

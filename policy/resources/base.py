@@ -31,6 +31,14 @@ MAX_OUTPUT_BYTES = 8 * 1024
 DEFAULT_COMMAND_TIMEOUT_S = 600.0
 # Read-only probes (dpkg-query, systemctl is-active) should answer at once.
 PROBE_TIMEOUT_S = 60.0
+# Symlinks followed while resolving one path under the root: the kernel's own
+# limit (ELOOP), so a path that works on a real node resolves here too, and a
+# planted loop ends quickly.
+MAX_LINKS_FOLLOWED = 40
+# Secret values shorter than this are not searched for in old file contents
+# and reports (a one-letter value would hide every diff); a file rendered
+# from a secret is hidden whatever the value's length.
+MIN_SCRUBBED_SECRET = 4
 
 COMMON_ATTRS = ("require", "notify", "when")
 
@@ -108,41 +116,132 @@ class Context:
     dry_run: bool = False
     cache: dict[str, Any] = field(default_factory=dict)  # provider caches, one converge long
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # bundle -> opened secrets of this node
+    node_key_id: str = ""  # the key that opened them ("" = this converge has no node key)
+    # bundle -> (resource id or "", error): bundles that could not be prepared on this node and are not applied
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def secret_values(self) -> list[str]:
+        """Every opened secret value long enough to look for in old file contents and reports."""
+        out = self.cache.get("secret-values")
+        if out is None:
+            vals = {v for per in self.secrets.values() for v in per.values() if len(v) >= MIN_SCRUBBED_SECRET}
+            out = self.cache["secret-values"] = sorted(vals, key=len, reverse=True)
+        return out
+
+    def holds_secret(self, data: bytes | str | None) -> bool:
+        if not data:
+            return False
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        return any(v in text for v in self.secret_values())
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every opened secret value replaced by ``<secret>``."""
+        for v in self.secret_values():
+            if v in text:
+                text = text.replace(v, "<secret>")
+        return text
 
     @property
     def rooted(self) -> bool:
         return str(self.root) != "/"
 
-    def path(self, p: str) -> str:
-        """Map an absolute policy path onto the configured root."""
+    def path(self, p: str, *, follow: bool = False) -> str:
+        """Map a policy path onto the root, every parent resolved inside it.
+
+        In a rooted converge each component is looked up with ``lstat``; a
+        symlink is followed only while it stays under the root (an absolute
+        target must lie under the root's own path, ``..`` must not climb
+        above it), otherwise ``ResourceError`` names the path and the link.
+        The last component is not followed unless ``follow`` (a file
+        resource replaces a link at its own path, never writes through it).
+        Every read and write of a provider goes through here, so a link
+        planted under the root cannot make a converge read or write a file
+        outside it. Resolved parents are cached until ``forget_paths``.
+        """
         if not self.rooted:
             return p
-        return str(self.root) + p if p.startswith("/") else os.path.join(str(self.root), p)
+        if follow:
+            return self._resolve(p, p, follow_last=True)
+        parent, base = os.path.split(p if p.startswith("/") else "/" + p)
+        key = "real:" + parent
+        real = self.cache.get(key)
+        if real is None:
+            real = self.cache[key] = self._resolve(parent, p, follow_last=True)
+        return os.path.join(real, base) if base else real
 
     def confined(self, p: str) -> str:
-        """``path(p)``, refusing it when a symlink in a parent leads out of the root.
+        """The same as ``path(p)``: kept for writers, which used to check only here."""
+        return self.path(p)
 
-        Called before every write. The last component is never followed
-        (writes rename over it, checks use lstat), so only parents matter;
-        their resolved paths are cached until a symlink is changed.
-        """
-        full = self.path(p)
-        if not self.rooted:
-            return full
-        parent = os.path.dirname(full)
-        real = self.cache.get("real:" + parent)
-        if real is None:
-            real = os.path.realpath(parent)
-            self.cache["real:" + parent] = real
+    def _real_root(self) -> str:
         root = self.cache.get("real-root")
         if root is None:
             root = self.cache["real-root"] = os.path.realpath(str(self.root))
-        if real != root and not real.startswith(root.rstrip("/") + "/"):
-            raise ResourceError(f"{p} would be written outside the root {self.root} (a parent resolves to {real})")
-        return full
+        return root
+
+    def _inside_root(self, target: str) -> list[str] | None:
+        """The components of an absolute link target below the root, None if it lies outside."""
+        for prefix in {self._real_root(), os.path.normpath(str(self.root))}:
+            if target == prefix or target.startswith(prefix.rstrip("/") + "/"):
+                return target[len(prefix):].split("/")
+        return None
+
+    def _resolve(self, rel: str, shown: str, *, follow_last: bool) -> str:
+        """Host path of policy path ``rel`` under the root; ResourceError for a link out of it."""
+        import stat as stat_mod
+
+        root = self._real_root()
+        cur, links = root, 0
+        todo = [c for c in reversed(rel.split("/")) if c not in ("", ".")]
+        while todo:
+            comp = todo.pop()
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if cur == root:
+                    raise ResourceError(f"{shown}: a symlink on the way climbs above the root {self.root}; refusing to follow it")
+                cur = os.path.dirname(cur)
+                continue
+            nxt = os.path.join(cur, comp)
+            if not todo and not follow_last:
+                return nxt
+            try:
+                st = os.lstat(nxt)
+            except (FileNotFoundError, NotADirectoryError):
+                # Nothing below exists: a writer creates real directories there.
+                rest = [c for c in reversed(todo) if c not in ("", ".")]
+                if ".." in rest:
+                    raise ResourceError(f"{shown}: {self._shown(nxt)} does not exist") from None
+                return os.path.join(nxt, *rest)
+            except OSError as exc:
+                raise ResourceError(f"{shown}: cannot look up {self._shown(nxt)}: {exc.strerror}") from None
+            if not stat_mod.S_ISLNK(st.st_mode):
+                cur = nxt
+                continue
+            links += 1
+            if links > MAX_LINKS_FOLLOWED:
+                raise ResourceError(f"{shown}: more than {MAX_LINKS_FOLLOWED} symlinks on the way (a loop?)")
+            target = os.readlink(nxt)
+            if target.startswith("/"):
+                inside = self._inside_root(os.path.normpath(target) if "/../" not in target + "/" else target)
+                if inside is None:
+                    raise ResourceError(
+                        f"{shown}: {self._shown(nxt)} is a symlink to {target}, outside the root {self.root};"
+                        " refusing to follow it"
+                    )
+                cur = root
+                todo.extend(reversed(inside))
+            else:
+                todo.extend(reversed(target.split("/")))
+        return cur
+
+    def _shown(self, host_path: str) -> str:
+        """A host path under the root as the policy names it."""
+        root = self._real_root()
+        return host_path[len(root):] or "/" if host_path.startswith(root) else host_path
 
     def forget_paths(self) -> None:
-        """Drop resolved parents after a symlink was created or changed."""
+        """Drop resolved parents after a symlink was created or changed, or a command ran."""
         for key in [k for k in self.cache if k.startswith("real:")]:
             del self.cache[key]
 

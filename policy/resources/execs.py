@@ -60,7 +60,7 @@ class ExecResource(Resource):
                 raise PolicyError(f"attribute 'returns' must list exit codes, not {code!r}")
 
     def _run(self, ctx: Context, command: Any) -> Any:
-        cwd = ctx.path(self.attrs["cwd"]) if self.attrs["cwd"] else None
+        cwd = ctx.path(self.attrs["cwd"], follow=True) if self.attrs["cwd"] else None
         if cwd is not None and not os.path.isdir(cwd):
             raise ResourceError(f"cwd {self.attrs['cwd']} is not a directory under {ctx.root}")
         env = dict(self.attrs["env"] or {})

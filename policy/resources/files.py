@@ -5,6 +5,12 @@ only when the size matches, one read to compare contents, so a converged
 file costs a stat and a read. Writes go to a temporary file in the same
 directory that gets its final mode and owner before an atomic rename, so a
 reader never sees a half-written file or a moment with the wrong mode.
+
+Paths come from ``Context.path``, which refuses a symlink leading out of the
+root, and files are opened with ``O_NOFOLLOW``. A file rendered from a
+secret is mode 0600 unless the bundle says otherwise and its diff is
+hidden; the old side of a diff is hidden as well when the old file is not
+readable by others or holds an opened secret value.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ READ_WHOLE_LIMIT = 4 * 1024 * 1024
 # Mode of a new file or directory when the policy names none.
 DEFAULT_FILE_MODE = 0o644
 DEFAULT_DIR_MODE = 0o755
+# Mode of a file rendered from a secret when the policy names none: only the
+# owner (the agent, usually root) reads it.
+SECRET_FILE_MODE = 0o600
 
 ENSURE = ("present", "absent")
 
@@ -56,11 +65,16 @@ def text_diff(old: bytes | None, new: bytes | None, path: str) -> str:
     return text
 
 
+def _open_nofollow(path: str, flags: int = os.O_RDONLY) -> int:
+    """Open the file itself, never a symlink swapped in since the ``lstat`` (nor block on a FIFO)."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
 def _same_content(path: str, size: int, want: bytes) -> bool:
     if size != len(want):
         return False
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(_open_nofollow(path), "rb") as fh:
             if size <= READ_WHOLE_LIMIT:
                 return fh.read(size + 1) == want
             view = memoryview(want)
@@ -78,7 +92,7 @@ def _same_content(path: str, size: int, want: bytes) -> bool:
 
 def _read(path: str) -> bytes | None:
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(_open_nofollow(path), "rb") as fh:
             return fh.read(4 * MAX_DIFF_BYTES + 1)
     except FileNotFoundError:
         return None
@@ -194,23 +208,49 @@ class FileResource(Resource):
             self.desired = None
             return
         if is_template:
-            from grapevine.policy.templates import render
+            from grapevine.policy.templates import SecretsView, render
 
             if isinstance(text, bytes):
                 try:
                     text = text.decode("utf-8")
                 except UnicodeDecodeError:
                     raise PolicyError(f"template {name} is not UTF-8 text") from None
+            where = f"node key {ctx.node_key_id}" if ctx.node_key_id else "this converge has no node key"
+            view = SecretsView(ctx.secrets.get(self.bundle), where=where)
+            text = render(text, ctx.facts, name=name, secrets=view)
             # A file that may hold a secret never shows its content in a
-            # diff, a report or a log.
-            self.sensitive = "secrets" in text
-            text = render(text, ctx.facts, name=name, secrets=ctx.secrets.get(self.bundle))
+            # diff, a report or a log, and is private unless the bundle
+            # gives a mode: its template read the secrets (any way: the view
+            # records it), or its output holds an opened value.
+            self.sensitive = view.used or ctx.holds_secret(text)
         self.desired = text.encode("utf-8") if isinstance(text, str) else text
 
-    def _diff(self, old: bytes | None, new: bytes | None) -> str:
+    def _mode(self) -> int | None:
+        """The mode to enforce: the bundle's, else 0600 for a file rendered from a secret."""
+        mode = self.attrs["mode"]
+        if mode is None and getattr(self, "sensitive", False):
+            return SECRET_FILE_MODE
+        return mode
+
+    def _diff(self, ctx: Context, old: bytes | None, new: bytes | None, old_st: os.stat_result | None = None) -> str:
+        """The content diff, or why it is hidden.
+
+        Hidden when the new content was rendered from a secret, when the old
+        file is not readable by others (its owner kept it private: a file
+        once rendered from a secret is 0600 by default), or when the old
+        content holds a secret value opened on this node. Neither side is
+        shown then, so rewriting or removing such a file never prints the
+        old plaintext.
+        """
         if getattr(self, "sensitive", False):
-            return f"content differs (templated with secrets; diff hidden; {len(old or b'')} -> {len(new or b'')} bytes)\n"
-        return text_diff(old, new, self.name)
+            why = "rendered from a secret"
+        elif old is not None and old_st is not None and not old_st.st_mode & stat.S_IROTH:
+            why = f"the file is not readable by others (mode {stat.S_IMODE(old_st.st_mode):04o})"
+        elif ctx.holds_secret(old):
+            why = "the file holds a secret"
+        else:
+            return text_diff(old, new, self.name)
+        return f"content hidden: {why}; diff hidden\n"
 
     def check(self, ctx: Context) -> Change | Converged:
         path = ctx.path(self.name)
@@ -226,10 +266,10 @@ class FileResource(Resource):
             if stat.S_ISDIR(st.st_mode):
                 raise ResourceError(f"{self.name} is a directory; a file resource will not remove it")
             old = _read(path) if stat.S_ISREG(st.st_mode) else None
-            return Change(summary=("remove",), diff=self._diff(old, None), data="remove")
+            return Change(summary=("remove",), diff=self._diff(ctx, old, None, st), data="remove")
         uid, gid = _ownership(ctx, self.attrs["owner"], self.attrs["group"])
         want = self.desired
-        mode = self.attrs["mode"]
+        mode = self._mode()
         if st is None or not stat.S_ISREG(st.st_mode):
             if st is not None and stat.S_ISDIR(st.st_mode):
                 raise ResourceError(f"{self.name} is a directory, not a file")
@@ -237,18 +277,18 @@ class FileResource(Resource):
             summary = [what]
             if mode is not None:
                 summary.append(f"mode {mode:04o}")
-            return Change(summary=tuple(summary), diff=self._diff(None, want or b""), data="write")
+            return Change(summary=tuple(summary), diff=self._diff(ctx, None, want or b""), data="write")
         summary = []
         rewrite = False
         diff = ""
         if want is not None and not _same_content(path, st.st_size, want):
-            diff = self._diff(_read(path), want)
-            summary.append(f"content ({st.st_size} -> {len(want)} bytes)")
+            diff = self._diff(ctx, _read(path), want, st)
+            summary.append("content (hidden)" if getattr(self, "sensitive", False) else f"content ({st.st_size} -> {len(want)} bytes)")
             rewrite = True
         summary.extend(_meta_changes(st, mode, uid, gid))
         if not summary:
             return Converged(reason="content matches" if want is not None else "exists; mode and owner match")
-        meta = "\n".join(s for s in summary if not s.startswith("content"))
+        meta = "\n".join(line for line in summary if not line.startswith("content"))
         if meta:
             diff = diff + meta + "\n"
         return Change(summary=tuple(summary), diff=diff, data="write" if rewrite else "meta")
@@ -259,7 +299,7 @@ class FileResource(Resource):
             os.unlink(path)
             return ""
         uid, gid = _ownership(ctx, self.attrs["owner"], self.attrs["group"])
-        mode = self.attrs["mode"]
+        mode = self._mode()
         if change.data == "write":
             if mode is None:
                 try:
@@ -278,11 +318,22 @@ class FileResource(Resource):
             if not replacing:
                 ctx.cache["files:unsynced"] = True
             return ""
-        if mode is not None:
-            os.chmod(path, mode)
-        if uid >= 0 or gid >= 0:
-            os.lchown(path, uid, gid)
+        _set_meta(path, mode, uid, gid)
         return ""
+
+
+def _set_meta(path: str, mode: int | None, uid: int, gid: int, flags: int = 0) -> None:
+    """chmod/chown the object at ``path`` itself, through a descriptor opened without following a link."""
+    if mode is None and uid < 0 and gid < 0:
+        return
+    fd = _open_nofollow(path, os.O_RDONLY | flags)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        if uid >= 0 or gid >= 0:
+            os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
 
 
 class DirectoryResource(Resource):
@@ -337,11 +388,8 @@ class DirectoryResource(Resource):
         mode = self.attrs["mode"]
         if change.data == "create":
             os.makedirs(path, mode=DEFAULT_DIR_MODE, exist_ok=True)
-            os.chmod(path, mode if mode is not None else DEFAULT_DIR_MODE)  # makedirs is subject to umask
-        elif mode is not None:
-            os.chmod(path, mode)
-        if uid >= 0 or gid >= 0:
-            os.lchown(path, uid, gid)
+            mode = mode if mode is not None else DEFAULT_DIR_MODE  # makedirs is subject to umask
+        _set_meta(path, mode, uid, gid, os.O_DIRECTORY)
         return ""
 
 

@@ -43,7 +43,7 @@ def _normalise(name: str) -> str:
 
 
 def _admindir(ctx: Context) -> str:
-    return ctx.path("/var/lib/dpkg")
+    return ctx.path("/var/lib/dpkg", follow=True)
 
 
 def dpkg_installed(ctx: Context) -> dict[str, str]:
@@ -112,7 +112,7 @@ def apt_commands(ctx: Context, res: "PackageResource", action: str, deb: str | N
 def _python(ctx: Context, res: "PackageResource") -> str:
     venv = res.attrs["virtualenv"]
     if venv is not None:
-        return os.path.join(ctx.path(venv), "bin", "python")
+        return os.path.join(ctx.path(venv, follow=True), "bin", "python")
     return "python3"
 
 
@@ -162,7 +162,7 @@ def pip_commands(ctx: Context, res: "PackageResource", action: str) -> list[list
         return [base + ["uninstall", "-y", res.name]]
     argv = base + ["install", "--quiet"]
     if res.attrs["source"] is not None:
-        argv += ["--no-index", "--no-deps", ctx.path(res.attrs["source"])] if res.attrs["source"].startswith("/") else [res.attrs["source"]]
+        argv += ["--no-index", "--no-deps", ctx.path(res.attrs["source"], follow=True)] if res.attrs["source"].startswith("/") else [res.attrs["source"]]
     else:
         version = res.attrs["version"]
         argv.append(f"{res.name}=={version}" if version else res.name)
@@ -201,7 +201,7 @@ class PackageResource(Resource):
     def _want_version(self, ctx: Context) -> str | None:
         version = self.attrs["version"]
         if version is None and self.attrs["provider"] == "apt" and self.attrs["source"] is not None:
-            deb = ctx.path(self.attrs["source"])
+            deb = ctx.path(self.attrs["source"], follow=True)
             if not os.path.exists(deb):
                 raise ResourceError(f"source {self.attrs['source']} does not exist under {ctx.root}")
             version = _deb_field(ctx, deb, "Version")
@@ -225,7 +225,7 @@ class PackageResource(Resource):
         if self.attrs["provider"] == "pip":
             commands = pip_commands(ctx, self, action)
         else:
-            deb = ctx.path(self.attrs["source"]) if self.attrs["source"] is not None and action != "remove" else None
+            deb = ctx.path(self.attrs["source"], follow=True) if self.attrs["source"] is not None and action != "remove" else None
             commands = apt_commands(ctx, self, action, deb)
         return Change(summary=(summary,), diff="".join(format_argv(c) + "\n" for c in commands), data=commands)
 

@@ -75,6 +75,8 @@ def test_flags_not_given_leave_lower_layers_alone(tmp_path):
         ({"name": "a", "bind": "127.0.0.1:1"}, {"GRAPEVINE_GOSSIP": "speed=11"}, "", "unknown gossip setting 'speed'"),
         ({"name": "a", "bind": "127.0.0.1:1"}, {"GRAPEVINE_GOSSIP": "jitter=2"}, "", "gossip: jitter"),
         ({"name": "a", "bind": "127.0.0.1:1", "run_user": "no-such-user-here"}, {}, "", "run_user: there is no user"),
+        ({"name": "a", "bind": "127.0.0.1:1"}, {"GRAPEVINE_HISTORY_KEEP": "0"}, "", "history_keep: 0 must be a whole number from 1"),
+        ({"name": "a", "bind": "127.0.0.1:1"}, {}, "history_keep = 100000\n", "history_keep: 100000"),
     ],
 )
 def test_bad_settings_are_refused_with_their_name(tmp_path, flags, env, toml, message):

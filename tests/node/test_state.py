@@ -75,3 +75,85 @@ def test_commits_wait_for_the_disk_as_the_fsync_setting_says(tmp_path, mode, rep
     assert st.db.execute("PRAGMA synchronous").fetchone()[0] == synchronous
     st.mark_run_seen("r", 5)  # node-local state follows the mode itself
     assert st.db.execute("PRAGMA synchronous").fetchone()[0] == (1 if mode == "never" else 2)
+
+
+def _tied(key: str = "bundle/a") -> tuple[SignedItem, SignedItem]:
+    """Two different items under one version: (loser, winner) by the store's digest rule."""
+    a = _item(key, 7, b"first payload")
+    b = _item(key, 7, b"second payload")
+    return (a, b) if a.digest() < b.digest() else (b, a)
+
+
+@pytest.mark.parametrize("order", ["loser-first", "winner-first"])
+def test_same_version_tie_keeps_the_winner_across_reopen(tmp_path, order):
+    from grapevine.gossip.store import is_newer
+
+    loser, winner = _tied()
+    assert is_newer(winner, loser) and not is_newer(loser, winner)
+    st = State(tmp_path)
+    for it in ((loser, winner) if order == "loser-first" else (winner, loser)):
+        st.put_items([(it, 1, None)])
+    st.close()
+    st = State(tmp_path)  # the real file, opened again: what a restarted agent starts from
+    [live] = st.load_items()
+    assert live.payload == winner.payload
+    assert st.get_version("bundle/a", winner.version).payload == winner.payload
+    assert [h.current for h in st.history("bundle/a")] == [True]
+
+
+def test_run_ids_are_pruned_by_their_own_deadline_not_the_new_orders(tmp_path):
+    """An order may be issued up to a minute ahead (clock skew) with a day's window, so its
+    deadline lies up to a day and a minute ahead: pruning at "its deadline minus a day"
+    forgot ids still valid for that minute, and their orders could be replayed."""
+    import time
+
+    from grapevine.node.state import SEEN_RUNS_GRACE_MS, SEEN_RUNS_PRUNE_EVERY
+    from grapevine.policy.runorder import MAX_SKEW_MS, MAX_WINDOW_MS
+
+    now = time.time_ns() // 1_000_000
+    st = State(tmp_path)
+    assert st.mark_run_seen("live", now + 30_000)  # its order is valid for another 30 s
+    assert st.mark_run_seen("old", now - SEEN_RUNS_GRACE_MS - 60_000)  # long expired
+    for i in range(SEEN_RUNS_PRUNE_EVERY):  # enough new ids to trigger a prune
+        st.mark_run_seen(f"n{i}", now + MAX_SKEW_MS + MAX_WINDOW_MS)
+    assert st.run_seen("live"), "an id was forgotten before its own deadline: its order could be replayed"
+    assert not st.run_seen("old")
+    assert st.mark_run_seen("live", now + 30_000) is False
+
+
+def test_pruning_follows_the_clock_it_is_given(tmp_path):
+    from grapevine.node.state import SEEN_RUNS_GRACE_MS, SEEN_RUNS_PRUNE_EVERY
+
+    st = State(tmp_path)
+    st.mark_run_seen("a", 1_000, now_ms=0)
+    for i in range(SEEN_RUNS_PRUNE_EVERY - 2):  # with "a", one insert short of a prune
+        st.mark_run_seen(f"n{i}", 10**15, now_ms=1_000 + SEEN_RUNS_GRACE_MS)  # grace not yet over for "a"
+    assert st.run_seen("a")
+    st.mark_run_seen("last", 10**15, now_ms=1_001 + SEEN_RUNS_GRACE_MS)  # the 256th insert prunes
+    assert not st.run_seen("a")
+
+
+@pytest.mark.parametrize("keep", [0, -1, 1001, True, "5"])
+def test_history_retention_is_always_bounded(tmp_path, keep):
+    from grapevine.gossip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="history_keep"):
+        State(tmp_path, history_keep=keep)
+
+
+def test_default_history_is_bounded(tmp_path):
+    from grapevine.node.state import HISTORY_KEEP_DEFAULT
+
+    st = State(tmp_path)
+    st.put_items([(_item("bundle/a", w), w, None) for w in range(1, HISTORY_KEEP_DEFAULT + 6)])
+    hist = st.history("bundle/a")
+    assert len(hist) == HISTORY_KEEP_DEFAULT and hist[-1].current
+    assert hist[0].version.wall_ms == 6
+
+
+def test_keeping_one_version_keeps_the_live_one(tmp_path):
+    st = State(tmp_path, history_keep=1)
+    st.put_items([(_item("bundle/a", 5, b"five"), 1, None)])
+    st.put_items([(_item("bundle/a", 3, b"late"), 2, None)])  # older, arriving late
+    assert [i.payload for i in st.load_items()] == [b"five"]
+    assert [h.version.wall_ms for h in st.history("bundle/a")] == [5]
