@@ -1,8 +1,16 @@
-"""``grapevine agent``: run the daemon in the foreground (systemd, a terminal, a test)."""
+"""``grapevine agent``: run the daemon in the foreground (systemd, a terminal, a test).
+
+Under systemd (``Type=notify``) the agent says READY=1 once its state and
+trust root are loaded and its ports are bound, STOPPING=1 when it starts to
+drain, and pings WATCHDOG=1 at half of ``WatchdogSec=`` (node/sdnotify.py).
+``--ui HOST:PORT`` also serves the read-only fleet page (node/ui.py), bound
+before READY=1 is sent.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import click
@@ -24,6 +32,7 @@ import click
 @click.option("--api-socket", type=click.Path(dir_okay=False, path_type=Path), help="Unix socket of the local API.")
 @click.option("--run-user", help="User that run orders execute as (default: the agent's own).")
 @click.option("--preset", "gossip_preset", type=click.Choice(["lan", "local"]), help="Gossip timing preset.")
+@click.option("--ui", help="HOST:PORT to serve the read-only fleet status page on (off by default).")
 def agent(config_file: Path | None, **flags: object) -> None:
     """Run the grapevine daemon until SIGTERM."""
     from grapevine.node.config import load_config
@@ -35,6 +44,7 @@ def agent(config_file: Path | None, **flags: object) -> None:
     cfg = load_config(config_file=config_file, flags=flags)
     setup_logging(cfg.name, cfg.log_format, cfg.log_level)
     from grapevine.node.agent import Agent
+    from grapevine.node.sdnotify import Notifier
 
     try:
         import uvloop
@@ -42,7 +52,22 @@ def agent(config_file: Path | None, **flags: object) -> None:
         uvloop = None
 
     async def main() -> None:
-        await Agent(cfg).run()
+        notifier = Notifier()
+        node = Agent(cfg)
+        watchdog = asyncio.get_running_loop().create_task(notifier.watchdog_loop(), name="sd-watchdog")
+        ui = None
+        try:
+            if cfg.ui:
+                from grapevine.node.ui import start_ui
+
+                ui = await start_ui(node, cfg.ui)
+            await node.run(ready=notifier.ready, stopping=notifier.stopping)
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            if ui is not None:
+                await ui.cleanup()
 
     if uvloop is not None:
         uvloop.run(main())

@@ -130,6 +130,9 @@ class AgentConfig:
     reports_keep: int = 200  # converge reports kept in the store
     # the user run orders execute as ("": the agent's own); an agent that is not root can only run as itself
     run_user: str = ""
+    # HOST:PORT of the read-only fleet web page ("": off). It shows what `status --fleet` shows to
+    # anyone who can reach it, without a login: bind it to loopback or a management address.
+    ui: str = ""
 
     @property
     def socket_path(self) -> Path:
@@ -300,6 +303,8 @@ def check_config(cfg: AgentConfig) -> None:
     _ = cfg.advertise_address
     for j in cfg.join:
         parse_hostport(j, "join")
+    if cfg.ui:
+        parse_hostport(cfg.ui, "ui")
     if cfg.fsync not in ("always", "local", "never"):
         raise ConfigError(f"fsync: {cfg.fsync!r} must be always, local or never")
     if cfg.log_format not in ("text", "json"):
