@@ -254,7 +254,8 @@ class RunService:
             done = applied.get(name)
             bundles.append({"name": name, "version": _version_text(version), "targeted": name in targeted,
                             "applied": bool(is_applied),
-                            "applied_version": _version_text(done[0]) if done else None})
+                            "applied_version": _version_text(done[0]) if done else None,
+                            "applied_ms": done[1] if done else None})
         rep = a.last_report
         last = None
         if isinstance(rep, dict):
