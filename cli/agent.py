@@ -9,8 +9,8 @@ before READY=1 is sent.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import sys
 from pathlib import Path
 
 import click
@@ -32,6 +32,7 @@ import click
 @click.option("--api-socket", type=click.Path(dir_okay=False, path_type=Path), help="Unix socket of the local API.")
 @click.option("--run-user", help="User that run orders execute as (default: the agent's own).")
 @click.option("--preset", "gossip_preset", type=click.Choice(["lan", "local"]), help="Gossip timing preset.")
+@click.option("--event-loop", type=click.Choice(["uvloop", "asyncio"]), help="Event loop (default asyncio; uvloop costs about 10 MiB more memory).")
 @click.option("--ui", help="HOST:PORT to serve the read-only fleet status page on (off by default).")
 def agent(config_file: Path | None, **flags: object) -> None:
     """Run the grapevine daemon until SIGTERM."""
@@ -43,13 +44,25 @@ def agent(config_file: Path | None, **flags: object) -> None:
         flags["tags"] = list(tags)  # type: ignore[assignment]
     cfg = load_config(config_file=config_file, flags=flags)
     setup_logging(cfg.name, cfg.log_format, cfg.log_level)
+    uvloop = None
+    if cfg.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+            pass
+    else:
+        # Peer traffic is sealed with the network key over plain HTTP and the local API is a Unix
+        # socket: the daemon never speaks TLS, and the hashes it uses (BLAKE2b, SHA-256) are built
+        # into Python. asyncio and aiohttp import ssl only if it is there, hashlib falls back to
+        # its built-in hashes without _hashlib, so OpenSSL stays out of the process: about 8 MiB
+        # less resident memory per agent (benchmarks/RESULTS-mesh.md). Too late if another part
+        # of this process already imported them; then they stay.
+        for name in ("ssl", "_hashlib"):
+            sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+    import asyncio  # after the choice above: asyncio imports ssl when it can
+
     from grapevine.node.agent import Agent
     from grapevine.node.sdnotify import Notifier
-
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        uvloop = None
 
     async def main() -> None:
         notifier = Notifier()
