@@ -120,3 +120,24 @@ def test_page_in_headless_chromium_shows_agents_versions_and_refreshes(mesh, tmp
         finally:
             browser.close()
     assert requests and all(r.startswith(url + "/") for r in requests), sorted(set(requests))
+
+
+def test_ui_address_in_use_is_a_clear_error(fleet):
+    import socket
+
+    p_agent, p_ui = free_ports(2)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", p_ui))
+        busy.listen(1)
+        a = fleet.make("ui-busy", p_agent, extra=["--ui", f"127.0.0.1:{p_ui}"])
+        a.start()
+        assert a.proc.wait(timeout=60) == 2
+    assert f"ui: cannot listen on 127.0.0.1:{p_ui}" in a.log_path.read_text()
+
+
+def test_bad_ui_address_is_refused_by_name(fleet):
+    (port,) = free_ports(1)
+    a = fleet.make("ui-bad", port, extra=["--ui", "localhost"])
+    a.start()
+    assert a.proc.wait(timeout=60) == 2
+    assert "ui: expected HOST:PORT" in a.log_path.read_text()
