@@ -1,4 +1,4 @@
-"""50 grapevine agents beside 50 Serf agents on loopback, in one run.
+"""grapevine agents (one fleet per event loop) beside as many Serf agents on loopback, in one run.
 
 Measured, each as a median over several rounds:
 
@@ -9,10 +9,15 @@ Measured, each as a median over several rounds:
   at_ms + duration_ms), so polling does not add to them.
 - Serf: time from just before ``serf event -coalesce=false`` to the last
   agent's event handler writing its timestamp.
-- idle CPU (percent of one core) and resident memory per agent, for both
-  systems, sampled from /proc over the same idle window.
+- idle CPU (percent of one core) and resident memory per agent, for every
+  fleet, sampled from /proc over the same idle window (before any bundle:
+  what a fresh agent holds), and resident memory again after the rounds
+  (every agent has converged bundles: the policy engine is loaded).
 
-Usage: python benchmarks/bench_mesh.py [--nodes 50] [--rounds 7] [--idle-s 30] [--out benchmarks/RESULTS-mesh.md]
+The grapevine sources are byte-compiled first, as an installed wheel is, so
+no agent compiles a module at start.
+
+Usage: python benchmarks/bench_mesh.py [--nodes 50] [--rounds 7] [--idle-s 30] [--loops asyncio,uvloop] [--out benchmarks/RESULTS-mesh.md]
 Needs `serf` on PATH (apt-get install serf); without it only grapevine is measured.
 Every process started here is killed by PID before the script exits.
 """
@@ -107,7 +112,9 @@ class Procs:
 
 
 # -- grapevine -----------------------------------------------------------------
-def start_grapevine(n: int, base: Path, procs: Procs, preset: str, fsync: str) -> tuple[list[subprocess.Popen], list[Path], SigningKey]:
+def start_grapevine(n: int, base: Path, procs: Procs, preset: str, fsync: str,
+                    loop: str = "asyncio") -> tuple[list[subprocess.Popen], list[Path], SigningKey]:
+    base.mkdir(parents=True, exist_ok=True)
     keys = base / "keys"
     keys.mkdir()
     alice = SigningKey.generate()
@@ -118,7 +125,8 @@ def start_grapevine(n: int, base: Path, procs: Procs, preset: str, fsync: str) -
     write_key_file(keys / "fleet.netkey", generate_key())
     ports = free_ports(n)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRAPEVINE_")}
-    env.update(GRAPEVINE_GOSSIP_PRESET=preset, GRAPEVINE_LOG_LEVEL="warning", GRAPEVINE_FSYNC=fsync)
+    env.update(GRAPEVINE_GOSSIP_PRESET=preset, GRAPEVINE_LOG_LEVEL="warning", GRAPEVINE_FSYNC=fsync,
+               GRAPEVINE_EVENT_LOOP=loop)
     env.update({k[len("BENCH_"):]: v for k, v in os.environ.items() if k.startswith("BENCH_GRAPEVINE_")})  # extra agent settings
     pids, socks = [], []
     for i, port in enumerate(ports):
@@ -234,8 +242,17 @@ def idle_profile(groups: dict[str, list[subprocess.Popen]], seconds: float) -> d
         cpu = [(cpu_ticks(p.pid) - b) / CLK_TCK / took * 100 for p, b in zip(ps, before[g])]
         rss = [rss_mb(p.pid) for p in ps]
         out[g] = {"cpu_pct_median": statistics.median(cpu), "cpu_pct_mean": statistics.fmean(cpu),
-                  "rss_mb_median": statistics.median(rss)}
+                  "rss_mb_median": statistics.median(rss), "rss_mb_max": max(rss)}
     return out
+
+
+def byte_compile() -> None:
+    """Compile the grapevine sources as pip does at install (PYTHONDONTWRITEBYTECODE may be set here)."""
+    import compileall
+
+    root = Path(__file__).resolve().parents[1]
+    for d in ("gossip", "policy", "node", "cli"):
+        compileall.compile_dir(str(root / d), quiet=1)
 
 
 def main() -> None:
@@ -245,87 +262,116 @@ def main() -> None:
     ap.add_argument("--idle-s", type=float, default=30.0)
     ap.add_argument("--preset", choices=["lan", "local"], default="lan")
     ap.add_argument("--fsync", choices=["always", "local", "never"], default="local", help="the agents' fsync setting")
+    ap.add_argument("--loops", default="asyncio,uvloop", help="one grapevine fleet per event loop named here")
+    ap.add_argument("--note", default="", help="what else ran on the machine, for the results file")
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-mesh.md")))
     args = ap.parse_args()
+    loops = [x for x in args.loops.split(",") if x]
     have_serf = shutil.which("serf") is not None
     procs = Procs()
     base = Path(tempfile.mkdtemp(prefix="bench_mesh_"))
+    load_before = os.getloadavg()
+    byte_compile()
+    fleets: dict[str, tuple[list, list, SigningKey]] = {}
     try:
-        print(f"starting {args.nodes} grapevine agents (preset {args.preset})", flush=True)
-        g_procs, socks, author = start_grapevine(args.nodes, base, procs, args.preset, args.fsync)
+        for loop in loops:
+            print(f"starting {args.nodes} grapevine agents (preset {args.preset}, event loop {loop})", flush=True)
+            fleets[loop] = start_grapevine(args.nodes, base / loop, procs, args.preset, args.fsync, loop)
         s_procs = []
         if have_serf:
             print(f"starting {args.nodes} serf agents", flush=True)
             s_procs, rpcs, marks = start_serf(args.nodes, base, procs)
-        time.sleep(5)  # let both settle (joins, first shuffles, push-pulls)
+        time.sleep(5)  # let every fleet settle (joins, first shuffles, push-pulls)
         print(f"idle profile over {args.idle_s:.0f} s", flush=True)
-        groups = {"grapevine": g_procs}
+        groups = {f"grapevine ({loop})": fleets[loop][0] for loop in loops}
         if have_serf:
-            groups["serf"] = s_procs
+            groups["Serf"] = s_procs
         idle = idle_profile(groups, args.idle_s)
-        g_del, g_conv, s_del = [], [], []
+        g_del = {loop: [] for loop in loops}
+        g_conv = {loop: [] for loop in loops}
+        s_del = []
         for r in range(args.rounds):
-            d, c = grapevine_round(socks, author, r)
-            g_del.append(d)
-            g_conv.append(c)
-            line = f"round {r}: grapevine delivered {d} ms, converged {c} ms"
+            line = f"round {r}:"
+            for loop in loops:
+                _, socks, author = fleets[loop]
+                d, c = grapevine_round(socks, author, r)
+                g_del[loop].append(d)
+                g_conv[loop].append(c)
+                line += f" grapevine ({loop}) delivered {d} ms, converged {c} ms;"
             if have_serf:
                 s = serf_round(args.nodes, rpcs, marks, r)
                 s_del.append(s)
-                line += f"; serf handler ran on all in {s:.0f} ms"
+                line += f" serf handler ran on all in {s:.0f} ms"
             print(line, flush=True)
             time.sleep(1.0)
+        after = {g: statistics.median(rss_mb(p.pid) for p in ps) for g, ps in groups.items()}
     finally:
         procs.kill_all()
         shutil.rmtree(base, ignore_errors=True)
     res = {
-        "nodes": args.nodes, "rounds": args.rounds, "preset": args.preset, "fsync": args.fsync,
-        "grapevine_delivered_ms_median": statistics.median(g_del),
-        "grapevine_converged_ms_median": statistics.median(g_conv),
+        "nodes": args.nodes, "rounds": args.rounds, "preset": args.preset, "fsync": args.fsync, "loops": loops,
+        "delivered_ms_median": {loop: statistics.median(v) for loop, v in g_del.items()},
+        "converged_ms_median": {loop: statistics.median(v) for loop, v in g_conv.items()},
         "serf_event_ms_median": statistics.median(s_del) if s_del else None,
-        "idle": idle,
+        "idle": idle, "rss_after_rounds_mb_median": after,
+        "load_before": load_before, "load_after": os.getloadavg(),
     }
     print(json.dumps(res, indent=2))
-    write_results(Path(args.out), res, g_del, g_conv, s_del)
+    write_results(Path(args.out), res, args, g_del, g_conv, s_del)
 
 
-def write_results(path: Path, res: dict, g_del: list, g_conv: list, s_del: list) -> None:
+def write_results(path: Path, res: dict, args: argparse.Namespace, g_del: dict, g_conv: dict, s_del: list) -> None:
     serf_v = subprocess.run(["serf", "version"], capture_output=True, text=True).stdout.splitlines()[0] if s_del else "absent"
     idle = res["idle"]
+    groups = list(idle)
+    loops = res["loops"]
+
+    after = res["rss_after_rounds_mb_median"]
+
+    def fmt(v: float, digits: int) -> str:
+        return f"{v:.{digits}f}"
+
+    def cells(fn) -> str:
+        return " | ".join(fn(g) for g in groups)
+
+    def per_loop(values: dict, serf: str) -> str:
+        return cells(lambda g: f"{values[g[11:-1]]:.0f}" if g.startswith("grapevine") else serf)
+
+    serf_ms = "n/a" if res["serf_event_ms_median"] is None else f"{res['serf_event_ms_median']:.0f}"
     rows = [
-        f"| delivery to the last node, median of {res['rounds']} (ms) | {res['grapevine_delivered_ms_median']:.0f} "
-        f"| {res['serf_event_ms_median'] if res['serf_event_ms_median'] is None else round(res['serf_event_ms_median'])} |",
-        f"| inject to last converge report, median (ms) | {res['grapevine_converged_ms_median']:.0f} | n/a |",
+        f"| delivery to the last node, median of {res['rounds']} (ms) | {per_loop(res['delivered_ms_median'], serf_ms)} |",
+        f"| inject to last converge report, median (ms) | {per_loop(res['converged_ms_median'], 'n/a')} |",
+        f"| idle CPU per agent, median (% of one core) | {cells(lambda g: fmt(idle[g]['cpu_pct_median'], 2))} |",
+        f"| idle CPU per agent, mean (% of one core) | {cells(lambda g: fmt(idle[g]['cpu_pct_mean'], 2))} |",
+        f"| resident memory per idle agent, median (MiB) | {cells(lambda g: fmt(idle[g]['rss_mb_median'], 1))} |",
+        f"| resident memory per idle agent, largest (MiB) | {cells(lambda g: fmt(idle[g]['rss_mb_max'], 1))} |",
+        f"| resident memory after the rounds, median (MiB) | {cells(lambda g: fmt(after[g], 1))} |",
     ]
-    for g in ("grapevine", "serf"):
-        if g not in idle:
-            idle[g] = {"cpu_pct_median": float("nan"), "cpu_pct_mean": float("nan"), "rss_mb_median": float("nan")}
-    rows += [
-        f"| idle CPU per agent, median (% of one core) | {idle['grapevine']['cpu_pct_median']:.2f} | {idle['serf']['cpu_pct_median']:.2f} |",
-        f"| idle CPU per agent, mean (% of one core) | {idle['grapevine']['cpu_pct_mean']:.2f} | {idle['serf']['cpu_pct_mean']:.2f} |",
-        f"| resident memory per agent, median (MiB) | {idle['grapevine']['rss_mb_median']:.1f} | {idle['serf']['rss_mb_median']:.1f} |",
-    ]
-    text = f"""# Mesh benchmark: {res['nodes']} grapevine agents beside {res['nodes']} Serf agents
+    rounds = "; ".join(f"grapevine ({loop}) delivered {g_del[loop]}, converged {g_conv[loop]}" for loop in loops)
+    text = f"""# Mesh benchmark: {res['nodes']} grapevine agents per event loop beside {res['nodes']} Serf agents
 
-Produced by `python benchmarks/bench_mesh.py --nodes {res['nodes']} --rounds {res['rounds']} --preset {res['preset']} --fsync {res['fsync']}`
+Produced by `python benchmarks/bench_mesh.py --nodes {res['nodes']} --rounds {res['rounds']} --idle-s {args.idle_s:.0f} --preset {res['preset']} --fsync {res['fsync']} --loops {','.join(loops)}`
 on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {serf_v}; all agents on loopback,
-both fleets running at once. Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
+every fleet running at once. Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average
+{res['load_before'][0]:.1f} before, {res['load_after'][0]:.1f} after.{(' ' + args.note) if args.note else ''}
 
-| measure | grapevine | Serf |
-|---|---|---|
+| measure | {' | '.join(groups)} |
+|---|{'---|' * len(groups)}
 {chr(10).join(rows)}
 
 - grapevine "delivery": from just before the inject call on one agent to the last of the
   {res['nodes']} agents accepting the signed bundle (its `accepted_ms`, committed to SQLite).
   "converge report": to the end of the last agent's converge of that bundle (a file under its
-  --root). Every agent commits each accepted item to SQLite before it forwards it (fsync
-  setting "{res['fsync']}": "local", the default, waits for the disk on the injecting node only;
-  "always" on every hop). A converge starts at once on the first arrival after a quiet 200 ms window.
+  --root). fsync setting "{res['fsync']}". A converge starts at once on the first arrival after a quiet 200 ms window.
 - Serf: from just before `serf event -coalesce=false` to the last agent's user-event handler
   writing its timestamp (a `/bin/sh` script; Serf forks it per event).
-- Idle: CPU time from /proc over the same window for both fleets, after 5 s of settling.
+- Idle: CPU time and resident memory (VmRSS) from /proc over the same {args.idle_s:.0f} s window for every
+  fleet, after 5 s of settling, before any bundle was injected. "After the rounds": every agent
+  has received and converged {res['rounds']} bundles (the policy engine and providers are loaded).
+- Event loop "asyncio" is the agent's default: OpenSSL (ssl, _hashlib) stays out of the process;
+  "uvloop" imports ssl and so maps OpenSSL.
 
-Per round (ms): grapevine delivered {g_del}, converged {g_conv}; Serf {[round(x) for x in s_del]}.
+Per round (ms): {rounds}; Serf {[round(x) for x in s_del]}.
 """
     path.write_text(text)
     print(f"wrote {path}")

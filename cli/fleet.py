@@ -359,7 +359,6 @@ def converge_via_agent(agent_socket: str | None = None, *, bundles: list[str] | 
 
 # -- push-style additions: inject --now --wait, status --fleet ------------------
 # (maintained with node/runs.py; they reuse the run machinery of cli/run.py)
-FLEET_STALE_CONVERGE_S = 3600.0  # a node whose last converge is older than this is flagged stale
 
 
 def converge_injected(sock: str, items: list, key_path: Path, *, wait: bool, as_json: bool) -> dict:
@@ -400,56 +399,9 @@ def converge_injected(sock: str, items: list, key_path: Path, *, wait: bool, as_
 
 def fleet_status(client: AgentClient, selector: str = "") -> dict:
     """Every matching node's bundles, last converge and staleness, and what is not converged."""
-    answer = client.post("/v1/fleet/query", {"kind": "status", "selector": selector})
-    nodes: dict = answer["answers"]
-    newest: dict[str, str] = {}
-    for info in nodes.values():
-        for b in info.get("bundles", []):
-            if b["name"] not in newest or _stamp_key(b["version"]) > _stamp_key(newest[b["name"]]):
-                newest[b["name"]] = b["version"]
-    bundles = {name: {"version": v, "targeted": 0, "applied": 0} for name, v in sorted(newest.items())}
-    details = []
-    for node, info in sorted(nodes.items()):
-        problems = []
-        for b in info.get("bundles", []):
-            if not b.get("targeted"):
-                continue
-            row = bundles[b["name"]]
-            row["targeted"] += 1
-            if b.get("applied") and b["version"] == newest[b["name"]]:
-                row["applied"] += 1
-            elif b["version"] != newest[b["name"]]:
-                problems.append(f"{b['name']}: holds {b['version']}, newest is {newest[b['name']]}")
-            else:
-                problems.append(f"{b['name']}: {b['version']} not applied"
-                                + (f" (applied {b['applied_version']})" if b.get("applied_version") else ""))
-        last = info.get("last_report")
-        if last and (last.get("failed") or last.get("error")):
-            problems.append(f"last converge failed: {last.get('failed')} resource(s) {last.get('error') or ''}".strip())
-        now = info.get("now_ms") or 0
-        if info.get("stale"):
-            problems.append("stale: no gossip heard recently")
-        elif last and last.get("at_ms") and now - last["at_ms"] > FLEET_STALE_CONVERGE_S * 1000:
-            problems.append(f"stale: last converge {int((now - last['at_ms']) / 1000)} s ago")
-        if problems:
-            details.append({"node": node, "problems": problems, "last_report": last})
-    return {
-        "nodes": len(nodes),
-        "converged": len(nodes) - len(details),
-        "not_converged": details,
-        "bundles": bundles,
-        "members": nodes,
-        "discovery_ms": answer.get("discovery_ms"),
-        "origin": answer.get("origin"),
-    }
+    from grapevine.node.fleetview import summarize
 
-
-def _stamp_key(text: str) -> tuple:
-    parts = (text or "").split(".", 2)
-    try:
-        return int(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else ""
-    except (ValueError, IndexError):
-        return (0, 0, text or "")
+    return summarize(client.post("/v1/fleet/query", {"kind": "status", "selector": selector}))
 
 
 def show_fleet_status(client: AgentClient, selector: str, as_json: bool) -> None:

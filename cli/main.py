@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "rollback": "grapevine.cli.fleet:rollback",
     "simulate": "grapevine.cli.simulate:simulate",
     "demo": "grapevine.cli.demo:demo",
+    "bootstrap": "grapevine.cli.bootstrap:bootstrap",
+    "completion": "grapevine.cli.completion:completion",
 }
 
 

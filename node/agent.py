@@ -478,7 +478,7 @@ class Agent:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    async def run(self, *, ready: Callable[[], None] | None = None) -> None:
+    async def run(self, *, ready: Callable[[], None] | None = None, stopping: Callable[[], None] | None = None) -> None:
         from .api import ApiLink, make_api_app
 
         loop = asyncio.get_running_loop()
@@ -525,6 +525,8 @@ class Agent:
                     ready()
                 await self._stop.wait()
                 log.info("stopping: leaving the mesh")
+                if stopping is not None:
+                    stopping()
                 await self._shutdown()
         finally:
             await api_runner.cleanup()

@@ -138,6 +138,13 @@ class AgentConfig:
     # serve /metrics on the peer port too: anyone who reaches that port can read it, so it is off
     # unless the port is firewalled to the monitoring system (/health is always served)
     peer_metrics: bool = False
+    # HOST:PORT of the read-only fleet web page ("": off). It shows what `status --fleet` shows to
+    # anyone who can reach it, without a login: bind it to loopback or a management address.
+    ui: str = ""
+    # "asyncio" (the standard loop; with it OpenSSL stays out of the daemon, which never speaks TLS:
+    # about 10 MiB less resident memory per agent) or "uvloop" (libuv, which imports ssl; faster I/O
+    # under heavy load). Both measured side by side in benchmarks/RESULTS-mesh.md.
+    event_loop: str = "asyncio"
 
     @property
     def socket_path(self) -> Path:
@@ -308,6 +315,10 @@ def check_config(cfg: AgentConfig) -> None:
     _ = cfg.advertise_address
     for j in cfg.join:
         parse_hostport(j, "join")
+    if cfg.ui:
+        parse_hostport(cfg.ui, "ui")
+    if cfg.event_loop not in ("uvloop", "asyncio"):
+        raise ConfigError(f"event_loop: {cfg.event_loop!r} must be 'uvloop' or 'asyncio'")
     if cfg.fsync not in ("always", "local", "never"):
         raise ConfigError(f"fsync: {cfg.fsync!r} must be always, local or never")
     if cfg.log_format not in ("text", "json"):

@@ -1,25 +1,183 @@
-"""Prometheus metrics of one agent, in a registry of its own.
+"""Prometheus metrics of one agent, in a registry of its own, rendered as Prometheus text (format 0.0.4).
 
-A per-agent ``CollectorRegistry`` (not the process-global one) keeps tests
-that start several agents in one process honest and keeps library metrics
-out of ``/metrics``. Label values are small closed sets (message type names,
-refusal reasons), never node ids or item keys, so cardinality stays bounded.
+A per-agent ``Registry`` (not a process-global one) keeps tests that start
+several agents in one process honest. Label values are small closed sets
+(message type names, refusal reasons), never node ids or item keys, so
+cardinality stays bounded.
+
+Counters, gauges and histograms with labels, and their text exposition, are
+the few dozen lines below rather than a client library: the library loaded
+an HTTP server, WSGI, TLS and a multiprocess mode into every daemon for a
+page the agent serves itself (about 1.5 MiB of each agent's resident
+memory, benchmarks/RESULTS-mesh.md). Counter samples carry the ``_total``
+suffix, histograms ``_bucket{le=...}``, ``_sum`` and ``_count``, as
+Prometheus expects.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+import math
+from typing import Iterator
 
 # converge durations span a no-op check (ms) to package installs (minutes)
 CONVERGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(v: float) -> str:
+    if v == math.inf:
+        return "+Inf"
+    return repr(float(v))
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+class _Value:
+    """One time series: a counter or gauge value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class _Buckets:
+    """One histogram series: cumulative bucket counts, sum and count."""
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.sum += value
+        self.count += 1
+        for i, b in enumerate(self.bounds):
+            if value <= b:
+                self.counts[i] += 1
+
+
+class _Metric:
+    kind = "untyped"
+
+    def __init__(self, name: str, doc: str, labelnames: tuple[str, ...] | list[str] = (), *,
+                 registry: Registry) -> None:
+        self.name = name
+        self.doc = doc
+        self.labelnames = tuple(labelnames)
+        self._series: dict[tuple[str, ...], object] = {}
+        if not self.labelnames:
+            self._series[()] = self._new()
+        registry.register(self)
+
+    def _new(self) -> object:
+        return _Value()
+
+    def labels(self, *values: str):
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+        key = tuple(str(v) for v in values)
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = self._new()
+        return s
+
+    def _only(self):
+        return self._series[()]
+
+    def lines(self) -> Iterator[str]:
+        raise NotImplementedError
+
+
+class Counter(_Metric):
+    kind = "counter"
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._only().inc(amount)
+
+    def lines(self) -> Iterator[str]:
+        name = self.name + "_total"
+        yield f"# HELP {name} {self.doc}"
+        yield f"# TYPE {name} counter"
+        for key, s in self._series.items():
+            yield f"{name}{_labels(self.labelnames, key)} {_number(s.value)}"
+
+
+class Gauge(_Metric):
+    kind = "gauge"
+
+    def set(self, value: float) -> None:
+        self._only().set(value)
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._only().inc(amount)
+
+    def lines(self) -> Iterator[str]:
+        yield f"# HELP {self.name} {self.doc}"
+        yield f"# TYPE {self.name} gauge"
+        for key, s in self._series.items():
+            yield f"{self.name}{_labels(self.labelnames, key)} {_number(s.value)}"
+
+
+class Histogram(_Metric):
+    kind = "histogram"
+
+    def __init__(self, name: str, doc: str, labelnames=(), *, buckets: tuple[float, ...], registry: Registry) -> None:
+        self.bounds = tuple(float(b) for b in buckets) + (math.inf,)
+        super().__init__(name, doc, labelnames, registry=registry)
+
+    def _new(self) -> object:
+        return _Buckets(self.bounds)
+
+    def observe(self, value: float) -> None:
+        self._only().observe(value)
+
+    def lines(self) -> Iterator[str]:
+        yield f"# HELP {self.name} {self.doc}"
+        yield f"# TYPE {self.name} histogram"
+        for key, s in self._series.items():
+            for b, c in zip(s.bounds, s.counts):
+                yield f"{self.name}_bucket{_labels(self.labelnames, key, f'le={chr(34)}{_number(b)}{chr(34)}')} {_number(c)}"
+            yield f"{self.name}_count{_labels(self.labelnames, key)} {_number(s.count)}"
+            yield f"{self.name}_sum{_labels(self.labelnames, key)} {_number(s.sum)}"
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.metrics: list[_Metric] = []
+
+    def register(self, metric: _Metric) -> None:
+        if any(m.name == metric.name for m in self.metrics):
+            raise ValueError(f"metric {metric.name} is registered twice")
+        self.metrics.append(metric)
+
+    def render(self) -> bytes:
+        return ("\n".join(line for m in self.metrics for line in m.lines()) + "\n").encode()
 
 
 class AgentMetrics:
-    content_type = CONTENT_TYPE_LATEST
+    content_type = CONTENT_TYPE
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry = Registry()
         self._in: dict[str, tuple] = {}
         self._out: dict[str, tuple] = {}
         self.items = Gauge("grapevine_items", "Items held in the store", registry=r)
@@ -73,4 +231,4 @@ class AgentMetrics:
         return pair
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return self.registry.render()

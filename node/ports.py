@@ -125,7 +125,8 @@ def fleet_status_info(*, targeted: Iterable[str], applied: dict, bundles: Iterab
     for name, version, is_applied in bundles:
         done = applied.get(name)
         rows.append({"name": name, "version": version_text(version), "targeted": name in targeted,
-                     "applied": bool(is_applied), "applied_version": version_text(done[0]) if done else None})
+                     "applied": bool(is_applied), "applied_version": version_text(done[0]) if done else None,
+                     "applied_ms": done[1] if done else None})
     last = None
     if isinstance(last_report, dict):
         last = {k: last_report.get(k) for k in ("changed", "unchanged", "failed", "skipped", "at_ms", "trigger")}

@@ -50,11 +50,10 @@ class RunApi:
         try:
             req = await request.json()
             kind, sel = str(req.get("kind") or "status"), str(req.get("selector") or "")
-            disc, took = await self.svc.discover(kind, sel)
+            answer = await self.svc.fleet_query(kind, sel)
         except (ValueError, selectors.SelectorSyntaxError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"answers": {n: jsonable(i) for n, (_, i) in disc.answers.items()},
-                                  "discovery_ms": int(took), "origin": self.svc.me})
+        return web.json_response(answer)
 
     async def run(self, request: web.Request) -> web.StreamResponse:
         svc = self.svc

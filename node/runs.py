@@ -162,6 +162,12 @@ class RunService:
             self._wakes.pop(disc.qid, None)
             self.book.finish(disc, selector, run_id=None, now=self.clock())
 
+    async def fleet_query(self, kind: str, selector: str) -> dict:
+        """A fleet query's answers as the local API and the fleet page serve them."""
+        disc, took = await self.discover(kind, selector)
+        return {"answers": {n: jsonable(i) for n, (_, i) in disc.answers.items()},
+                "discovery_ms": int(took), "origin": self.me}
+
     async def _open_discovery(self, kind: str, selector: str) -> Discovery:
         """Broadcast a query; answers collect in the returned discovery until the book finishes it."""
         selectors.parse(selector or None)  # a bad selector is refused here, not by every node
