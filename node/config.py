@@ -24,9 +24,10 @@ from typing import Any, Mapping
 
 from grapevine.gossip.errors import ConfigError
 
-from .state import HISTORY_KEEP_DEFAULT, check_history_keep
 
 ENV_PREFIX = "GRAPEVINE_"
+HISTORY_KEEP_DEFAULT = 50  # accepted versions kept per key: enough to roll back through a bad week
+HISTORY_KEEP_MAX = 1000  # the bound: history is read whole by `grapevine history`
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # a DNS label or so: shows up in ids and logs
 TAG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")  # selector grammar identifiers
 PRESETS = ("lan", "local")
@@ -356,3 +357,13 @@ def check_config(cfg: AgentConfig) -> None:
             raise ConfigError(f"run_user: only an agent running as root can run commands as {cfg.run_user!r}")
     if cfg.network_key is not None and not cfg.network_key.is_file():
         raise ConfigError(f"network_key: key file {cfg.network_key} does not exist")
+
+
+def check_history_keep(value: object) -> int:
+    """``history_keep`` must be a whole number from 1 to ``HISTORY_KEEP_MAX`` (ConfigError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= HISTORY_KEEP_MAX:
+        raise ConfigError(
+            f"history_keep: {value!r} must be a whole number from 1 (only the live version) to {HISTORY_KEEP_MAX};"
+            f" history is always bounded (default {HISTORY_KEEP_DEFAULT})"
+        )
+    return value

@@ -34,6 +34,8 @@ from typing import Iterable
 from grapevine.gossip.errors import ConfigError
 from grapevine.gossip.item import SignedItem, Version
 
+from .config import HISTORY_KEEP_DEFAULT, HISTORY_KEEP_MAX, check_history_keep  # noqa: F401  (re-exported)
+
 DB_NAME = "state.db"
 FSYNC_MODES = ("always", "local", "never")
 SCHEMA_VERSION = 1
@@ -49,8 +51,6 @@ SEEN_RUNS_GRACE_MS = 3600 * 1000
 # (no rollback to an earlier one from this node's store); the default keeps
 # enough for `history` and a rollback several versions back; the maximum
 # bounds one key at about 1,000 bundles of at most 1 MiB each.
-HISTORY_KEEP_DEFAULT = 50
-HISTORY_KEEP_MAX = 1000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -418,14 +418,6 @@ class State:
             return self.db.execute("DELETE FROM node_pins WHERE name = ?", (name,)).rowcount > 0
 
 
-def check_history_keep(value: object) -> int:
-    """``history_keep`` must be a whole number from 1 to ``HISTORY_KEEP_MAX`` (ConfigError otherwise)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= HISTORY_KEEP_MAX:
-        raise ConfigError(
-            f"history_keep: {value!r} must be a whole number from 1 (only the live version) to {HISTORY_KEEP_MAX};"
-            f" history is always bounded (default {HISTORY_KEEP_DEFAULT})"
-        )
-    return value
 
 
 class _Tx:
