@@ -35,7 +35,7 @@ import msgpack
 PLAN_STATUSES = ("changed", "unchanged", "failed", "skipped")
 MAX_ERROR_CHARS = 400  # one node's failure as shown in the fleet's plan
 MAX_CHANGE_CHARS = 400  # one resource's change summary
-OMITTED = "(diff omitted: too large for the result; the nodes sharing it still share this group)"
+OMITTED = "(diff omitted: too large to report)"  # the digest still groups the nodes that share it
 
 
 def diff_sha(diff: str) -> str:
@@ -75,11 +75,15 @@ def fit_plan(plan: dict, limit: int) -> bytes:
     packed = msgpack.packb(dict(plan, resources=rows), use_bin_type=True)
     if len(packed) <= limit:
         return packed
-    # still too large (thousands of resources): keep what decides the node's place in the plan
-    failed = [r for r in rows if r["status"] == "failed"][:20]
-    short = {"targeted": plan.get("targeted", []), "refused": plan.get("refused", [])[:20],
-             "error": plan.get("error") or f"the plan of {len(rows)} resources is too large to report",
-             "resources": [dict(r, diff="", change=r["change"][:80]) for r in failed]}
+    # still too large: no diff text at all, short summaries (the digests still group the nodes)
+    rows = [dict(r, diff=OMITTED if r["diff"] else "", change=r["change"][:80]) for r in rows]
+    packed = msgpack.packb(dict(plan, resources=rows), use_bin_type=True)
+    if len(packed) <= limit:
+        return packed
+    # thousands of resources: what decides the node's place in the fleet's plan, as an error
+    why = plan_failure(plan)
+    short = {"targeted": plan.get("targeted", []), "refused": [], "resources": [],
+             "error": (why or "")[:MAX_ERROR_CHARS // 2] + f" (the plan of {len(rows)} resources is too large to report)"}
     return msgpack.packb(short, use_bin_type=True)
 
 
