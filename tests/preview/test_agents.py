@@ -160,3 +160,28 @@ def test_an_operator_who_may_not_converge_may_not_preview(mesh):
         list(agent_stream(agents[0].sock, "/v1/run", {"order": signed.encode().hex(), "batch": None, "max_failures": None}))
     res = preview_cli(fleet, agents[0], v2, keys_dir / "carol.key")
     assert res.returncode == 2
+
+
+def test_a_candidate_of_the_largest_size_a_node_admits_reaches_every_target(mesh):
+    """The order carries the whole candidate: a bundle at the admission cap must fit the run-order and
+    peer-route caps (with the route's old 1 MiB body cap every remote node answered BadRouteBody)."""
+    fleet, agents, base, keys_dir = mesh
+    import yaml
+
+    from grapevine.node import frames
+    from grapevine.policy.bundle import MAX_BUNDLE_BYTES
+
+    def doc(n: int) -> dict:
+        return {"bundle": "big/blob", "target": "role=web", "resources": [{"file": "/etc/blob", "content": "x" * n}]}
+
+    fixed = len(Bundle.from_document(doc(70_000), "t").encode()) - 70_000
+    path = base / "big.yaml"
+    path.write_text(yaml.safe_dump(doc(MAX_BUNDLE_BYTES - fixed - 16), width=10 ** 9))  # 16 bytes under the cap
+    size = len(Bundle.from_document(yaml.safe_load(path.read_text()), "t").encode())
+    assert MAX_BUNDLE_BYTES - 64 < size <= MAX_BUNDLE_BYTES < frames.MAX_ROUTE_BODY_BYTES - 4096
+    res = preview_cli(fleet, agents[0], path, keys_dir / "alice.key", "--json")
+    out = json.loads(res.stdout)
+    assert res.returncode == 0 and out["failed"] == [], res.stdout[-2000:] + res.stderr
+    (group,) = out["groups"]
+    assert group["resource"] == "file:/etc/blob" and group["nodes"] == sorted(a.node_id for a in agents)
+    assert not any((a.root / "etc/blob").exists() for a in agents)
