@@ -185,3 +185,25 @@ def test_a_candidate_of_the_largest_size_a_node_admits_reaches_every_target(mesh
     (group,) = out["groups"]
     assert group["resource"] == "file:/etc/blob" and group["nodes"] == sorted(a.node_id for a in agents)
     assert not any((a.root / "etc/blob").exists() for a in agents)
+
+
+def test_the_bundles_of_one_policy_file_are_previewed_together_each_on_its_own_targets(mesh):
+    """site/app (only n1) requires site/motd's file: both candidates are in one dry run, so it resolves."""
+    fleet, agents, base, keys_dir = mesh
+    import yaml
+
+    path = base / "two.yaml"
+    path.write_text(yaml.safe_dump([
+        {"bundle": NAME, "target": "role=web", "resources": [{"file": FILE, "content": "v2\n"}]},
+        {"bundle": "site/app", "target": "name=n1", "resources": [
+            {"file": "/etc/app.conf", "content": "app\n", "require": [f"file:{FILE}"]}]}]))
+    before = snapshot(agents)
+    res = preview_cli(fleet, agents[2], path, keys_dir / "alice.key", "--json")
+    out = json.loads(res.stdout)
+    ids = [a.node_id for a in agents]
+    assert res.returncode == 1 and out["selector"] == "(name=n1) or (role=web)"
+    assert out["bundles"] == [NAME, "site/app"] and out["targets"] == sorted(ids)
+    assert [(g["resource"], g["nodes"]) for g in out["groups"]] == [
+        ("file:/etc/motd", [ids[1], ids[2]]), ("file:/etc/app.conf", [ids[1]])]
+    assert out["unchanged"] == [ids[0]] and [f["node"] for f in out["failed"]] == [ids[3]]
+    assert snapshot(agents) == before
