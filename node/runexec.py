@@ -2,7 +2,7 @@
 
 ``RunTarget`` (node/target.py) decides; this module carries out: a command
 through ``executor.execute`` (timeout, bounded output, the configured user),
-or a converge through the node's ``LocalWork`` port, at most
+or a converge (or a preview, node/preview.py) through the node's ``LocalWork`` port, at most
 ``MAX_CONCURRENT_RUNS`` at once, the result signed with the node key.
 """
 
