@@ -180,10 +180,17 @@ def inject_items(client: AgentClient, items: list) -> list[dict]:
 @click.option("--key", "key_path", type=click.Path(dir_okay=False, path_type=Path), help="Author key to sign a policy file.")
 @click.option("--now", is_flag=True, help="Also converge the targets now (a converge run order signed with --key).")
 @click.option("--wait", is_flag=True, help="With --now: wait for every target's converge result and show it.")
+@click.option("--preview", is_flag=True,
+              help="Dry-run the signed candidate on its targets instead (nothing stored or changed): the fleet's plan.")
 @agent_option
 @json_option
-def inject(path: Path, key_path: Path | None, now: bool, wait: bool, agent_socket: str | None, as_json: bool) -> int:
+def inject(path: Path, key_path: Path | None, now: bool, wait: bool, agent_socket: str | None, as_json: bool,
+           preview: bool = False) -> int:
     """Sign (if needed) and inject bundles through the local agent."""
+    if preview:  # cli/preview.py: one preview run order to the bundles' targets; nothing is injected
+        from .preview import preview_inject
+
+        return preview_inject(agent_socket, path, key_path, now=now or wait, as_json=as_json)
     if now and key_path is None:
         raise click.UsageError("--now needs --key: the converge order is signed with an operator key")
     if wait and not now:

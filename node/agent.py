@@ -51,6 +51,7 @@ from .metrics import AgentMetrics
 from .netkey import KeyRing
 from .pins import Pins, pin_api_routes
 from .ports import ConvergeLink, Membership, NodeWork, PeerLink, RunBook, fleet_status_info
+from .preview import Previewer
 from .runs import QUERY_KIND, RunService
 from .state import PEERS_KEEP, State, version_text
 from .transport import FrameRefused, Transport, peer_address
@@ -165,7 +166,10 @@ class Agent:
             me=self.node_id, node_key=self.node_key, facts=self.facts, root=lambda: self.admission.root,
             peers=PeerLink(send=self.send_direct, broadcast=self.broadcast, live_peers=self._views,
                            is_member=lambda n: self.membership.is_member(n, time.monotonic())),
-            work=NodeWork(converge_now=self.converge_now, bundles=self.bundles, status_info=self._status_info),
+            work=NodeWork(converge_now=self.converge_now, bundles=self.bundles, status_info=self._status_info,
+                          preview=Previewer(admission=self.admission, convergence=self.convergence,
+                                            stored=self.node.store.get, facts=self.facts, root=self.config.root,
+                                            node_key=self.node_key, wall=now_ms).preview),
             store=RunBook(run_seen=self.state.run_seen, mark_run_seen=self.state.mark_run_seen,
                           record_run=self._record_run, run_history=self.state.run_history),
             count=lambda reason: self.metrics.run_refusals.labels(reason).inc(),

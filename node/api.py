@@ -36,6 +36,7 @@ from aiohttp import web
 
 from grapevine.gossip.errors import ConfigError, GrapevineError
 from grapevine.gossip.item import SignedItem, Version
+from grapevine.policy import runorder
 
 from .netkey import KEY_BYTES
 from .state import version_text
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("grapevine.node")
 
 MAX_API_BODY = 8 * 1024 * 1024  # one packed item (4 MiB payload) with room to spare
+# ...or a preview order, which carries its candidate bundles and travels hex-encoded in /v1/run
+MAX_API_BODY = max(MAX_API_BODY, 2 * runorder.MAX_PREVIEW_ORDER_BYTES + 64 * 1024)
 
 
 def parse_version(text: str) -> Version:

@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 from grapevine.gossip.errors import GrapevineError
 from grapevine.gossip.item import SignedItem, Version
@@ -157,22 +157,29 @@ class Convergence:
 
     def targeted_bundles(self) -> list[tuple[Any, Version]]:
         """Stored bundles that target this node and that the current trust root still trusts."""
+        out = self._without_later_claims(self.trusted_here())
+        return sorted(out, key=lambda bv: bv[0].name)
+
+    def trusted_here(self, replace: Mapping[str, tuple[SignedItem, Any]] | None = None) -> list[tuple[Any, Version]]:
+        """Those bundles before claims are settled; ``replace``: key -> (item, bundle) the caller
+        admitted, standing in for the stored version (a preview, node/preview.py)."""
         now = now_ms()
         if self.admission.root.expired(now):
             log.warning("trust root serial %d has expired: no bundle is applied", self.admission.root.serial)
             return []
         out = []
-        for item in self.host.items():
+        replace = replace or {}
+        items = [i for i in self.host.items() if i.key not in replace] + [item for item, _ in replace.values()]
+        for item in items:
             if not item.key.startswith(BUNDLE_PREFIX):
                 continue
-            bundle = self.usable_bundle(item, now)
+            bundle = replace[item.key][1] if item.key in replace else self.usable_bundle(item, now)
             if bundle is not None and self.targets_me(bundle):
                 if not self.admission.within_ceiling(item, bundle, self.facts):
                     log.warning("%s is not applied: this node is outside its publisher's target ceiling", item.key)
                     continue
                 out.append((bundle, item.version))
-        out = self._without_later_claims(out)
-        return sorted(out, key=lambda bv: bv[0].name)
+        return out
 
     def _without_later_claims(self, targeted: list[tuple[Any, Version]]) -> list[tuple[Any, Version]]:
         """Drop bundles that declare a resource an earlier bundle claims (policy.catalog.resolve_claims)."""

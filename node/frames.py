@@ -30,6 +30,7 @@ import msgpack
 
 from grapevine.gossip import codec
 from grapevine.gossip.errors import ProtocolError
+from grapevine.policy import runorder
 from grapevine.policy.keys import PublicKey, SigningKey
 
 from .netkey import FRAME_HEADER_BYTES, SEAL_OVERHEAD
@@ -46,7 +47,11 @@ MAX_NODE_ID_LEN = 320  # "name@host:port": 63-char name + an IPv6 literal with b
 MAX_MESSAGE_BYTES = codec.MAX_FRAME_BYTES
 ENVELOPE_OVERHEAD = 2 * MAX_NODE_ID_LEN + PUBLIC_KEY_BYTES + SIGNATURE_BYTES + 64
 MAX_FRAME_BYTES = MAX_MESSAGE_BYTES + ENVELOPE_OVERHEAD + SEAL_OVERHEAD  # the one frame cap: POSTs and links
-MAX_ROUTE_BODY_BYTES = 1024 * 1024  # peer-route bodies (run orders, results, queries) are small
+# Peer-route bodies (run orders, results, queries) are small, except a preview order, which carries
+# its candidate bundles (policy/runorder.py MAX_PREVIEW_ORDER_BYTES); the route body adds the origin's
+# ticket, the retry flag and the map around them. Only authenticated frames are read this far.
+ROUTE_BODY_OVERHEAD = 4096
+MAX_ROUTE_BODY_BYTES = max(1024 * 1024, runorder.MAX_PREVIEW_ORDER_BYTES + ROUTE_BODY_OVERHEAD)
 MAX_ROUTE_FRAME_BYTES = MAX_ROUTE_BODY_BYTES + ENVELOPE_OVERHEAD + SEAL_OVERHEAD
 MAX_ROUTE_ANSWER_BYTES = MAX_ROUTE_FRAME_BYTES  # what a route request reads back
 # A link is authenticated by a frame in its upgrade request, base64 in one header line:

@@ -52,6 +52,7 @@ class NodeWork:
     converge_now: Callable[..., Awaitable[dict]]
     bundles: Callable[[], list[tuple[str, Any, bool]]]
     status_info: Callable[[], dict]
+    preview: Callable[[list, float], Awaitable[dict]] | None = None  # node/preview.py Previewer.preview
 
 
 @dataclass(frozen=True, slots=True)

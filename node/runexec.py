@@ -2,7 +2,7 @@
 
 ``RunTarget`` (node/target.py) decides; this module carries out: a command
 through ``executor.execute`` (timeout, bounded output, the configured user),
-or a converge through the node's ``LocalWork`` port, at most
+or a converge (or a preview, node/preview.py) through the node's ``LocalWork`` port, at most
 ``MAX_CONCURRENT_RUNS`` at once, the result signed with the node key.
 """
 
@@ -26,6 +26,9 @@ log = logging.getLogger("grapevine.node")
 
 MAX_CONCURRENT_RUNS = 16  # commands one node runs at once; more wait their turn
 MAX_REPORT_BYTES = 64 * 1024  # a converge report attached to a result, diffs dropped past this
+# A preview's plan is the whole result (no output streams), so it may fill what the two streams
+# would (runorder.MAX_RESULT_BYTES), less room for the other fields; diff text is dropped past it.
+MAX_PLAN_BYTES = runorder.MAX_RESULT_BYTES - 8 * 1024
 BUNDLE_POLL_FIRST_S = 0.02  # a converge order waits for the bundles it names: first look after this...
 BUNDLE_POLL_MAX_S = 0.5  # ...then backing off to this
 
@@ -36,6 +39,8 @@ class LocalWork(Protocol):
     async def converge_now(self, bundle_names: list[str] | None = None) -> dict: ...
 
     def bundles(self) -> list[tuple[str, Any, bool]]: ...
+
+    async def preview(self, items: list, timeout_s: float) -> dict: ...  # node/preview.py
 
 
 class Execution:
@@ -65,6 +70,8 @@ class Execution:
         base = {"run_id": order.run_id, "node": self.me}
         if action.kind == "converge":
             return await self._converge(order, base, timeout_s)
+        if action.kind == "preview":
+            return await self._preview(order, base, timeout_s)
         argv = list(action.argv) if action.kind == "command" else executor.shell_argv(action.shell)
         res = await executor.execute(argv, timeout_s=timeout_s, user=self.run_user)
         return RunResult(**base, exit_code=res.exit_code, stdout=res.stdout, stderr=res.stderr,
@@ -91,6 +98,23 @@ class Execution:
         summary = " ".join(f"{k} {v}" for k, v in counts.items()) + "\n"
         return RunResult(**base, exit_code=1 if counts["failed"] else 0, stdout=summary.encode(), stderr=b"",
                          duration_ms=int((time.monotonic() - started) * 1000), report=slim_report(report, counts))
+
+    async def _preview(self, order: runorder.RunOrder, base: dict, timeout_s: float) -> RunResult:
+        """Dry-run the order's candidates here (node/preview.py); the plan is the result's report."""
+        from grapevine.policy import preview as plans
+
+        started = time.monotonic()
+        try:
+            plan = await self.local.preview(order.action.candidate_items(), timeout_s)
+        except Exception as exc:  # a preview that blew up is a failed result, not a dead agent
+            log.exception("preview for run %s failed", order.run_id)
+            plan = plans.plan_from_report({"error": f"preview failed: {exc}"}, [])
+        why = plans.plan_failure(plan)
+        changed = sum(1 for r in plan["resources"] if r["status"] in ("changed", "skipped"))
+        return RunResult(**base, exit_code=1 if why else 0, stdout=f"{changed} change(s) planned\n".encode(),
+                         stderr=b"", error=(why or "")[:runorder.MAX_STRING],
+                         duration_ms=int((time.monotonic() - started) * 1000),
+                         report=plans.fit_plan(jsonable(plan), MAX_PLAN_BYTES))
 
     async def _await_bundles(self, specs: tuple[str, ...]) -> None:
         """Wait until this node holds each ``name@wall.counter`` at that version or newer."""

@@ -37,17 +37,26 @@ from typing import Any, Iterable, Mapping
 
 import msgpack
 
-from grapevine.gossip.errors import ConfigError, TrustError
+from grapevine.gossip.errors import ConfigError, GrapevineError, TrustError
+from grapevine.gossip.item import MAX_PAYLOAD_BYTES, SignedItem
 from grapevine.policy import selectors
 from grapevine.policy.keys import PublicKey, SigningKey
 
 ORDER_DOMAIN = "grapevine/run-order/1"
 RESULT_DOMAIN = "grapevine/run-result/1"
 
-ACTIONS = ("command", "shell", "converge")  # the kinds of work an order can carry
+ACTIONS = ("command", "shell", "converge", "preview")  # the kinds of work an order can carry (only append)
 
 # Limits checked on decode, before anything is built from the bytes.
 MAX_ORDER_BYTES = 64 * 1024  # an argv or shell script typed by a person; a payload belongs in a bundle
+# A preview order carries the signed candidate bundle items themselves (nodes dry-run them, nothing is
+# stored), so its cap must cover the largest item gossip carries (gossip/item.py MAX_PAYLOAD_BYTES) plus
+# each candidate's key, version and signature. Only preview orders may be that large: any other kind
+# is still refused past MAX_ORDER_BYTES, after the bounded decode.
+MAX_PREVIEW_BUNDLES = 16  # candidate bundles in one preview: a policy file's bundles, previewed together
+PREVIEW_ITEM_OVERHEAD = 1024  # key (256), author (64), version, one 64-byte signature and msgpack headers
+MAX_PREVIEW_CANDIDATE_BYTES = MAX_PAYLOAD_BYTES + MAX_PREVIEW_BUNDLES * PREVIEW_ITEM_OVERHEAD  # all candidates
+MAX_PREVIEW_ORDER_BYTES = MAX_ORDER_BYTES + MAX_PREVIEW_CANDIDATE_BYTES  # the run-order decoder's outer bound
 MAX_RESULT_BYTES = 256 * 1024  # two streams of at most 64 KiB each plus room for the fields
 MAX_ARGV = 256  # arguments in one command line
 MAX_STRING = 32 * 1024  # one argument, one shell string
@@ -80,7 +89,7 @@ def _unpack(data: bytes, limit: int, what: str) -> Any:
     try:
         return msgpack.unpackb(
             bytes(data), raw=False, strict_map_key=True, max_bin_len=limit, max_str_len=limit,
-            max_array_len=max(MAX_ARGV, MAX_BUNDLES) + 16, max_map_len=0, max_ext_len=0,
+            max_array_len=max(MAX_ARGV, MAX_BUNDLES, MAX_PREVIEW_BUNDLES) + 16, max_map_len=0, max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises several unrelated types
         raise RunRefused("Malformed", f"{what} is not valid msgpack: {exc}") from None
@@ -103,18 +112,21 @@ def _check_int(value: Any, name: str) -> int:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunAction:
-    """What to run: ``command`` (argv), ``shell`` (one string) or ``converge`` (bundles)."""
+    """What to run: ``command`` (argv), ``shell`` (one string), ``converge`` (bundles) or
+    ``preview`` (packed candidate bundle items to dry-run; see node/preview.py)."""
 
     kind: str
     argv: tuple[str, ...] = ()
     shell: str = ""
     bundles: tuple[str, ...] = ()
+    candidates: tuple[bytes, ...] = ()  # preview: encoded SignedItems under bundle/, signed by their publisher
 
     def __post_init__(self) -> None:
         if self.kind not in ACTIONS:
             raise RunRefused("Malformed", f"action kind must be one of {', '.join(ACTIONS)}, not {self.kind!r}")
         object.__setattr__(self, "argv", tuple(self.argv))
         object.__setattr__(self, "bundles", tuple(self.bundles))
+        object.__setattr__(self, "candidates", tuple(self.candidates))
         if self.kind == "command":
             if not self.argv or len(self.argv) > MAX_ARGV:
                 raise RunRefused("Malformed", f"a command needs 1..{MAX_ARGV} arguments")
@@ -124,6 +136,8 @@ class RunAction:
                 raise RunRefused("Malformed", "the program name is empty")
         elif self.kind == "shell":
             _check_str(self.shell, "the shell string", MAX_STRING)
+        elif self.kind == "preview":
+            self.candidate_items()  # each one decodes as a bundle item, within the preview limits
         else:
             if len(self.bundles) > MAX_BUNDLES:
                 raise RunRefused("Malformed", f"a converge names at most {MAX_BUNDLES} bundles")
@@ -131,7 +145,7 @@ class RunAction:
                 _check_str(b, "a bundle name", 256)
         if (self.kind != "command" and self.argv) or (self.kind != "shell" and self.shell) or (
             self.kind != "converge" and self.bundles
-        ):
+        ) or (self.kind != "preview" and self.candidates):
             raise RunRefused("Malformed", f"a {self.kind} action carries only its own field")
 
     @classmethod
@@ -146,7 +160,35 @@ class RunAction:
     def converge(cls, bundles: Iterable[str] = ()) -> RunAction:
         return cls(kind="converge", bundles=tuple(bundles))
 
+    @classmethod
+    def preview(cls, items: Iterable[Any]) -> RunAction:
+        """A dry run of candidate bundle items (``SignedItem`` or their encoded bytes)."""
+        return cls(kind="preview", candidates=tuple(i if isinstance(i, bytes) else i.encode() for i in items))
+
+    def candidate_items(self) -> list[SignedItem]:
+        """The preview's candidates, decoded; RunRefused(Malformed) past the limits or for a non-bundle."""
+        if not 1 <= len(self.candidates) <= MAX_PREVIEW_BUNDLES:
+            raise RunRefused("Malformed", f"a preview carries 1..{MAX_PREVIEW_BUNDLES} candidate bundles")
+        total, items, keys = 0, [], set()
+        for raw in self.candidates:
+            if not isinstance(raw, bytes):
+                raise RunRefused("Malformed", "a preview candidate must be bytes")
+            total += len(raw)
+            if total > MAX_PREVIEW_CANDIDATE_BYTES:
+                raise RunRefused("Malformed", f"preview candidates exceed {MAX_PREVIEW_CANDIDATE_BYTES} bytes")
+            try:
+                item = SignedItem.decode(raw)
+            except GrapevineError as exc:
+                raise RunRefused("Malformed", f"a preview candidate is not a signed item: {exc}") from None
+            if not item.key.startswith("bundle/") or item.key in keys:
+                raise RunRefused("Malformed", f"preview candidate {item.key[:80]!r} is not a distinct bundle item")
+            keys.add(item.key)
+            items.append(item)
+        return items
+
     def describe(self) -> str:
+        if self.kind == "preview":
+            return "preview " + ", ".join(i.key[len("bundle/"):] for i in self.candidate_items())
         if self.kind == "command":
             return " ".join(self.argv)
         if self.kind == "shell":
@@ -154,13 +196,16 @@ class RunAction:
         return "converge " + (", ".join(self.bundles) or "(all bundles)")
 
     def to_wire(self) -> list:
-        return [self.kind, list(self.argv), self.shell, list(self.bundles)]
+        wire = [self.kind, list(self.argv), self.shell, list(self.bundles)]
+        return wire + [list(self.candidates)] if self.kind == "preview" else wire  # others keep their 4 fields
 
     @classmethod
     def from_wire(cls, obj: Any) -> RunAction:
-        if not isinstance(obj, list) or len(obj) != 4 or not isinstance(obj[1], list) or not isinstance(obj[3], list):
-            raise RunRefused("Malformed", "an action is [kind, argv, shell, bundles]")
-        return cls(kind=obj[0], argv=tuple(obj[1]), shell=obj[2], bundles=tuple(obj[3]))
+        if not isinstance(obj, list) or len(obj) not in (4, 5) or not isinstance(obj[1], list) \
+                or not isinstance(obj[3], list) or (len(obj) == 5 and not isinstance(obj[4], list)):
+            raise RunRefused("Malformed", "an action is [kind, argv, shell, bundles(, candidates)]")
+        return cls(kind=obj[0], argv=tuple(obj[1]), shell=obj[2], bundles=tuple(obj[3]),
+                   candidates=tuple(obj[4]) if len(obj) == 5 else ())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,12 +246,15 @@ class RunOrder:
 
     @classmethod
     def decode(cls, data: bytes) -> RunOrder:
-        obj = _unpack(data, MAX_ORDER_BYTES, "run order")
+        obj = _unpack(data, MAX_PREVIEW_ORDER_BYTES, "run order")
         if not isinstance(obj, list) or len(obj) != 8:
             raise RunRefused("Malformed", "a run order is a list of 8 fields")
         run_id, origin, sel, action, timeout_ms, issued, deadline, operator = obj
-        return cls(run_id=run_id, origin=origin, selector=sel, action=RunAction.from_wire(action),
-                   timeout_ms=timeout_ms, issued_ms=issued, deadline_ms=deadline, operator=operator)
+        order = cls(run_id=run_id, origin=origin, selector=sel, action=RunAction.from_wire(action),
+                    timeout_ms=timeout_ms, issued_ms=issued, deadline_ms=deadline, operator=operator)
+        if order.action.kind != "preview" and len(data) > MAX_ORDER_BYTES:
+            raise RunRefused("Malformed", f"a {order.action.kind} order of {len(data)} bytes exceeds {MAX_ORDER_BYTES}")
+        return order
 
 
 def new_run_id() -> str:
@@ -254,13 +302,16 @@ class SignedOrder:
 
     @classmethod
     def decode(cls, data: bytes) -> SignedOrder:
-        return cls.from_wire(_unpack(data, MAX_ORDER_BYTES + 256, "signed run order"))
+        return cls.from_wire(_unpack(data, MAX_PREVIEW_ORDER_BYTES + 256, "signed run order"))
 
 
 # ------------------------------------------------------------------ scope
 
-# The trust root names two operator actions: "run" covers both command forms.
-TRUST_ACTION = {"command": "run", "shell": "run", "converge": "converge"}
+# The trust root names two operator actions: "run" covers both command forms. A preview needs
+# "converge": it dry-runs a converge of a candidate the publisher signed (checked on every node
+# like a gossiped item), changes nothing, and shows no more than that operator sees by converging
+# the bundle once injected; the trust root gains no new action, so older nodes still read it.
+TRUST_ACTION = {"command": "run", "shell": "run", "converge": "converge", "preview": "converge"}
 
 
 def operator_selectors(root: Any, key_id: str, kind: str) -> list[str | None]:
