@@ -17,7 +17,6 @@ admitted, no report stored, no version recorded as applied, no file touched
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -99,7 +98,6 @@ class Previewer:
         from grapevine.policy import engine
 
         # as the daemon's own converges run: the node key opens the secrets sealed to this node, and
-        # where the engine can isolate bundles, one that cannot be prepared here fails alone
-        extra = {"isolate_bundles": True} if "isolate_bundles" in inspect.signature(engine.converge).parameters else {}
+        # a bundle that cannot be prepared here fails alone
         return engine.converge(bundles, root=self.root, facts=self.facts, dry_run=True, node_key=self.node_key,
-                               **extra).to_json()
+                               isolate_bundles=True).to_json()
