@@ -230,8 +230,12 @@ class LocalAgent:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(prefix + self.fleet.argv(self), env=self.fleet.environ(self),
+            self.proc = subprocess.Popen(prefix + self.command(), env=self.fleet.environ(self),
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+
+    def command(self) -> list[str]:
+        """The command line this agent is started with (worked out at each start, from the fleet)."""
+        return self.fleet.argv(self)
 
     def check_alive(self) -> None:
         """Raise FleetError (with the log's tail) if the process was started and has exited."""

@@ -34,9 +34,16 @@ def make_keys(d: Path) -> Keys:
 
 
 class AgentProc(LocalAgent):
+    """A LocalAgent whose command line is fixed when it is declared, in ``argv``, which tests may edit."""
+
+    argv: list[str]
+
     @property
     def sock(self) -> str:
         return self.socket
+
+    def command(self) -> list[str]:
+        return self.argv
 
 
 class Fleet(LocalFleet):
@@ -50,8 +57,10 @@ class Fleet(LocalFleet):
     def make(self, name: str, port: int, *, join: list[str] = (), tags: dict[str, str] | None = None,
              host: str = "127.0.0.1", netkey: Path | None | str = "default", netns: str | None = None,
              env: dict[str, str] | None = None, extra: list[str] = ()) -> AgentProc:
-        return self.add(name, port=port, join=list(join), tags=tags, host=host, netkey=netkey, netns=netns,
-                        env=env, extra=extra)
+        agent = self.add(name, port=port, join=list(join), tags=tags, host=host, netkey=netkey, netns=netns,
+                         env=env, extra=extra)
+        agent.argv = self.argv(agent)
+        return agent
 
     def start(self, *agents: LocalAgent) -> None:
         self.up(*agents)
