@@ -1,1 +1,80 @@
-"""Shared fixtures for the whole suite."""
+"""The whole suite: what makes a test slow, and the fast tier's size and time at the end of a run.
+
+Two tiers. ``pytest -m "not slow"`` is the inner loop; the full suite (the
+README's test command) runs everything. A test is slow when it starts real
+agent processes, fuzzes, or runs a many-seed simulation. Tests say so with
+``@pytest.mark.slow``; tests that get it through a fixture (the agent
+meshes, the fuzz run, the chaos sweep) are marked here, so a new test in
+those directories lands in the right tier by using the fixture.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+import pytest
+
+SLOW_FIXTURES = {
+    "fleet": "agent processes (tests/node)",
+    "mesh": "a mesh of agent processes (tests/runs)",
+    "world": "agent processes and a hostile peer (tests/hostile)",
+    "fuzz_results": "a coverage-guided fuzz run of every decoder",
+    "sweep": "a five-seed chaos sweep in the simulator",
+}
+SLOW_FILES = {  # every test in these starts agent processes, some without one of the fixtures above
+    "tests/runs/test_demo.py": "runs `grapevine demo`, which starts its own agents",
+    "tests/runs/test_runs.py": "runs on a mesh of agent processes",
+    "tests/runs/test_fleet_cli.py": "the fleet commands against a mesh of agent processes",
+    "tests/hostile/test_hostile_node.py": "a hostile peer among agent processes",
+}
+
+# Test helpers used to be imported by bare name (`from agentproc import Fleet`) with their directory
+# put on sys.path. They are modules of the `tests` package now; tests on branches written before that
+# still use the bare names, which these aliases keep working. Remove once no test imports a bare name.
+LEGACY_HELPER_NAMES = {
+    "agentproc": "tests.node.agentproc",
+    "chaoslab": "tests.chaos.chaoslab",
+    "hostile_peer": "tests.hostile.hostile_peer",
+    "hostile_server": "tests.hostile.hostile_server",
+    "fuzz_targets": "tests.fuzz.fuzz_targets",
+}
+for _bare, _module in LEGACY_HELPER_NAMES.items():
+    sys.modules.setdefault(_bare, importlib.import_module(_module))
+
+
+def _relpath(item: pytest.Item) -> str:
+    return item.path.relative_to(item.config.rootpath).as_posix()
+
+
+TIER: dict = {}  # the fast tier of this run: sizes, ids, time spent in it
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    TIER["t0"] = time.monotonic()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())) or _relpath(item) in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+    fast_ids = {item.nodeid for item in items if item.get_closest_marker("slow") is None}
+    TIER.update(collected=len(items), fast_ids=fast_ids, fast_s=0.0, ran_fast=0)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.nodeid in TIER.get("fast_ids", ()):
+        TIER["fast_s"] += report.duration
+        TIER["ran_fast"] += report.when == "call"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    if "fast_ids" not in TIER:
+        return
+    wall = time.monotonic() - TIER["t0"]
+    terminalreporter.write_line(
+        f"fast tier: {len(TIER['fast_ids'])} of {TIER['collected']} tests (not marked slow: "
+        f'pytest -m "not slow"); {TIER["ran_fast"]} of them ran here, in {TIER["fast_s"]:.1f} s '
+        f"of this run's {wall:.1f} s")

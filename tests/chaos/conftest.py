@@ -7,14 +7,10 @@ summary prints them, so a CI log shows what was exercised, not only "passed".
 
 from __future__ import annotations
 
-import os
-import sys
 from collections import Counter
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 RECORD: dict[str, Any] = {
     "sim_seeds": [],

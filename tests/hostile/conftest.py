@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from hostile_peer import HostilePeer, scrape_metrics  # noqa: E402
-
-from grapevine.cli.demo import LocalMesh, local_mesh  # noqa: E402
+from grapevine.cli.demo import LocalMesh, local_mesh
+from grapevine.cli.localfleet import wait_for
+from tests.hostile.hostile_peer import HostilePeer, scrape_metrics
 
 HONEST_NODES = 3
 GENUINE = "site/motd"  # the bundle honest operators keep publishing during the attack
@@ -54,6 +49,19 @@ class World:
         return self.mesh.wait_until(done, timeout_s, f"every honest node to apply {GENUINE} v{version}")
 
 
+def steady_metrics(mesh: LocalMesh, timeout_s: float = 20.0) -> dict[int, dict]:
+    """Every agent's refusal counters once two scrapes 0.2 s apart agree (port -> counters)."""
+    last: dict[str, dict] = {}
+
+    def steady() -> dict[int, dict] | None:
+        now = {a.port: scrape_metrics(a.port) for a in mesh.agents}
+        same = last.get("scrape") == now
+        last["scrape"] = now
+        return now if same else None
+
+    return wait_for(steady, timeout_s, "the refusal counters to stop moving", interval=0.2)
+
+
 @pytest.fixture(scope="session")
 def hostile_report() -> dict[str, Counter]:
     return HOSTILE_REPORT
@@ -71,8 +79,7 @@ def world(tmp_path_factory):
         w = World(mesh=mesh, hostile=HostilePeer(mesh.netkey_path), base=base)
         w.inject(1)
         w.wait_applied(1)
-        time.sleep(0.3)  # let the genuine broadcast finish before the baseline is taken
-        w.baseline = {a.port: scrape_metrics(a.port) for a in mesh.agents}
+        w.baseline = steady_metrics(mesh)  # the genuine broadcast has finished: the baseline stays put
         yield w
 
 

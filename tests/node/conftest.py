@@ -1,15 +1,10 @@
-"""Fixtures for daemon tests; the process helpers live in agentproc.py."""
+"""Fixtures for daemon tests: a session's keys and a fleet of agent processes ended after each test."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from agentproc import Fleet, Keys, make_keys  # noqa: E402
+from tests.node.agentproc import Fleet, Keys, make_keys
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import time
 import msgpack
 import pytest
 
-from agentproc import free_ports, pack_bundle, wait_until, write_bundle
+from tests.node.agentproc import free_ports, pack_bundle, wait_until, write_bundle
 
 from grapevine.cli.fleet import AgentRefused
 from grapevine.node.netkey import KeyRing, read_key_file
