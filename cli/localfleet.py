@@ -199,6 +199,7 @@ class LocalAgent:
     env: dict[str, str] = field(default_factory=dict)
     extra: list[str] = field(default_factory=list)  # more `grapevine agent` flags
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    stopped: bool = False  # ended on purpose (stop, kill): not expected to answer until started again
 
     @property
     def address(self) -> str:
@@ -227,6 +228,7 @@ class LocalAgent:
         """Spawn the process (its own session: a Ctrl-C at the terminal reaches the launcher, which ends it)."""
         if self.alive():
             raise FleetError(f"agent {self.name} is already running (pid {self.proc.pid})")
+        self.stopped = False
         self.data_dir.mkdir(parents=True, exist_ok=True)
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         with open(self.log_path, "ab") as log:
@@ -238,8 +240,8 @@ class LocalAgent:
         return self.fleet.argv(self)
 
     def check_alive(self) -> None:
-        """Raise FleetError (with the log's tail) if the process was started and has exited."""
-        if self.proc is not None and self.proc.poll() is not None:
+        """Raise FleetError (with the log's tail) if the process was started and exited on its own."""
+        if self.proc is not None and not self.stopped and self.proc.poll() is not None:
             raise FleetError(f"agent {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
 
     def ready(self) -> bool:
@@ -257,6 +259,7 @@ class LocalAgent:
         """Send ``sig``, then SIGKILL after ``grace`` seconds; the exit status (0 if never started)."""
         if self.proc is None:
             return 0
+        self.stopped = True
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, sig)
@@ -270,6 +273,7 @@ class LocalAgent:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` (default SIGKILL) and reap the process."""
+        self.stopped = True
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, sig)
@@ -376,8 +380,8 @@ class LocalFleet:
             a.start()
 
     def wait_ready(self, *agents: LocalAgent, timeout: float = READY_TIMEOUT_S) -> None:
-        """Wait until every one of ``agents`` (default: all started) answers on its socket."""
-        pending = list(agents or [a for a in self.agents if a.proc is not None])
+        """Wait until every one of ``agents`` (default: all started and not stopped) answers on its socket."""
+        pending = list(agents or self.expected())
 
         def all_ready() -> bool:
             pending[:] = [a for a in pending if not a.ready()]
@@ -396,8 +400,12 @@ class LocalFleet:
             a.start()
         self.wait_ready(*agents, timeout=timeout)
 
+    def expected(self) -> list[LocalAgent]:
+        """The agents started and not stopped on purpose: those that should be up."""
+        return [a for a in self.agents if a.proc is not None and not a.stopped]
+
     def linked(self, agents: Iterable[LocalAgent] = ()) -> bool:
-        for a in agents or self.agents:
+        for a in agents or self.expected():
             a.check_alive()
             try:
                 if not a.client(5).get("/v1/members").get("active"):
@@ -407,7 +415,7 @@ class LocalFleet:
         return True
 
     def wait_linked(self, *agents: LocalAgent, timeout: float = LINK_TIMEOUT_S) -> float:
-        """Wait until each agent has an active peer; the seconds it took."""
+        """Wait until each of ``agents`` (default: those expected up) has an active peer; the seconds it took."""
         t0 = time.monotonic()
         wait_for(lambda: self.linked(agents), timeout, "every agent linked to a peer")
         return time.monotonic() - t0
