@@ -10,8 +10,6 @@ those directories lands in the right tier by using the fixture.
 
 from __future__ import annotations
 
-import importlib
-import sys
 import time
 
 import pytest
@@ -29,20 +27,6 @@ SLOW_FILES = {  # every test in these starts agent processes, some without one o
     "tests/runs/test_fleet_cli.py": "the fleet commands against a mesh of agent processes",
     "tests/hostile/test_hostile_node.py": "a hostile peer among agent processes",
 }
-
-# Test helpers used to be imported by bare name (`from agentproc import Fleet`) with their directory
-# put on sys.path. They are modules of the `tests` package now; tests on branches written before that
-# still use the bare names, which these aliases keep working. Remove once no test imports a bare name.
-LEGACY_HELPER_NAMES = {
-    "agentproc": "tests.node.agentproc",
-    "chaoslab": "tests.chaos.chaoslab",
-    "hostile_peer": "tests.hostile.hostile_peer",
-    "hostile_server": "tests.hostile.hostile_server",
-    "fuzz_targets": "tests.fuzz.fuzz_targets",
-}
-for _bare, _module in LEGACY_HELPER_NAMES.items():
-    sys.modules.setdefault(_bare, importlib.import_module(_module))
-
 
 def _relpath(item: pytest.Item) -> str:
     return item.path.relative_to(item.config.rootpath).as_posix()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,14 @@ import pytest
 
 from grapevine.cli.demo import LocalMesh, local_mesh
 from grapevine.cli.localfleet import wait_for
+from tests.hostile import hostile_peer, hostile_server
 from tests.hostile.hostile_peer import HostilePeer, scrape_metrics
+
+# Tests on branches written before the tests became a package import this directory's helpers by
+# bare name (`from hostile_peer import ...`, with the directory put on sys.path). This alias keeps them
+# working without touching sys.path; remove it once no test imports the bare name.
+sys.modules.setdefault("hostile_peer", hostile_peer)
+sys.modules.setdefault("hostile_server", hostile_server)
 
 HONEST_NODES = 3
 GENUINE = "site/motd"  # the bundle honest operators keep publishing during the attack
