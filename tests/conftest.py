@@ -21,6 +21,16 @@ SLOW_FIXTURES = {
     "fuzz_results": "a coverage-guided fuzz run of every decoder",
     "sweep": "a five-seed chaos sweep in the simulator",
 }
+SLOW_TESTS = {  # single tests that take seconds of CPU each (node id, parametrized variants included)
+    "tests/simulation/test_baseline.py::test_random_push_reaches_everyone_in_pittels_number_of_rounds":
+        "rounds of push gossip over 10,000 simulated nodes",
+    "tests/policy/test_resources.py::test_pip_package_is_installed_into_the_virtualenv_and_removed":
+        "a real pip install into a virtualenv",
+    "tests/runs/test_executor.py::test_commands_never_close_a_descriptor_another_thread_opened":
+        "hundreds of commands started from several threads",
+    "tests/simulation/test_cli.py::test_same_seed_gives_the_same_json_in_fresh_processes":
+        "the simulator in two fresh interpreters",
+}
 SLOW_FILES = {  # every test in these starts agent processes, some without one of the fixtures above
     "tests/runs/test_demo.py": "runs `grapevine demo`, which starts its own agents",
     "tests/runs/test_runs.py": "runs on a mesh of agent processes",
@@ -42,7 +52,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())) or _relpath(item) in SLOW_FILES:
+        by_fixture = SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ()))
+        if by_fixture or _relpath(item) in SLOW_FILES or item.nodeid.split("[")[0] in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
     fast_ids = {item.nodeid for item in items if item.get_closest_marker("slow") is None}
     TIER.update(collected=len(items), fast_ids=fast_ids, fast_s=0.0, ran_fast=0)
