@@ -21,6 +21,7 @@ from grapevine.gossip.errors import GrapevineError
 
 CONNECT_TIMEOUT_S = 10.0  # the local agent answers at once or is not there
 ENV_AGENT = "GRAPEVINE_AGENT"
+STREAM_READ_BYTES = 64 * 1024  # one read of a run stream; events are split into lines as they arrive
 
 
 class AgentUnavailable(click.ClickException):
@@ -133,25 +134,35 @@ class AgentClient:
     def post(self, path: str, doc: Any = None, **kw: Any) -> Any:
         return self.request("POST", path, doc, **kw)
 
+    @staticmethod
+    def _event(path: str, line: bytes) -> dict:
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise AgentUnavailable(f"the agent sent a line of {path} that is not JSON") from None
+
     def stream(self, method: str, path: str, doc: Any = None, timeout: float | None = FOREVER) -> Iterator[dict]:
-        """One JSON document per line until the agent ends the response (``timeout``: between lines)."""
+        """One JSON document per line until the agent ends the response (``timeout``: the longest wait for
+        more of it); a connection lost before the end is ``AgentUnavailable``, never a short stream."""
         body = json.dumps(doc).encode() if doc is not None else None
         conn, resp = self._send(method, path, body, "application/json", timeout)
         try:
             if resp.status >= 400:
                 raise self._refused(resp.status, resp.read())
+            # read1, not readline: on a chunked body http.client's readline takes a connection closed
+            # in the middle of the stream for its end, and a run cut short would look finished.
+            buf = b""
             while True:
                 try:
-                    line = resp.readline()
+                    data = resp.read1(STREAM_READ_BYTES)
                 except (OSError, http.client.HTTPException) as exc:
                     raise self._unavailable("lost the stream from", exc) from None
-                if not line:
-                    return
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError:
-                        raise AgentUnavailable(f"the agent sent a line of {path} that is not JSON") from None
+                if not data:
+                    break
+                *lines, buf = (buf + data).split(b"\n")
+                yield from (self._event(path, line) for line in lines if line.strip())
+            if buf.strip():
+                yield self._event(path, buf)
         finally:
             conn.close()
 
