@@ -251,6 +251,7 @@ class LocalMesh(LocalFleet):
                  extra_operators: list[tuple[Any, Any]] = (), preset: str = "local") -> None:
         super().__init__(base, preset=preset, env=extra_env, operators=extra_operators)
 
+    extra_env = property(lambda self: self.env)  # variables for every agent started from now on
     key = property(lambda self: self.keys.author_key)
     key_path = property(lambda self: self.keys.author)
     netkey_path = property(lambda self: self.keys.netkey)

@@ -247,7 +247,7 @@ def converge_injected(sock: str, items: list, key_path: Path, *, wait: bool, as_
     from grapevine.policy.keys import SigningKey
     from grapevine.policy.runorder import RunAction
 
-    from .run import DEFAULT_TIMEOUT_S, build_order, follow_run
+    from .run import DEFAULT_TIMEOUT_S, build_order, follow_run, stream_timeout
 
     bundles = [i for i in items if i.key.startswith("bundle/")]
     if not bundles:
@@ -261,7 +261,7 @@ def converge_injected(sock: str, items: list, key_path: Path, *, wait: bool, as_
         return follow_run(sock, signed, batch=None, max_failures=None, as_json=as_json, title="converge")
     body = {"order": signed.encode().hex(), "batch": None, "max_failures": None}
     started: dict = {"run_id": signed.order.run_id, "targets": [], "ok": True, "waited": False}
-    for ev in AgentClient(sock).stream("POST", "/v1/run", body):
+    for ev in AgentClient(sock).stream("POST", "/v1/run", body, timeout=stream_timeout(signed)):
         if ev.get("event") == "targets":
             started["targets"] = ev["targets"]
         if ev.get("event") in ("batch", "done"):

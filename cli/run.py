@@ -60,6 +60,11 @@ def agent_stream(sock: str, path: str, body: Any) -> Iterator[dict]:
 # ------------------------------------------------------------------ orders
 
 
+def stream_timeout(signed: SignedOrder) -> float:
+    """How long to wait for the next event of a run: past the order's deadline no node runs it any more."""
+    return max(0.0, signed.order.deadline_ms / 1000 - time.time()) + DEADLINE_SLACK_S
+
+
 def build_order(*, sock: str, key: SigningKey, selector: str, action: RunAction, timeout_s: float,
                 batched: bool, deadline_s: float | None = None) -> SignedOrder:
     origin = AgentClient(sock).get("/v1/run/origin")["node_id"]
@@ -197,7 +202,7 @@ def follow_run(sock: str, signed: SignedOrder, *, batch: str | None, max_failure
     else:
         view = _Plain()
     summary = None
-    stream = AgentClient(sock).stream("POST", "/v1/run", body)
+    stream = AgentClient(sock).stream("POST", "/v1/run", body, timeout=stream_timeout(signed))
     if view is None:
         for ev in stream:
             if ev.get("event") == "done":
