@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grapevine.cli.client import AgentClient  # noqa: F401 - re-exported
 from grapevine.cli.localfleet import (  # noqa: F401 - re-exported
     FAST_ENV,
     READY_TIMEOUT_S as START_TIMEOUT_S,
