@@ -2,10 +2,11 @@
 
 Two tiers. ``pytest -m "not slow"`` is the inner loop; the full suite (the
 README's test command) runs everything. A test is slow when it starts real
-agent processes, fuzzes, or runs a many-seed simulation. Tests say so with
-``@pytest.mark.slow``; tests that get it through a fixture (the agent
-meshes, the fuzz run, the chaos sweep) are marked here, so a new test in
-those directories lands in the right tier by using the fixture.
+agent processes, fuzzes, runs a many-seed simulation or otherwise spends
+seconds of CPU. Tests say so with ``@pytest.mark.slow``. Tests that get it
+through a fixture (the agent meshes, the fuzz run, the chaos sweep) are
+marked here, so a new test lands in the right tier by using the fixture; so
+are the files and the few single tests listed below.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ SLOW_FILES = {  # every test in these starts agent processes, some without one o
     "tests/runs/test_fleet_cli.py": "the fleet commands against a mesh of agent processes",
     "tests/hostile/test_hostile_node.py": "a hostile peer among agent processes",
 }
+
 
 def _relpath(item: pytest.Item) -> str:
     return item.path.relative_to(item.config.rootpath).as_posix()
