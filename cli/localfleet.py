@@ -66,6 +66,7 @@ FAST_ENV = {
     "GRAPEVINE_SEND_TIMEOUT_S": "2",
     "GRAPEVINE_DRAIN_TIMEOUT_S": "2",
     "GRAPEVINE_TICK_MAX_MS": "500",
+    "GRAPEVINE_PEER_METRICS": "true",  # tests read /metrics on the peer port (off by default where supported)
     "GRAPEVINE_LOG_LEVEL": "info",
 }
 

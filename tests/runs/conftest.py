@@ -11,8 +11,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from grapevine.cli.client import AgentClient
 from grapevine.cli.demo import LocalMesh, local_mesh
+from grapevine.cli.run import agent_stream
 from grapevine.node.netkey import KeyRing, read_key_file
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.trust import OperatorScope
@@ -64,7 +64,7 @@ class StreamThread(threading.Thread):
 
     def run(self) -> None:
         try:
-            for ev in AgentClient(self.sock).stream("POST", "/v1/run", self.body):
+            for ev in agent_stream(self.sock, "/v1/run", self.body):
                 with self.seen:
                     self.events.append(ev)
                     self.seen.notify_all()
