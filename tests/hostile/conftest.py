@@ -11,13 +11,16 @@ import pytest
 
 from grapevine.cli.demo import LocalMesh, local_mesh
 from grapevine.cli.localfleet import wait_for
-from tests.hostile import hostile_peer, hostile_server
+from tests.hostile import hostile_peer
 from tests.hostile.hostile_peer import HostilePeer, scrape_metrics
 
-# Tests on branches written before the tests became a package import this directory's helpers by
-# bare name (`from hostile_peer import ...`, with the directory put on sys.path). This alias keeps them
-# working without touching sys.path; remove it once no test imports the bare name.
+# Modules on branches written before the tests became a package import this directory's helpers by
+# bare name (`from hostile_peer import ...`, with the directory put on sys.path); so may a helper
+# itself. These aliases keep them working without touching sys.path, hostile_peer's before anything
+# else here is imported; remove them once nothing imports a bare name.
 sys.modules.setdefault("hostile_peer", hostile_peer)
+from tests.hostile import hostile_server  # noqa: E402 - after the alias its import may need
+
 sys.modules.setdefault("hostile_server", hostile_server)
 
 HONEST_NODES = 3
