@@ -1,4 +1,5 @@
-"""The shape of the code: modules stay small enough to read in one sitting.
+"""The shape of the code: modules stay small enough to read in one sitting; tests and benchmarks
+import what they use as packages, never by editing sys.path.
 
 Import layers and cycles are checked by ``lint-imports`` (the contracts in
 pyproject.toml), which the README's test command runs beside pytest.
@@ -6,6 +7,7 @@ pyproject.toml), which the README's test command runs beside pytest.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,19 @@ def test_every_package_folder_has_modules():
     """The walk above really sees the code (a moved folder would make the limit test vacuous)."""
     for pkg in PACKAGES:
         assert any((REPO / pkg).glob("*.py")), f"no modules found under {pkg}/"
+
+
+SYS_PATH_EDIT = re.compile(r"\bsys\.path\s*(\.\s*(insert|append|extend)\b|\[[^\]]*\]\s*=(?!=)|\s*\+?=(?!=))")
+
+
+def test_no_test_or_benchmark_edits_sys_path():
+    """Helpers are modules of the tests package (or of grapevine); a benchmark script already has its
+    own folder on sys.path. An edit of sys.path makes imports depend on the order files are loaded."""
+    found = []
+    for folder in ("tests", "benchmarks"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                code = line.split("#", 1)[0]
+                if SYS_PATH_EDIT.search(code):
+                    found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert not found, "sys.path edited in:\n" + "\n".join(found)
