@@ -38,6 +38,7 @@ SLOW_FILES = {  # every test in these starts agent processes, some without one o
     "tests/runs/test_fleet_cli.py": "the fleet commands against a mesh of agent processes",
     "tests/hostile/test_hostile_node.py": "a hostile peer among agent processes",
     "tests/node/test_scope_agents.py": "grants and conflicts on agent processes (its own fixture)",
+    "tests/hostile/test_flood.py": "a flood of strangers at agent processes (its own fixture)",
 }
 
 
