@@ -5,7 +5,7 @@
 For each fleet size it measures the whole-process wall time of "run `true`
 on every node and wait until every result is back":
 
-- grapevine: N agents on loopback (``LocalMesh``), ``grapevine run --json -- true``;
+- grapevine: N agents on loopback (``LocalFleet``), ``grapevine run --json -- true``;
 - Fabric ``ThreadingGroup(...).run("true")``;
 - pyinfra ``pyinfra inventory.py exec -y -- true``;
 - ``ansible all -m command -a true`` with ``--forks 5`` (its default) and ``--forks 50``.
@@ -203,32 +203,35 @@ def settle(pids: list[int]) -> float:
 
 def grapevine_times(n: int, repeat: int, base: str | None) -> list[float]:
     """Start n agents (production "lan" preset, state on disk), time `grapevine run -- true`."""
-    from grapevine.cli.demo import local_mesh
+    from grapevine.cli.localfleet import LocalFleet
 
     times: list[float] = []
-    with local_mesh(Path(tempfile.mkdtemp(prefix="gvbench-mesh-", dir=base)) if base else None, preset="lan") as mesh:
-        for i in range(n):
-            mesh.add(f"b{i}", tags={"role": "bench"})
-        mesh.start_all()
-        mesh.wait_ready(timeout_s=180)
-        mesh.wait_mesh(timeout_s=180)
-        settled = settle([a.proc.pid for a in mesh.agents])
-        print(f"  {n} agents settled ({settled:.1f} s after the mesh formed)", flush=True)
-        for r in range(repeat + 1):
-            t, code, out = timed([sys.executable, "-m", "grapevine.cli.main", "run", "--agent", mesh.agents[0].socket,
-                                  "--key", str(mesh.key_path), "--json", "--", "true"])
-            try:
-                doc = json.loads(out.split("\n", 1)[0])
-            except ValueError:
-                doc = None
-            if code != 0 or doc is None or len(doc["results"]) != n:
-                got = len(doc["results"]) if doc else "?"
-                raise SystemExit(f"grapevine n={n}: exit {code}, {got} results:\n{out[-1500:]}")
-            if r > 0:  # the first run opens the agents' connections to the origin
-                times.append(t)
-            LOADS.append(os.getloadavg()[0])
-            print(f"  grapevine n={n} run {r}: {t:.3f} s (discovery {doc['discovery_ms']} ms, "
-                  f"order replies p50 {doc['order_reply_ms']['p50']} ms, load {os.getloadavg()[0]:.1f})", flush=True)
+    where = Path(tempfile.mkdtemp(prefix="gvbench-mesh-", dir=base))
+    try:
+        with LocalFleet(where, preset="lan") as mesh:
+            for i in range(n):
+                mesh.add(f"b{i}", tags={"role": "bench"})
+            mesh.up(timeout=180)
+            mesh.wait_linked(timeout=180)
+            settled = settle([a.proc.pid for a in mesh.agents])
+            print(f"  {n} agents settled ({settled:.1f} s after the mesh formed)", flush=True)
+            for r in range(repeat + 1):
+                t, code, out = timed([sys.executable, "-m", "grapevine.cli.main", "run", "--agent", mesh.agents[0].socket,
+                                      "--key", str(mesh.keys.author), "--json", "--", "true"])
+                try:
+                    doc = json.loads(out.split("\n", 1)[0])
+                except ValueError:
+                    doc = None
+                if code != 0 or doc is None or len(doc["results"]) != n:
+                    got = len(doc["results"]) if doc else "?"
+                    raise SystemExit(f"grapevine n={n}: exit {code}, {got} results:\n{out[-1500:]}")
+                if r > 0:  # the first run opens the agents' connections to the origin
+                    times.append(t)
+                LOADS.append(os.getloadavg()[0])
+                print(f"  grapevine n={n} run {r}: {t:.3f} s (discovery {doc['discovery_ms']} ms, "
+                      f"order replies p50 {doc['order_reply_ms']['p50']} ms, load {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
     return times
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/load_run.py [--agents 20] [--injections 200] [--runs 100] [--concurrency 8] [--out FILE.json]
 
-Starts a mesh of `grapevine agent` processes on loopback (``LocalMesh``), warms
+Starts a mesh of `grapevine agent` processes on loopback (``LocalFleet``), warms
 it up (one injection, one run, so lazy imports are paid before memory is
 measured), waits until a fleet status query from every agent finds all the
 others (a settled fleet), records each agent's resident memory, then, all at
@@ -39,8 +39,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from grapevine.cli.demo import LocalMesh, local_mesh
-from grapevine.cli.run import agent_json, agent_stream
+from grapevine.cli.localfleet import LocalFleet, wait_for
 from grapevine.policy import runorder
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.runorder import RunAction, RunOrder, SignedOrder
@@ -70,7 +69,7 @@ def bundle_path(name: str) -> str:
 
 
 class Load:
-    def __init__(self, mesh: LocalMesh, script: Path) -> None:
+    def __init__(self, mesh: LocalFleet, script: Path) -> None:
         self.mesh = mesh
         self.script = script
         self.origins: dict[str, str] = {}
@@ -87,10 +86,8 @@ class Load:
         with self.lock:  # versions of one bundle strictly increase, even within one millisecond
             stamp = max(int(time.time() * 1000), self.stamps.get(name, 0) + 1)
             self.stamps[name] = stamp
-        item = pack(Bundle.from_document(doc, "load"), self.mesh.key, stamp)
-        from grapevine.cli.demo import _post_bytes
-
-        res = _post_bytes(via.socket, "/v1/inject", item.encode())
+        item = pack(Bundle.from_document(doc, "load"), self.mesh.keys.author_key, stamp)
+        res = via.client().post("/v1/inject", data=item.encode())
         if not isinstance(res, dict) or res.get("key") != f"bundle/{name}":
             raise RuntimeError(f"inject {name} v{version} at {via.name}: {res}")
         with self.lock:
@@ -101,17 +98,17 @@ class Load:
     def run(self, via: Any) -> dict:
         origin = self.origins.get(via.name)
         if origin is None:
-            origin = self.origins[via.name] = agent_json(via.socket, "GET", "/v1/run/origin")["node_id"]
+            origin = self.origins[via.name] = via.client().get("/v1/run/origin")["node_id"]
         run_id = runorder.new_run_id()
         now = int(time.time() * 1000)
         order = RunOrder(run_id=run_id, origin=origin, selector="",
                          action=RunAction.command(["/bin/sh", str(self.script), run_id]),
                          timeout_ms=int(RUN_TIMEOUT_S * 1000), issued_ms=now,
-                         deadline_ms=now + int((RUN_TIMEOUT_S + 30) * 1000), operator=self.mesh.key.key_id)
-        signed = SignedOrder.sign(order, self.mesh.key)
+                         deadline_ms=now + int((RUN_TIMEOUT_S + 30) * 1000), operator=self.mesh.keys.author_key.key_id)
+        signed = SignedOrder.sign(order, self.mesh.keys.author_key)
         summary = None
-        for ev in agent_stream(via.socket, "/v1/run", {"order": signed.encode().hex(), "batch": None,
-                                                       "max_failures": None}):
+        for ev in via.client().stream("POST", "/v1/run", {"order": signed.encode().hex(), "batch": None,
+                                                          "max_failures": None}):
             if ev.get("event") == "done":
                 summary = ev["summary"]
             elif ev.get("event") == "error":
@@ -136,13 +133,10 @@ class Load:
                     self.errors.append(f"{fn.__name__}{tuple(getattr(a, 'name', a) for a in args)}: {exc}")
 
 
-def applied_everywhere(mesh: LocalMesh, newest: dict[str, str]) -> bool:
+def applied_everywhere(mesh: LocalFleet, newest: dict[str, str]) -> bool:
     digests = set()
     for a in mesh.agents:
-        st = mesh.try_api(a, "GET", "/v1/status")
-        if st is None:
-            return False
-        digests.add(st["store_digest"])
+        digests.add(a.status()["store_digest"])  # an agent not answering: wait_for tries again
         for name, content in newest.items():
             p = a.root / bundle_path(name).lstrip("/")
             if not p.is_file() or p.read_text() != content:
@@ -152,7 +146,7 @@ def applied_everywhere(mesh: LocalMesh, newest: dict[str, str]) -> bool:
 
 def fleet_size(agent) -> int:
     """How many agents answer a fleet status query sent from ``agent``."""
-    return len(agent_json(agent.socket, "POST", "/v1/fleet/query", {"kind": "status", "selector": ""})["answers"])
+    return len(agent.client().post("/v1/fleet/query", {"kind": "status", "selector": ""})["answers"])
 
 
 def run_load(base: Path, *, agents: int, injections: int, runs: int, bundles: int = 20,
@@ -162,22 +156,21 @@ def run_load(base: Path, *, agents: int, injections: int, runs: int, bundles: in
     script = base / "record.sh"
     script.write_text(RECORD_SCRIPT)
     script.chmod(0o755)
-    with local_mesh(base / "mesh") as mesh:
+    with LocalFleet(base / "mesh") as mesh:
         for i in range(agents):
             mesh.add(f"l{i}", tags={"role": "load"})
-        mesh.start_all()
-        mesh.wait_ready(timeout_s=READY_TIMEOUT_S)
-        mesh.wait_mesh(timeout_s=READY_TIMEOUT_S)
+        mesh.up(timeout=READY_TIMEOUT_S)
+        mesh.wait_linked(timeout=READY_TIMEOUT_S)
         load = Load(mesh, script)
         ags = mesh.agents
         # warm-up: one bundle and one run everywhere, so lazy imports happen before the memory reading
         load.inject(ags[0], "load/warm-up", 1)
         warm = load.run(ags[1 % agents])
-        mesh.wait_until(lambda: applied_everywhere(mesh, load.newest), SETTLE_TIMEOUT_S, "the warm-up bundle")
+        wait_for(lambda: applied_everywhere(mesh, load.newest), SETTLE_TIMEOUT_S, "the warm-up bundle")
         # A settled fleet: every agent's fleet query (`grapevine status --fleet`) finds all the
         # others, so the overlay left by the boot storm is whole before the load starts.
         for a in ags:
-            mesh.wait_until(lambda a=a: fleet_size(a) == agents, SETTLE_TIMEOUT_S, f"{a.name} to see the whole fleet")
+            wait_for(lambda a=a: fleet_size(a) == agents, SETTLE_TIMEOUT_S, f"{a.name} to see the whole fleet")
         warm_ids = {warm["run_id"]}
         load.injected = 0  # the warm-up is not part of the load
         time.sleep(RSS_SETTLE_S)
@@ -202,8 +195,10 @@ def run_load(base: Path, *, agents: int, injections: int, runs: int, bundles: in
         for t in threads:
             t.join(600)
         load_s = time.monotonic() - t0
-        settle_s = mesh.wait_until(lambda: applied_everywhere(mesh, load.newest), SETTLE_TIMEOUT_S,
-                                   "every agent to apply the newest of every bundle")
+        t_settle = time.monotonic()
+        wait_for(lambda: applied_everywhere(mesh, load.newest), SETTLE_TIMEOUT_S,
+                 "every agent to apply the newest of every bundle")
+        settle_s = time.monotonic() - t_settle
         time.sleep(RSS_SETTLE_S)
         rss_after = {a.name: rss_kib(a.proc.pid) for a in ags}
 

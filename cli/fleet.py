@@ -1,9 +1,8 @@
 """Commands that talk to the local agent: inject, status, members, bundles, history, rollback.
 
 The agent is found by ``--agent SOCKET``, else ``$GRAPEVINE_AGENT``, else
-``agent.sock`` in the default data directory. ``agent_client(socket)`` does
-HTTP over that Unix socket with the standard library only, so these commands
-start fast and need no event loop.
+``agent.sock`` in the default data directory; every request goes through
+``AgentClient`` (cli/client.py), the one client of the local API.
 
 Bundles are packed and signed here, with the operator's key; the agent never
 sees an author's private key. ``rollback`` fetches the old content from the
@@ -16,138 +15,24 @@ Each command is a thin click wrapper over a plain function (``inject_items``,
 from __future__ import annotations
 
 import base64
-import http.client
-import json
-import os
-import socket
 import time
 from pathlib import Path
-from typing import Any, Iterator
 
 import click
 
+from grapevine.cli.client import (  # noqa: F401 - AgentClient and its errors are imported from here too
+    CONNECT_TIMEOUT_S,
+    ENV_AGENT,
+    AgentClient,
+    AgentRefused,
+    AgentUnavailable,
+    agent_client,
+    agent_option,
+    find_socket,
+)
 from grapevine.cli.output import emit_json, json_option
-from grapevine.gossip.errors import GrapevineError
 
-CONNECT_TIMEOUT_S = 10.0  # the local agent answers at once or is not there
 CONVERGE_TIMEOUT_S = 3600.0  # a converge may install packages
-ENV_AGENT = "GRAPEVINE_AGENT"
-
-
-class AgentUnavailable(click.ClickException):
-    exit_code = 1
-
-
-class AgentRefused(GrapevineError):
-    """The agent answered with an error (bad input: exit status 2)."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(f"{error}: {detail}" if detail else error)
-        self.status = status
-        self.error = error
-        self.detail = detail
-
-
-def find_socket(explicit: str | None = None) -> str:
-    if explicit:
-        return explicit
-    if os.environ.get(ENV_AGENT):
-        return os.environ[ENV_AGENT]
-    from grapevine.node.config import default_data_dir
-
-    return str(default_data_dir() / "agent.sock")
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self._path)
-        except OSError:
-            s.close()
-            raise
-        self.sock = s
-
-
-class AgentClient:
-    """JSON (and NDJSON streams) over the agent's Unix socket."""
-
-    def __init__(self, path: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    def _send(self, method: str, path: str, body: bytes | None, content_type: str, timeout: float | None):
-        conn = _UnixConnection(self.path, timeout or self.timeout)
-        try:
-            headers = {"Content-Type": content_type} if body is not None else {}
-            conn.request(method, path, body=body, headers=headers)
-            return conn, conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise AgentUnavailable(
-                f"cannot reach the agent at {self.path}: {exc} (is `grapevine agent` running? use --agent or ${ENV_AGENT})"
-            ) from None
-
-    def request(self, method: str, path: str, doc: Any = None, *, data: bytes | None = None,
-                timeout: float | None = None) -> Any:
-        body, ctype = (data, "application/octet-stream") if data is not None else (
-            (json.dumps(doc).encode(), "application/json") if doc is not None else (None, "application/json"))
-        conn, resp = self._send(method, path, body, ctype, timeout)
-        try:
-            raw = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise AgentUnavailable(f"the agent at {self.path} closed the connection: {exc}") from None
-        finally:
-            conn.close()
-        try:
-            out = json.loads(raw) if raw else {}
-        except ValueError:
-            raise AgentUnavailable(f"the agent answered {path} with something that is not JSON") from None
-        if resp.status >= 400:
-            if isinstance(out, dict):
-                raise AgentRefused(resp.status, str(out.get("error", resp.status)), str(out.get("detail", "")))
-            raise AgentRefused(resp.status, str(resp.status), "")
-        return out
-
-    def get(self, path: str, **kw: Any) -> Any:
-        return self.request("GET", path, **kw)
-
-    def post(self, path: str, doc: Any = None, **kw: Any) -> Any:
-        return self.request("POST", path, doc, **kw)
-
-    def stream(self, method: str, path: str, doc: Any = None, timeout: float | None = None) -> Iterator[dict]:
-        """One JSON document per line until the agent ends the response."""
-        body = json.dumps(doc).encode() if doc is not None else None
-        conn, resp = self._send(method, path, body, "application/json", timeout)
-        try:
-            if resp.status >= 400:
-                raw = resp.read()
-                try:
-                    err = json.loads(raw)
-                except ValueError:
-                    err = {}
-                raise AgentRefused(resp.status, str(err.get("error", resp.status)), str(err.get("detail", "")))
-            while True:
-                line = resp.readline()
-                if not line:
-                    return
-                if line.strip():
-                    yield json.loads(line)
-        finally:
-            conn.close()
-
-
-def agent_client(socket_path: str | None = None, timeout: float = CONNECT_TIMEOUT_S) -> AgentClient:
-    return AgentClient(find_socket(socket_path), timeout)
-
-
-agent_option = click.option("--agent", "agent_socket", default=None,
-                            help="Agent API socket (default: $GRAPEVINE_AGENT, then agent.sock in the data dir).")
 
 
 # -- inject ------------------------------------------------------------------
@@ -380,7 +265,7 @@ def converge_injected(sock: str, items: list, key_path: Path, *, wait: bool, as_
     from grapevine.policy.keys import SigningKey
     from grapevine.policy.runorder import RunAction
 
-    from .run import DEFAULT_TIMEOUT_S, agent_stream, build_order, follow_run
+    from .run import DEFAULT_TIMEOUT_S, build_order, follow_run, stream_timeout
 
     bundles = [i for i in items if i.key.startswith("bundle/")]
     if not bundles:
@@ -394,7 +279,7 @@ def converge_injected(sock: str, items: list, key_path: Path, *, wait: bool, as_
         return follow_run(sock, signed, batch=None, max_failures=None, as_json=as_json, title="converge")
     body = {"order": signed.encode().hex(), "batch": None, "max_failures": None}
     started: dict = {"run_id": signed.order.run_id, "targets": [], "ok": True, "waited": False}
-    for ev in agent_stream(sock, "/v1/run", body):
+    for ev in AgentClient(sock).stream("POST", "/v1/run", body, timeout=stream_timeout(signed)):
         if ev.get("event") == "targets":
             started["targets"] = ev["targets"]
         if ev.get("event") in ("batch", "done"):

@@ -15,9 +15,6 @@ when any target failed, refused the order or did not answer; 2 on bad usage.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -30,161 +27,47 @@ from grapevine.policy import runorder
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction, RunOrder, SignedOrder
 
+from .client import AgentClient, find_socket
 from .output import emit_json, json_option
 
 DEFAULT_TIMEOUT_S = 60.0  # per node; most ad-hoc commands finish well within a minute
 DEADLINE_SLACK_S = 60.0  # deadline = timeout + this, for discovery and results on a busy fleet
 BATCHED_DEADLINE_S = 3600.0  # rolling batches may take a while; nodes forget run ids after this
 CONNECT_TIMEOUT_S = 10.0  # the local agent answers at once or is not there
-MAX_HEADER_LINE = 64 * 1024  # one status or header line from the local agent
-MAX_HEADERS = 100  # header lines read before the body
 TABLE_ROWS = 30  # rows of the live table; a big fleet shows the latest ones and the counts
 
 
 # ------------------------------------------------------------------ agent client
-
-
-class _Response:
-    """A minimal HTTP/1.1 response reader over the agent's Unix socket.
-
-    The local API speaks plain HTTP/1.1 with JSON bodies or chunked NDJSON
-    streams; reading it by hand keeps ``http.client`` (and the email parser
-    it pulls in) out of the command's start-up time.
-    """
-
-    def __init__(self, conn: socket.socket) -> None:
-        self.conn = conn
-        self.f = conn.makefile("rb")
-        status = self.f.readline(MAX_HEADER_LINE)
-        parts = status.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise OSError(f"not an HTTP response: {status[:80]!r}")
-        self.status = int(parts[1])
-        self.headers: dict[str, str] = {}
-        for _ in range(MAX_HEADERS):
-            line = self.f.readline(MAX_HEADER_LINE)
-            if line in (b"\r\n", b"\n", b""):
-                break
-            k, _, v = line.decode("latin-1").partition(":")
-            self.headers[k.strip().lower()] = v.strip()
-
-    def chunks(self) -> Iterator[bytes]:
-        if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            while True:
-                size = int(self.f.readline(MAX_HEADER_LINE).split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    return
-                data = self.f.read(size)
-                self.f.readline(MAX_HEADER_LINE)
-                if len(data) < size:
-                    raise OSError("the agent closed the connection in the middle of a chunk")
-                yield data
-        elif "content-length" in self.headers:
-            yield self.f.read(int(self.headers["content-length"]))
-        else:
-            while data := self.f.read1(65536):
-                yield data
-
-    def read(self) -> bytes:
-        return b"".join(self.chunks())
-
-    def lines(self) -> Iterator[bytes]:
-        buf = b""
-        for data in self.chunks():
-            buf += data
-            *done, buf = buf.split(b"\n")
-            yield from (ln for ln in done if ln.strip())
-        if buf.strip():
-            yield buf
-
-    def close(self) -> None:
-        self.f.close()
-        self.conn.close()
-
-
-def _send(sock: str, method: str, path: str, data: bytes | None, content_type: str, timeout: float | None) -> _Response:
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.settimeout(CONNECT_TIMEOUT_S)
-    try:
-        conn.connect(sock)
-        head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-        if data is not None:
-            head += f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
-        conn.sendall(head.encode("latin-1") + b"\r\n" + (data or b""))
-        conn.settimeout(timeout)  # None: a run may stream for as long as it takes
-        return _Response(conn)
-    except OSError:
-        conn.close()
-        raise
+# The command talks to its agent through the CLI's one client (cli/fleet.py).
 
 
 def agent_socket(explicit: str | None) -> str:
     """--agent, else $GRAPEVINE_AGENT, else agent.sock in the default data directory."""
-    if explicit:
-        return explicit
-    env = os.environ.get("GRAPEVINE_AGENT")
-    if env:
-        return env
-    from grapevine.node.config import default_data_dir
-
-    return str(default_data_dir() / "agent.sock")
-
-
-def _request(sock: str, method: str, path: str, body: Any = None, *, data: bytes | None = None,
-             timeout: float | None = CONNECT_TIMEOUT_S) -> _Response:
-    payload, ctype = (data, "application/octet-stream") if data is not None else (
-        (json.dumps(body).encode(), "application/json") if body is not None else (None, "application/json"))
-    try:
-        return _send(sock, method, path, payload, ctype, timeout)
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach the agent at {sock}: {exc} (start `grapevine agent` or pass --agent)") from None
+    return find_socket(explicit)
 
 
 def agent_json(sock: str, method: str, path: str, body: Any = None, *, data: bytes | None = None,
                timeout: float = CONNECT_TIMEOUT_S) -> Any:
-    resp = _request(sock, method, path, body, data=data, timeout=timeout)
-    try:
-        raw = resp.read()
-    except OSError as exc:
-        raise click.ClickException(f"the agent at {sock} closed the connection: {exc}") from None
-    finally:
-        resp.close()
-    try:
-        doc = json.loads(raw or b"null")
-    except ValueError:
-        raise click.ClickException(f"the agent answered {path} with something that is not JSON") from None
-    if resp.status >= 400:
-        detail = (doc.get("detail") or doc.get("error")) if isinstance(doc, dict) else raw[:200]
-        raise GrapevineError(f"the agent refused {path}: {detail}")
-    return doc
+    """Kept for callers not yet using ``AgentClient(sock).request(...)`` directly."""
+    return AgentClient(sock, timeout).request(method, path, body, data=data)
 
 
 def agent_stream(sock: str, path: str, body: Any) -> Iterator[dict]:
-    """POST ``body`` and yield each NDJSON line of the answer."""
-    resp = _request(sock, "POST", path, body, timeout=None)
-    try:
-        if resp.status >= 400:
-            raw = resp.read()
-            try:
-                detail = json.loads(raw).get("error")
-            except (ValueError, AttributeError):
-                detail = raw[:200].decode("utf-8", "replace")
-            raise GrapevineError(f"the agent refused the run: {detail}")
-        try:
-            for line in resp.lines():
-                yield json.loads(line)
-        except OSError as exc:
-            raise click.ClickException(f"the agent at {sock} closed the run stream: {exc}") from None
-    finally:
-        resp.close()
+    """Kept for callers not yet using ``AgentClient(sock).stream("POST", ...)`` directly."""
+    return AgentClient(sock).stream("POST", path, body)
 
 
 # ------------------------------------------------------------------ orders
 
 
+def stream_timeout(signed: SignedOrder) -> float:
+    """How long to wait for the next event of a run: past the order's deadline no node runs it any more."""
+    return max(0.0, signed.order.deadline_ms / 1000 - time.time()) + DEADLINE_SLACK_S
+
+
 def build_order(*, sock: str, key: SigningKey, selector: str, action: RunAction, timeout_s: float,
                 batched: bool, deadline_s: float | None = None) -> SignedOrder:
-    origin = agent_json(sock, "GET", "/v1/run/origin")["node_id"]
+    origin = AgentClient(sock).get("/v1/run/origin")["node_id"]
     now = int(time.time() * 1000)
     window = deadline_s or (BATCHED_DEADLINE_S if batched else timeout_s + DEADLINE_SLACK_S)
     order = RunOrder(run_id=runorder.new_run_id(), origin=origin, selector=selector or "", action=action,
@@ -319,7 +202,7 @@ def follow_run(sock: str, signed: SignedOrder, *, batch: str | None, max_failure
     else:
         view = _Plain()
     summary = None
-    stream = agent_stream(sock, "/v1/run", body)
+    stream = AgentClient(sock).stream("POST", "/v1/run", body, timeout=stream_timeout(signed))
     if view is None:
         for ev in stream:
             if ev.get("event") == "done":

@@ -7,8 +7,8 @@ on, and moving every link back to A heals the cut. Nothing is created in the
 host's own namespace, and ``close`` deletes every namespace it made (their
 links go with them), also after a failure.
 
-Agents run through the daemon tests' process helpers (tests/node/agentproc.py),
-so every process is started with Popen, recorded, and ended by PID.
+Agents run through the local launcher (``grapevine.cli.localfleet``), so
+every process is started with Popen, recorded, and ended by PID.
 """
 
 from __future__ import annotations
@@ -16,19 +16,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-NODE_TESTS = Path(__file__).resolve().parents[1] / "node"
-sys.path.insert(0, str(NODE_TESTS))
-
-from agentproc import Keys, pack_bundle, wait_until  # noqa: E402,F401
-
-from grapevine.node.netkey import generate_key, write_key_file  # noqa: E402
-from grapevine.policy.keys import SigningKey  # noqa: E402
-from grapevine.policy.trust import ALL_NAMES, OperatorScope, build_root, init_root, write_item_file  # noqa: E402
+from grapevine.cli.localfleet import FleetKeys as Keys
+from tests.node.agentproc import pack_bundle, wait_until  # noqa: F401 - re-exported for the chaos tests
 
 SUBNET = "10.231.7"  # private addresses, only inside the namespaces a test creates
 PORT = 7946
@@ -46,15 +38,7 @@ def netns_unavailable() -> str | None:
 
 def make_keys(d: Path) -> Keys:
     """An author key that may publish any bundle and run anything, a root naming it, a network key."""
-    alice = SigningKey.generate()
-    alice.save(d / "alice.key")
-    now = time.time_ns() // 1_000_000 - 1000
-    root = build_root(serial=1, now_ms=now, expires_days=1, admins=[alice.public], threshold=1,
-                      publishers=[(alice.public, ALL_NAMES)],
-                      operators=[(alice.public, OperatorScope(selector=None, actions=("run", "converge")))])
-    write_item_file(d / "root.gv", init_root(root, [alice], now))
-    write_key_file(d / "fleet.netkey", generate_key())
-    return Keys(dir=d, author=d / "alice.key", trust=d / "root.gv", netkey=d / "fleet.netkey", author_key=alice)
+    return Keys.create(d)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:

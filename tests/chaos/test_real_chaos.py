@@ -21,9 +21,8 @@ import time
 import pytest
 import yaml
 
-from chaoslab import PORT, NetLab, bundle_file, bundle_item, make_keys, netns_unavailable, wait_until
-
-from agentproc import Fleet  # noqa: E402  (on sys.path through chaoslab)
+from tests.chaos.chaoslab import PORT, NetLab, bundle_file, bundle_item, make_keys, netns_unavailable, wait_until
+from tests.node.agentproc import Fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import atheris
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 KILL_GRACE_S = 30.0  # beyond --seconds, for startup and libFuzzer's own exit, before the parent kills a child
 _COUNTER = struct.Struct("<Q")
 
@@ -89,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=5, help="per-input bound in seconds")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_intermixed_args(argv)
-    sys.path.insert(0, HERE)
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # decoders of files read them from memory
     scratch = tempfile.mkdtemp(prefix="grapevine-fuzz-", dir=shm)
     os.environ["GRAPEVINE_FUZZ_TMP"] = scratch

@@ -3,16 +3,12 @@ found: each must succeed or be refused with the typed error, within a bound."""
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import fuzz_targets as F  # noqa: E402
+from tests.fuzz import fuzz_targets as F
 
 PER_INPUT_S = 5.0  # one input of a few hundred bytes; the slowest legal ones take milliseconds
 

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from grapevine.cli.demo import LocalMesh, local_mesh
+from grapevine.cli.localfleet import wait_for
+from tests.hostile import hostile_peer
+from tests.hostile.hostile_peer import HostilePeer, scrape_metrics
 
-from hostile_peer import HostilePeer, scrape_metrics  # noqa: E402
+# Modules on branches written before the tests became a package import this directory's helpers by
+# bare name (`from hostile_peer import ...`, with the directory put on sys.path); so may a helper
+# itself. These aliases keep them working without touching sys.path, hostile_peer's before anything
+# else here is imported; remove them once nothing imports a bare name.
+sys.modules.setdefault("hostile_peer", hostile_peer)
+from tests.hostile import hostile_server  # noqa: E402 - after the alias its import may need
 
-from grapevine.cli.demo import LocalMesh, local_mesh  # noqa: E402
+sys.modules.setdefault("hostile_server", hostile_server)
 
 HONEST_NODES = 3
 GENUINE = "site/motd"  # the bundle honest operators keep publishing during the attack
@@ -54,6 +60,19 @@ class World:
         return self.mesh.wait_until(done, timeout_s, f"every honest node to apply {GENUINE} v{version}")
 
 
+def steady_metrics(mesh: LocalMesh, timeout_s: float = 20.0) -> dict[int, dict]:
+    """Every agent's refusal counters once two scrapes 0.2 s apart agree (port -> counters)."""
+    last: dict[str, dict] = {}
+
+    def steady() -> dict[int, dict] | None:
+        now = {a.port: scrape_metrics(a.port) for a in mesh.agents}
+        same = last.get("scrape") == now
+        last["scrape"] = now
+        return now if same else None
+
+    return wait_for(steady, timeout_s, "the refusal counters to stop moving", interval=0.2)
+
+
 @pytest.fixture(scope="session")
 def hostile_report() -> dict[str, Counter]:
     return HOSTILE_REPORT
@@ -73,8 +92,7 @@ def world(tmp_path_factory):
         w.hostile.ids = {a.port: a.node_id for a in mesh.agents}
         w.inject(1)
         w.wait_applied(1)
-        time.sleep(0.3)  # let the genuine broadcast finish before the baseline is taken
-        w.baseline = {a.port: scrape_metrics(a.port) for a in mesh.agents}
+        w.baseline = steady_metrics(mesh)  # the genuine broadcast has finished: the baseline stays put
         yield w
 
 

@@ -20,8 +20,8 @@ from collections import Counter
 import aiohttp
 import msgpack
 import pytest
-from hostile_peer import HostilePeer, metrics_delta, now_ms, scrape_metrics
-from hostile_server import HostileServer
+from tests.hostile.hostile_peer import HostilePeer, metrics_delta, now_ms, scrape_metrics
+from tests.hostile.hostile_server import HostileServer
 
 from grapevine.cli.demo import free_port
 from grapevine.cli.run import agent_stream

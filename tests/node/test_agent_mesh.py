@@ -11,7 +11,7 @@ import time
 import msgpack
 import pytest
 
-from agentproc import free_ports, pack_bundle, wait_until, write_bundle
+from tests.node.agentproc import free_ports, pack_bundle, wait_until, write_bundle
 
 from grapevine.cli.fleet import AgentRefused
 from grapevine.node.frames import pack_envelope
@@ -144,7 +144,10 @@ def test_node_with_the_wrong_network_key_is_never_admitted_and_learns_nothing(fl
     fleet.start(*good, intruder, no_key)
     good[1].client().post("/v1/inject", data=pack_bundle(fleet.keys, "secret/cfg", None, {"/etc/secret": "s\n"}).encode())
     wait_until(lambda: all((a.root / "etc/secret").is_file() for a in good), 30, what="the bundle on the keyed nodes")
-    time.sleep(2.0)  # several join retries and anti-entropy rounds of the outsiders
+    # the outsiders have tried, and been turned away, several times over (instead of a fixed sleep)
+    wait_until(lambda: sum(a.metric("grapevine_bad_frames_total", 'reason="UnknownNetworkKey"') for a in good) >= 3
+               and sum(a.metric("grapevine_bad_frames_total", 'reason="Unsealed"') for a in good) >= 3,
+               30, what="several refused attempts by each outsider")
     for outsider in (intruder, no_key):
         st = outsider.status()
         assert st["active"] == 0 and st["passive"] == 0

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from agentproc import wait_until, pack_bundle
+from tests.node.agentproc import wait_until, pack_bundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
