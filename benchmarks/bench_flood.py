@@ -48,8 +48,6 @@ DELIVERY_TIMEOUT_S = 60.0
 SETTLE_S = 2.0
 FRAME_ROUNDS = 3
 
-sys.path.insert(0, str(HERE.parent))
-
 
 def rss_mib(pid: int) -> float | None:
     try:

@@ -75,7 +75,12 @@ def inject(path: Path, key_path: Path | None, now: bool, wait: bool, agent_socke
     if preview:  # cli/preview.py: one preview run order to the bundles' targets; nothing is injected
         from .preview import preview_inject
 
-        return preview_inject(agent_socket, path, key_path, now=now or wait, as_json=as_json)
+        if key_path is None:
+            raise click.UsageError("--preview needs --key: it signs the candidate (publisher) and the preview order (operator)")
+        if now or wait:
+            raise click.UsageError("--preview changes nothing; --now and --wait do not go with it")
+        return preview_inject(agent_client(agent_socket), load_items(path, key_path), key_path, now=now or wait,
+                              as_json=as_json)
     if now and key_path is None:
         raise click.UsageError("--now needs --key: the converge order is signed with an operator key")
     if wait and not now:

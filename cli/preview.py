@@ -96,19 +96,16 @@ def exit_status(doc: dict) -> int:
     return 1 if doc["failed"] else 0
 
 
-def preview_inject(agent_socket: str | None, path: Path, key_path: Path | None, *, now: bool, as_json: bool) -> int:
+def preview_inject(client: Any, items: list, key_path: Path | None, *, now: bool, as_json: bool) -> int:
     """``inject --preview``: sign, check against the agent's trust root, preview, print; nothing is injected."""
     from grapevine.cli.output import emit_json
 
     from .bundle import check_before_inject
-    from .fleet import agent_client, load_items
 
     if key_path is None:
         raise click.UsageError("--preview needs --key: it signs the candidate (publisher) and the preview order (operator)")
     if now:
         raise click.UsageError("--preview changes nothing; --now and --wait do not go with it")
-    client = agent_client(agent_socket)
-    items = load_items(path, key_path)
     check_before_inject(client, items)  # a bundle outside its publisher's grant is refused here (exit 2)
     doc = preview_candidates(client.path, items, key_path)
     if as_json:

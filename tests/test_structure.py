@@ -18,11 +18,7 @@ MAX_LINES = 600  # STYLE.md: a module past this is asking to be split along a se
 
 # Modules over the limit today, each being split on its own branch. This list only shrinks: an entry
 # that is back under the limit must be removed (the test below says so), and nothing is ever added.
-OVER_THE_LIMIT = {
-    "node/runs.py",
-    "node/agent.py",
-    "policy/trust.py",
-}
+OVER_THE_LIMIT: set[str] = set()  # modules allowed past the limit while they are split: keep it empty
 
 
 def _modules() -> list[Path]:

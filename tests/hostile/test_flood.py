@@ -24,11 +24,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from bench_flood import applied_everywhere, doc, health_once, rss_mib  # noqa: E402
-from hostile_peer import scrape_metrics  # noqa: E402
+from benchmarks.bench_flood import applied_everywhere, doc, health_once, rss_mib
+from tests.hostile.hostile_peer import scrape_metrics
 
 from grapevine.cli.demo import LocalMesh  # noqa: E402
 

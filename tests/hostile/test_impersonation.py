@@ -12,16 +12,13 @@ remove one to accept a re-keyed node.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 
 import aiohttp
 import msgpack
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from hostile_peer import HostilePeer, scrape_metrics  # noqa: E402
+from tests.hostile.hostile_peer import HostilePeer, scrape_metrics
 
 from grapevine.gossip import codec  # noqa: E402
 from grapevine.gossip import messages as m  # noqa: E402

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "node"))
 
-from agentproc import Fleet, Keys, make_keys  # noqa: E402
+from tests.node.agentproc import Fleet, Keys, make_keys  # noqa: E402
 
 
 @pytest.fixture(scope="session")

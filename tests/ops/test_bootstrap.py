@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agentproc import pack_bundle, wait_until
+from tests.node.agentproc import pack_bundle, wait_until
 
 EXE = [sys.executable, "-m", "grapevine.cli.main"]
 SUBNET = "10.213.78"  # private range used only between the two namespaces this test creates

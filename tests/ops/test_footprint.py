@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agentproc import free_ports, pack_bundle, wait_until
+from tests.node.agentproc import free_ports, pack_bundle, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+-]+|\+Inf|NaN)$')

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agentproc import free_ports
+from tests.node.agentproc import free_ports
 from grapevine.node.sdnotify import Notifier, socket_address, watchdog_interval_s
 
 UNIT = Path(__file__).resolve().parents[2] / "node" / "grapevine-agent.service"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agentproc import free_ports, pack_bundle, wait_until
+from tests.node.agentproc import free_ports, pack_bundle, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

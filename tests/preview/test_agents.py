@@ -14,7 +14,7 @@ import json
 import time
 
 import pytest
-from agentproc import Fleet, Keys, free_ports, wait_until, write_bundle
+from tests.node.agentproc import Fleet, Keys, free_ports, wait_until, write_bundle
 
 from grapevine.cli.preview import fleet_plan
 from grapevine.cli.run import agent_stream, build_order
