@@ -38,11 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from grapevine.cli.fleet import AgentClient
-from grapevine.node.netkey import generate_key, write_key_file
+from grapevine.cli.client import AgentClient
+from grapevine.cli.localfleet import LocalFleet
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import build_root, init_root, write_item_file
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -114,32 +113,19 @@ class Procs:
 # -- grapevine -----------------------------------------------------------------
 def start_grapevine(n: int, base: Path, procs: Procs, preset: str, fsync: str,
                     loop: str = "asyncio") -> tuple[list[subprocess.Popen], list[Path], SigningKey]:
-    base.mkdir(parents=True, exist_ok=True)
-    keys = base / "keys"
-    keys.mkdir()
-    alice = SigningKey.generate()
-    alice.save(keys / "alice.key")
-    t = now_ms()
-    root = build_root(serial=1, now_ms=t, expires_days=1, admins=[alice.public], threshold=1, publishers=[(alice.public, "*")])
-    write_item_file(keys / "root.gv", init_root(root, [alice], t))
-    write_key_file(keys / "fleet.netkey", generate_key())
-    ports = free_ports(n)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAPEVINE_")}
-    env.update(GRAPEVINE_GOSSIP_PRESET=preset, GRAPEVINE_LOG_LEVEL="warning", GRAPEVINE_FSYNC=fsync,
-               GRAPEVINE_EVENT_LOOP=loop)
+    env = {"GRAPEVINE_LOG_LEVEL": "warning", "GRAPEVINE_FSYNC": fsync, "GRAPEVINE_EVENT_LOOP": loop}
     env.update({k[len("BENCH_"):]: v for k, v in os.environ.items() if k.startswith("BENCH_GRAPEVINE_")})  # extra agent settings
+    fleet = LocalFleet(base / "grapevine", preset=preset, env=env)
     pids, socks = [], []
-    for i, port in enumerate(ports):
-        d = base / f"g{i}"
-        (d / "root").mkdir(parents=True)
-        argv = [sys.executable, "-m", "grapevine.cli.main", "agent", "--name", f"g{i}", "--bind", f"127.0.0.1:{port}",
-                "--data-dir", str(d / "data"), "--root", str(d / "root"), "--trust", str(keys / "root.gv"),
-                "--network-key", str(keys / "fleet.netkey"), "--tag", f"role={'web' if i % 2 == 0 else 'db'}"]
-        if i:
-            argv += ["--join", f"127.0.0.1:{ports[0]}", "--join", f"127.0.0.1:{ports[(i * 7) % i]}"]
-        pids.append(procs.start(argv, d / "agent.log", env))
-        socks.append(d / "data" / "agent.sock")
+    for i in range(n):
+        joins = [fleet.agents[0].address, fleet.agents[(i * 7) % i].address] if i else []
+        a = fleet.add(f"g{i}", tags={"role": "web" if i % 2 == 0 else "db"}, join=joins)
+        a.start()
+        procs.procs.append(a.proc)  # Procs ends every agent by its PID, with the peers' processes
+        pids.append(a.proc)
+        socks.append(Path(a.socket))
         time.sleep(0.05)
+    alice = fleet.keys.author_key
     clients = [AgentClient(str(s), 10) for s in socks]
     wait_until(lambda: all(s.exists() for s in socks), 120, what="grapevine agents to start")
     wait_until(lambda: len({c.get("/v1/status")["store_digest"] for c in clients}) == 1
