@@ -27,7 +27,8 @@ from typing import Any, Iterator
 import click
 
 from grapevine.cli.output import emit_json, json_option
-from grapevine.gossip.errors import GrapevineError
+from grapevine.gossip.errors import ConfigError, GrapevineError, Reason
+from grapevine.gossip.item import Version
 
 CONNECT_TIMEOUT_S = 10.0  # the local agent answers at once or is not there
 CONVERGE_TIMEOUT_S = 3600.0  # a converge may install packages
@@ -42,7 +43,7 @@ class AgentRefused(GrapevineError):
     """The agent answered with an error (bad input: exit status 2)."""
 
     def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(f"{error}: {detail}" if detail else error)
+        super().__init__(f"{error}: {detail}" if detail else error, reason=Reason.from_text(error))
         self.status = status
         self.error = error
         self.detail = detail
@@ -381,7 +382,7 @@ def converge_injected(sock: str, items: list, key_path: Path, *, wait: bool, as_
         raise click.UsageError("--now: nothing to converge (no bundle among the injected items)")
     targets = {Bundle.decode(i.payload).target or "" for i in bundles}
     selector = targets.pop() if len(targets) == 1 else ""  # several targets: ask everyone, each checks its bundles
-    specs = [f"{i.key[len('bundle/'):]}@{i.version.wall_ms}.{i.version.counter}" for i in bundles]
+    specs = [f"{i.key[len('bundle/'):]}@{i.version.stamp}" for i in bundles]
     signed = build_order(sock=sock, key=SigningKey.load(key_path), selector=selector,
                          action=RunAction.converge(specs), timeout_s=DEFAULT_TIMEOUT_S, batched=False)
     if wait:
@@ -445,10 +446,9 @@ def fleet_status(client: AgentClient, selector: str = "") -> dict:
 
 
 def _stamp_key(text: str) -> tuple:
-    parts = (text or "").split(".", 2)
     try:
-        return int(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else ""
-    except (ValueError, IndexError):
+        return Version.parse(text)
+    except ConfigError:  # a node answering something else sorts first, never crashes the table
         return (0, 0, text or "")
 
 

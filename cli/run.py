@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import click
 
-from grapevine.gossip.errors import ConfigError, GrapevineError
+from grapevine.gossip.errors import ConfigError, GrapevineError, Reason
 from grapevine.policy import runorder
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction, RunOrder, SignedOrder
@@ -155,7 +155,8 @@ def agent_json(sock: str, method: str, path: str, body: Any = None, *, data: byt
         raise click.ClickException(f"the agent answered {path} with something that is not JSON") from None
     if resp.status >= 400:
         detail = (doc.get("detail") or doc.get("error")) if isinstance(doc, dict) else raw[:200]
-        raise GrapevineError(f"the agent refused {path}: {detail}")
+        reason = Reason.from_text(doc.get("error")) if isinstance(doc, dict) else Reason.REFUSED
+        raise GrapevineError(f"the agent refused {path}: {detail}", reason=reason)
     return doc
 
 
@@ -166,10 +167,11 @@ def agent_stream(sock: str, path: str, body: Any) -> Iterator[dict]:
         if resp.status >= 400:
             raw = resp.read()
             try:
-                detail = json.loads(raw).get("error")
+                doc = json.loads(raw)
+                detail, reason = doc.get("detail") or doc.get("error"), Reason.from_text(doc.get("error"))
             except (ValueError, AttributeError):
-                detail = raw[:200].decode("utf-8", "replace")
-            raise GrapevineError(f"the agent refused the run: {detail}")
+                detail, reason = raw[:200].decode("utf-8", "replace"), Reason.REFUSED
+            raise GrapevineError(f"the agent refused the run: {detail}", reason=reason)
         try:
             for line in resp.lines():
                 yield json.loads(line)
