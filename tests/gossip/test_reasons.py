@@ -181,3 +181,26 @@ def test_reason_is_a_str_enum_so_wire_and_json_forms_are_unchanged():
     assert issubclass(Reason, enum.StrEnum)
     assert json.dumps({"error": Reason.NOT_FOUND}) == '{"error": "NotFound"}'
     assert msgpack.unpackb(msgpack.packb({"refused": Reason.REPLAYED})) == {"refused": "Replayed"}
+
+
+def test_the_command_line_prints_the_reason_first(tmp_path, capsys):
+    """A bad policy file: exit 2 and ``error: Malformed: ...`` (the reason once, then the detail)."""
+    from grapevine.cli.main import main
+
+    bad = tmp_path / "site.yaml"
+    bad.write_text("bundle: [unclosed\n")
+    assert main(["converge", "--local", str(bad), "--root", str(tmp_path / "root")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Malformed: ") and err.count("Malformed") == 1, err
+
+
+def test_a_refusal_that_already_names_its_reason_is_not_prefixed_twice(capsys, monkeypatch):
+    from grapevine.cli import main as cli_main
+    from grapevine.policy.trust import Refusal
+
+    def boom(*a, **k):
+        raise Refusal("OutOfScope", "bundle 'x' by k: path /etc/shadow")
+
+    monkeypatch.setattr(cli_main.cli, "main", boom)
+    assert cli_main.main(["status"]) == 2
+    assert capsys.readouterr().err == "error: OutOfScope: bundle 'x' by k: path /etc/shadow\n"

@@ -23,6 +23,7 @@ from grapevine.cli.run import agent_json
 from grapevine.gossip import codec
 from grapevine.gossip import messages as m
 from grapevine.gossip.messages import DIGEST_LEN
+from grapevine.node.frames import pack_envelope, unpack_envelope
 from grapevine.node.netkey import KeyRing, generate_key, read_key_file, write_key_file
 from grapevine.policy import runorder
 from grapevine.policy.keys import SigningKey
@@ -102,9 +103,17 @@ def _ring(keys: Keys) -> KeyRing:
     return ring
 
 
-def _seal(keys: Keys, sender: str, body) -> bytes:
-    """A frame as any holder of the network key can make it, claiming any sender."""
-    return _ring(keys).seal(msgpack.packb([1, sender, body], use_bin_type=True))
+MALLORY_KEY = SigningKey.generate()  # a network-key holder's own node key, pinned to "mallory" on first sight
+
+
+def _seal(keys: Keys, sender: str, body, *, dest: str = "", node_key: SigningKey = MALLORY_KEY) -> bytes:
+    """A frame as a holder of the network key makes it: ``body`` is a gossip frame (bytes) or a route body."""
+    raw = body if isinstance(body, bytes) else msgpack.packb(body, use_bin_type=True)
+    return _ring(keys).seal(pack_envelope(node_key, sender, dest, raw))
+
+
+def _answer(keys: Keys, data: bytes):
+    return msgpack.unpackb(unpack_envelope(_ring(keys).open(data)).body, raw=False)
 
 
 def _post(agent, path: str, frame: bytes) -> tuple[int, bytes]:
@@ -134,7 +143,7 @@ def test_a_forged_query_naming_a_stranger_makes_no_node_answer_it(world):
         eph = m.Ephemeral(msg_id=os.urandom(DIGEST_LEN), origin=victim.node_id,
                           deadline_ms=time.time_ns() // 1_000_000 + 10_000, hops=1,
                           payload=msgpack.packb(["query", query], use_bin_type=True))
-        frame = _seal(fleet.keys, "mallory@127.0.0.1:9", codec.encode(eph))
+        frame = _seal(fleet.keys, "mallory@127.0.0.1:9", codec.encode(eph), dest=agents[0].node_id)
         status, _ = _post(agents[0], "/v1/gossip", frame)
         assert status == 204
         refused = lambda: all(a.metric("grapevine_run_refusals_total", 'reason="UnknownOrigin"') >= 1 for a in agents)
@@ -156,7 +165,7 @@ def test_an_order_naming_a_stranger_as_origin_is_refused_and_nothing_is_sent_the
             status, data = _post(a, "/v1/peer/run.order", _seal(fleet.keys, "mallory@127.0.0.1:9",
                                                                    {"order": signed.to_wire(), "ticket": b"x" * 64}))
             assert status == 200
-            replies.append(msgpack.unpackb(_ring(fleet.keys).open(data), raw=False)[2])
+            replies.append(_answer(fleet.keys, data))
         time.sleep(0.5)
         assert victim.hits == []  # no key fetch, no result post to the stranger
         assert [r.get("refused") for r in replies] == ["UnknownOrigin"] * AGENTS, replies
@@ -173,7 +182,9 @@ def test_history_runs_lists_executed_and_refused_orders_here_and_fleet_wide(worl
     assert res.returncode == 1 and len(done["results"]) == AGENTS, res.stderr
     run_id = done["run_id"]
     expired = _order(operator, origin.node_id, "echo late", deadline_ms=time.time_ns() // 1_000_000 - 1)
-    _post(agents[2], "/v1/peer/run.order", _seal(fleet.keys, origin.node_id, {"order": expired.to_wire()}))
+    origin_key = SigningKey.load(origin.data_dir / "node.key")  # the order comes from the origin itself
+    _post(agents[2], "/v1/peer/run.order", _seal(fleet.keys, origin.node_id, {"order": expired.to_wire()},
+                                                 node_key=origin_key))
 
     local = fleet.cli_json("history", "--runs", agent=agents[2])
     rows = {r["order"]: r for r in local["runs"]}
