@@ -131,7 +131,7 @@ def make_api_app(host: ApiLink) -> web.Application:
         try:
             version = Version.parse(request.query.get("version", ""))
         except ConfigError as exc:
-            return _error(400, exc.reason, str(exc))
+            return _error(400, "BadRequest", str(exc))
         found = host.state.get_version(key, version)
         if found is None:
             return _error(404, "NotFound", f"{key} version {version} is not stored here")

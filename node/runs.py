@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 
 from grapevine.gossip import wire
+from grapevine.gossip.errors import ProtocolError, Reason
 from grapevine.policy import runorder, selectors
 from grapevine.policy.keys import PublicKey, SigningKey
 from grapevine.policy.runorder import RunRefused, RunResult, SignedOrder, SignedResult
@@ -293,7 +294,7 @@ class RunService:
         try:
             held = await self.peers.send(origin, KEY_ROUTE, {})
             if not isinstance(held, dict) or held.get("n") != origin or not isinstance(held.get("pk"), bytes):
-                raise ValueError("the node at that address is another node")
+                raise ProtocolError("the node at that address is another node", reason=Reason.UNKNOWN_ORIGIN)
             key = PublicKey.from_bytes(held["pk"])
         except Exception as exc:  # the origin is gone, unreachable or not who the order names
             log.info("origin %s: its node key could not be fetched at its address: %s", origin, exc)

@@ -204,3 +204,22 @@ def test_a_refusal_that_already_names_its_reason_is_not_prefixed_twice(capsys, m
     monkeypatch.setattr(cli_main.cli, "main", boom)
     assert cli_main.main(["status"]) == 2
     assert capsys.readouterr().err == "error: OutOfScope: bundle 'x' by k: path /etc/shadow\n"
+
+
+# Exceptions that are not refusals of input, and so stand outside the GrapevineError tree.
+NOT_REFUSALS = {
+    ("node/lifecycle.py", "GracefulExit"),  # SIGTERM turned into one exception that unwinds the daemon
+    ("simulation/observers.py", "SafetyViolation"),  # the simulator's invariant checkers, not input errors
+    ("simulation/observers.py", "LivenessFailure"),
+}
+
+
+def test_every_exception_class_outside_the_tree_is_a_known_non_refusal():
+    builtin = {"Exception", "RuntimeError", "ValueError", "TypeError", "KeyError", "LookupError", "OSError"}
+    found = set()
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and any(_name(b) in builtin for b in node.bases):
+                if path.relative_to(ROOT) != Path("gossip/errors.py"):  # the root of the tree itself
+                    found.add((str(path.relative_to(ROOT)), node.name))
+    assert found == NOT_REFUSALS
