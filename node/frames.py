@@ -1,4 +1,4 @@
-"""The frame envelope: its limits, in one place, and the sender's node-key signature.
+"""The frame envelope: its limits (from the wire registry) and the sender's node-key signature.
 
 Inside the sealed frame (node/netkey.py) travels the envelope, a msgpack array::
 
@@ -15,8 +15,9 @@ route requests, whose target is an address, and their answers); a gossip frame
 addressed to another node is refused, so a key holder cannot replay one node's
 frame to a third.
 
-Every size the peer port checks is declared here: the transport, the fuzz
-targets and the tests read these names, never a number of their own.
+Every size the peer port checks is declared in the wire registry
+(gossip/wire.py) and re-exported here under the names the transport, the fuzz
+targets and the tests read; none of them spells a number of its own.
 """
 
 from __future__ import annotations
