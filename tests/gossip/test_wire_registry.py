@@ -93,6 +93,24 @@ def test_every_route_and_broadcast_the_daemon_installs_is_declared():
     assert all(len(r) <= wire.MAX_ROUTE_NAME_LEN for r in routes)
 
 
+def test_route_names_and_broadcast_kinds_come_from_the_registry():
+    """A new peer route or broadcast kind (rollout records, say) must be declared in gossip/wire.py first."""
+    offenders = []
+    for pkg in ("node", "cli", "policy"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            rel = str(path.relative_to(ROOT))
+            tree = ast.parse(path.read_text(), rel)
+            for name, value in _module_constants(path).items():
+                if name.endswith(("_ROUTE", "_KIND")) and isinstance(value, ast.Constant):
+                    offenders.append(f"{rel}: {name} = {value.value!r}")
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in ("add_peer_route", "on_broadcast", "broadcast")
+                        and any(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args[:2])):
+                    offenders.append(f"{rel}:{node.lineno}: {node.func.attr} with a literal name")
+    assert offenders == []
+
+
 def test_every_gossip_message_type_is_numbered_and_bounded_by_the_registry():
     assert set(codec.REGISTRY.values()) == set(m.MESSAGE_TYPES)
     assert codec.MAX_FRAME_BYTES == wire.MAX_GOSSIP_FRAME_BYTES
