@@ -140,7 +140,7 @@ def grapevine_round(socks: list[Path], author: SigningKey, r: int) -> tuple[floa
     if os.environ.get("BENCH_TARGET"):
         doc["target"] = os.environ["BENCH_TARGET"]
     item = pack(Bundle.from_document(doc, "bench"), author, now_ms())
-    version = f"{item.version.wall_ms}.{item.version.counter}.{item.version.author}"
+    version = str(item.version)
     src = clients[r % len(clients)]
     t0 = now_ms()
     src.post("/v1/inject", data=item.encode())

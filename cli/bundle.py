@@ -173,7 +173,7 @@ def show(bundle_file, as_json) -> None:
         emit_json(doc)
         return
     click.echo(f"bundle {b.name}  target {b.target or '(every node)'}")
-    click.echo(f"version {item.version.wall_ms}.{item.version.counter}  author {item.author}  {doc['bytes']} bytes")
+    click.echo(f"version {item.version.stamp}  author {item.author}  {doc['bytes']} bytes")
     for r in b.resources:
         click.echo(f"  {r}")
     for name, size in doc["files"].items():

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import click
 
-from grapevine.gossip.errors import GrapevineError
+from grapevine.gossip.errors import GrapevineError, Reason
 
 CONNECT_TIMEOUT_S = 10.0  # the local agent answers at once or is not there
 ENV_AGENT = "GRAPEVINE_AGENT"
@@ -32,7 +32,7 @@ class AgentRefused(GrapevineError):
     """The agent answered with an error (bad input: exit status 2)."""
 
     def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(f"{error}: {detail}" if detail else error)
+        super().__init__(f"{error}: {detail}" if detail else error, reason=Reason.from_text(error))
         self.status = status
         self.error = error
         self.detail = detail

@@ -31,6 +31,8 @@ from grapevine.cli.client import (  # noqa: F401 - AgentClient and its errors ar
     find_socket,
 )
 from grapevine.cli.output import emit_json, json_option
+from grapevine.gossip.errors import ConfigError, GrapevineError, Reason
+from grapevine.gossip.item import Version
 
 CONVERGE_TIMEOUT_S = 3600.0  # a converge may install packages
 
@@ -277,7 +279,7 @@ def converge_injected(sock: str, items: list, key_path: Path, *, wait: bool, as_
         raise click.UsageError("--now: nothing to converge (no bundle among the injected items)")
     targets = {Bundle.decode(i.payload).target or "" for i in bundles}
     selector = targets.pop() if len(targets) == 1 else ""  # several targets: ask everyone, each checks its bundles
-    specs = [f"{i.key[len('bundle/'):]}@{i.version.wall_ms}.{i.version.counter}" for i in bundles]
+    specs = [f"{i.key[len('bundle/'):]}@{i.version.stamp}" for i in bundles]
     signed = build_order(sock=sock, key=SigningKey.load(key_path), selector=selector,
                          action=RunAction.converge(specs), timeout_s=DEFAULT_TIMEOUT_S, batched=False)
     if wait:

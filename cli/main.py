@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return 2 if isinstance(exc, click.UsageError) else exc.exit_code
     except GrapevineError as exc:
-        click.echo(f"error: {exc}", err=True)
+        text = str(exc)  # the reason first, as metrics, logs and the API spell it
+        click.echo(f"error: {text}" if text.startswith(f"{exc.reason}:") else f"error: {exc.reason}: {text}", err=True)
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code

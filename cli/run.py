@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import click
 
-from grapevine.gossip.errors import ConfigError, GrapevineError
+from grapevine.gossip.errors import ConfigError, GrapevineError, Reason
 from grapevine.policy import runorder
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction, RunOrder, SignedOrder

@@ -27,23 +27,25 @@ from typing import Any, Callable
 import msgpack
 
 from . import messages as m
+from . import wire
 from .errors import ProtocolError
-from .item import MAX_KEY_LEN, MAX_PAYLOAD_BYTES, SignedItem
+from .item import SignedItem
 
-PROTOCOL_VERSION = 1  # bumped only for changes old nodes cannot read
-MIN_PROTOCOL_VERSION = 1  # oldest version this build still decodes
+# Every limit is declared (with the reason for its value) in the wire registry; all are checked
+# before a body is decoded. ``MAX_FRAME_BYTES`` here is the gossip message bound, inside an envelope.
+from .wire import (  # noqa: F401  (re-exported: callers and tests read codec.MAX_*)
+    MAX_AUTHOR_LEN, MAX_BROADCAST_BYTES, MAX_IDS, MAX_KEY_ENTRIES, MAX_KEY_LEN, MAX_LEAF_GROUPS, MAX_LEAVES,
+    MAX_NODE_ID_BYTES, MAX_PEERS, MAX_TOP_DIGESTS, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+)
+from .wire import MAX_GOSSIP_ARRAY_LEN as MAX_ARRAY_LEN
+from .wire import MAX_GOSSIP_BIN_LEN as MAX_BIN_LEN
+from .wire import MAX_GOSSIP_DEPTH as MAX_DEPTH
+from .wire import MAX_GOSSIP_ELEMENTS as MAX_ELEMENTS
+from .wire import MAX_GOSSIP_FRAME_BYTES as MAX_FRAME_BYTES
+from .wire import MAX_GOSSIP_STR_LEN as MAX_STR_LEN
+from .wire import MAX_SYNC_ITEMS as MAX_ITEMS
 
-# Size limits, all checked before a body is decoded.
-MAX_FRAME_BYTES = 9 * 1024 * 1024  # one 4 MiB item plus a 4 MiB sync batch bound, with headroom
-MAX_DEPTH = 5  # nested arrays in the deepest legal frame: frame > items > item > signatures > pair
-MAX_STR_LEN = 1024  # node ids ("name@host:port") and item keys (256 chars, up to 4 bytes each)
-MAX_BIN_LEN = MAX_PAYLOAD_BYTES  # an item payload, the largest binary field
-MAX_ARRAY_LEN = 4096  # the longest list: SyncKeys entries of 16 leaves, well below 4096
-MAX_ELEMENTS = 40_000  # all objects in a frame: 4096 entries x 6 objects plus headers
-MAX_ITEMS = 256  # items in one SyncItems message (GossipConfig.max_sync_items default)
-MAX_PEERS = 64  # node ids in one shuffle sample (active + passive sample, with headroom)
-MAX_IDS = 1024  # message ids in one IHave or Graft
-MAX_ID_LEN = 256  # one node id
+assert m.DIGEST_LEN == wire.DIGEST_LEN, "gossip/messages.py must agree with the wire registry"
 
 # ONLY APPEND TO THIS LIST. The numbers are the protocol.
 REGISTRY: dict[int, type] = {
@@ -78,9 +80,14 @@ def _bad(what: str) -> ProtocolError:
     return ProtocolError(what)
 
 
+def _fits_node_id(v: str) -> bool:
+    """At most ``MAX_NODE_ID_BYTES`` in UTF-8 (what the envelope allows), cheaply for ASCII ids."""
+    return len(v) <= MAX_NODE_ID_BYTES and (v.isascii() or len(v.encode()) <= MAX_NODE_ID_BYTES)
+
+
 def _node_id(v: Any) -> str:
-    if type(v) is not str or not v or len(v) > MAX_ID_LEN:
-        raise _bad(f"node id must be a string of 1..{MAX_ID_LEN} characters")
+    if type(v) is not str or not v or not _fits_node_id(v):
+        raise _bad(f"node id must be a string of 1..{MAX_NODE_ID_BYTES} bytes")
     return v
 
 
@@ -103,8 +110,8 @@ def _digest(v: Any) -> bytes:
 
 
 def _origin(v: Any) -> str:
-    if type(v) is not str or len(v) > MAX_ID_LEN:
-        raise _bad(f"origin must be a node id of at most {MAX_ID_LEN} characters, or empty")
+    if type(v) is not str or not _fits_node_id(v):
+        raise _bad(f"origin must be a node id of at most {MAX_NODE_ID_BYTES} bytes, or empty")
     return v
 
 
@@ -115,8 +122,8 @@ def _cause(v: Any) -> bytes:
 
 
 def _payload(v: Any) -> bytes:
-    if type(v) is not bytes or len(v) > MAX_PAYLOAD_BYTES:
-        raise _bad(f"payload must be bytes of at most {MAX_PAYLOAD_BYTES}")
+    if type(v) is not bytes or len(v) > MAX_BROADCAST_BYTES:
+        raise _bad(f"broadcast payload must be bytes of at most {MAX_BROADCAST_BYTES}")
     return v
 
 
@@ -153,12 +160,12 @@ def _ids_in(v: Any) -> tuple[bytes, ...]:
 
 
 def _digests_in(v: Any) -> tuple[bytes, ...]:
-    return tuple(_digest(d) for d in _list(v, 16, "digest list"))
+    return tuple(_digest(d) for d in _list(v, MAX_TOP_DIGESTS, "digest list"))
 
 
 def _groups_in(v: Any) -> tuple[tuple[int, tuple[bytes, ...]], ...]:
     out = []
-    for g in _list(v, 16, "leaf groups"):
+    for g in _list(v, MAX_LEAF_GROUPS, "leaf groups"):
         g = _list(g, 2, "leaf group")
         if len(g) != 2:
             raise _bad("leaf group must be [index, digests]")
@@ -167,17 +174,17 @@ def _groups_in(v: Any) -> tuple[tuple[int, tuple[bytes, ...]], ...]:
 
 
 def _leaves_in(v: Any) -> tuple[int, ...]:
-    return tuple(_uint(x) for x in _list(v, 256, "leaf list"))
+    return tuple(_uint(x) for x in _list(v, MAX_LEAVES, "leaf list"))
 
 
 def _entries_in(v: Any) -> tuple[m.KeyEntry, ...]:
     out = []
-    for e in _list(v, MAX_ARRAY_LEN, "key entries"):
+    for e in _list(v, MAX_KEY_ENTRIES, "key entries"):
         e = _list(e, 5, "key entry")
         if len(e) != 5:
             raise _bad("key entry must be [key, wall_ms, counter, author, digest]")
         author = e[3]
-        if type(author) is not str or len(author) > MAX_ID_LEN:
+        if type(author) is not str or len(author) > MAX_AUTHOR_LEN:
             raise _bad("key entry author must be a short string")
         out.append((_key(e[0]), _uint(e[1]), _uint(e[2]), author, _digest(e[4])))
     return tuple(out)

@@ -13,19 +13,16 @@ key, the version and the payload, so it covers exactly the bytes that travel.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import msgpack
 
-from .errors import ProtocolError
+from .errors import ConfigError, ProtocolError
 
-# Limits checked by ``SignedItem.from_wire`` before an item is built.
-MAX_KEY_LEN = 256  # "bundle/<name>" names are short; 256 leaves room for deep prefixes
-MAX_AUTHOR_LEN = 64  # key ids are 16 hex chars; 64 allows other id schemes
-MAX_PAYLOAD_BYTES = 4 * 1024 * 1024  # a bundle with attached files; larger files belong elsewhere
-MAX_SIGNATURES = 16  # a trust root signed by a threshold of admins
-MAX_SIGNATURE_LEN = 128  # Ed25519 signatures are 64 bytes
+# Limits checked by ``SignedItem.from_wire`` before an item is built: declared in the wire registry.
+from .wire import MAX_AUTHOR_LEN, MAX_ITEM_BYTES, MAX_KEY_LEN, MAX_PAYLOAD_BYTES, MAX_SIGNATURE_LEN, MAX_SIGNATURES
 
 SIGNING_DOMAIN = "grapevine/item/1"
 
@@ -40,6 +37,36 @@ class Version(NamedTuple):
     wall_ms: int
     counter: int
     author: str
+
+    # The one text form of a version, the one operators see and type (API, CLI, logs, history):
+    # ``WALL_MS.COUNTER.AUTHOR``. The author may itself hold dots; the first two never do.
+    def __str__(self) -> str:
+        return f"{self.wall_ms}.{self.counter}.{self.author}"
+
+    @property
+    def stamp(self) -> str:
+        """``WALL_MS.COUNTER``: the clock stamp alone (a converge order names ``bundle@stamp``)."""
+        return f"{self.wall_ms}.{self.counter}"
+
+    @classmethod
+    def parse(cls, text: str) -> Version:
+        """``str(v)`` back to ``v``; ``ConfigError`` (reason Malformed) for anything else."""
+        m = _VERSION_TEXT.fullmatch(text) if isinstance(text, str) else None
+        if m is None:
+            raise ConfigError(f"version {text!r} must look like WALL_MS.COUNTER.AUTHOR (see `grapevine history`)")
+        return cls(int(m[1]), int(m[2]), m[3])
+
+    @staticmethod
+    def parse_stamp(text: str) -> tuple[int, int]:
+        """``WALL_MS.COUNTER`` (optionally followed by ``.AUTHOR``) -> (wall_ms, counter); ConfigError otherwise."""
+        m = _STAMP_TEXT.match(text) if isinstance(text, str) else None
+        if m is None:
+            raise ConfigError(f"version stamp {text!r} must look like WALL_MS.COUNTER")
+        return int(m[1]), int(m[2])
+
+
+_VERSION_TEXT = re.compile(r"([0-9]{1,20})\.([0-9]{1,20})\.(.+)", re.DOTALL)
+_STAMP_TEXT = re.compile(r"([0-9]{1,20})\.([0-9]{1,20})(?:\.|\Z)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,7 +143,7 @@ class SignedItem:
         return msgpack.packb(self.to_wire(), use_bin_type=True)
 
     @classmethod
-    def decode(cls, data: bytes, max_bytes: int = MAX_PAYLOAD_BYTES + 64 * 1024) -> SignedItem:
+    def decode(cls, data: bytes, max_bytes: int = MAX_ITEM_BYTES) -> SignedItem:
         if len(data) > max_bytes:
             raise ProtocolError(f"item of {len(data)} bytes exceeds the limit of {max_bytes}")
         try:
@@ -126,7 +153,7 @@ class SignedItem:
                 strict_map_key=True,
                 max_bin_len=MAX_PAYLOAD_BYTES,
                 max_str_len=MAX_KEY_LEN * 4,
-                max_array_len=64,
+                max_array_len=64,  # the item (6 fields) and its signature list; from_wire counts signatures
                 max_map_len=0,
                 max_ext_len=0,
             )

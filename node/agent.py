@@ -35,10 +35,9 @@ import signal
 import time
 from typing import Any, Awaitable, Callable
 
-import msgpack
 from aiohttp import web
 
-from grapevine.gossip import codec
+from grapevine.gossip import codec, wire
 from grapevine.gossip.effects import Delivered, ItemAccepted, ItemRefused, PeerDown, PeerUp, Send
 from grapevine.gossip.errors import ConfigError, GrapevineError, ProtocolError
 from grapevine.gossip.item import SignedItem, Version
@@ -53,7 +52,7 @@ from .pins import Pins, pin_api_routes
 from .ports import ConvergeLink, Membership, NodeWork, PeerLink, RunBook, fleet_status_info
 from .preview import Previewer
 from .runs import QUERY_KIND, RunService
-from .state import PEERS_KEEP, State, version_text
+from .state import PEERS_KEEP, State
 from .transport import FrameRefused, Transport, peer_address
 
 log = logging.getLogger("grapevine.node")
@@ -64,7 +63,7 @@ NODE_KEY_FILE = "node.key"
 LOCK_FILE = "agent.lock"
 PEERS_SAVE_S = 60.0  # the passive view is written back this often (active peers are written when they come up)
 MIN_TICK_S = 0.002  # never spin faster than this even if the core asks for "now"
-HELLO_ROUTE = "hello"
+HELLO_ROUTE = wire.ROUTE_HELLO
 JOINER_IDLE_S = 30.0  # a connected node re-checks its join list this often (it is woken when isolated)
 BroadcastHandler = Callable[[str, Any, bytes], Awaitable[Any] | Any]
 
@@ -198,7 +197,7 @@ class Agent:
     # -- extension API --------------------------------------------------
     def broadcast(self, kind: str, body: object, ttl_ms: int) -> bytes:
         """Ephemeral broadcast over the gossip tree (not delivered to this node)."""
-        payload = msgpack.packb([kind, body], use_bin_type=True)
+        payload = wire.Broadcast(kind, body).pack()
         now = now_ms()
         msg_id, effects = self.node.broadcast(payload, now, ttl_ms)
         self._apply(effects, now)
@@ -244,7 +243,7 @@ class Agent:
             for e in accepted:
                 self.admission.on_accepted(e.item)
                 self.metrics.admissions.labels("local" if e.source is None else "peer").inc()
-                log.info("accepted %s %s from %s (%d hops)", e.item.key, version_text(e.item.version), e.source or "local", e.hops)
+                log.info("accepted %s %s from %s (%d hops)", e.item.key, e.item.version, e.source or "local", e.hops)
             self.metrics.items.set(len(self.node.store))
             if any(e.item.key.startswith(BUNDLE_PREFIX) and self.convergence.concerns_me(e.item, now) for e in accepted):
                 self.schedule_converge("bundle")
@@ -299,11 +298,12 @@ class Agent:
 
     def _dispatch_broadcast(self, e: Any) -> None:
         try:
-            kind, body = msgpack.unpackb(e.payload, raw=False, max_bin_len=1 << 20, max_str_len=1 << 20)
-        except Exception:
-            self.metrics.bad_frames.labels("BadBroadcast").inc()
-            log.warning("undecodable broadcast from %s dropped", e.origin)
+            cast = wire.unpack_broadcast(e.payload)
+        except ProtocolError as exc:
+            self.metrics.bad_frames.labels(exc.reason).inc()
+            log.warning("undecodable broadcast from %s dropped: %s", e.origin, exc)
             return
+        kind, body = cast.kind, cast.body
         handler = self._broadcast_handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:
             log.debug("broadcast of unknown kind %r from %s ignored", kind, e.origin)

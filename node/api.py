@@ -34,12 +34,11 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
-from grapevine.gossip.errors import ConfigError, GrapevineError
+from grapevine.gossip.errors import ConfigError, GrapevineError, Reason
 from grapevine.gossip.item import SignedItem, Version
 from grapevine.policy import runorder
 
 from .netkey import KEY_BYTES
-from .state import version_text
 
 if TYPE_CHECKING:
     from .keystore import NetworkKeys
@@ -51,16 +50,9 @@ MAX_API_BODY = 8 * 1024 * 1024  # one packed item (4 MiB payload) with room to s
 MAX_API_BODY = max(MAX_API_BODY, 2 * runorder.MAX_PREVIEW_ORDER_BYTES + 64 * 1024)
 
 
-def parse_version(text: str) -> Version:
-    """'wall.counter.author' -> Version (ConfigError on anything else)."""
-    parts = text.split(".", 2)
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or not parts[2]:
-        raise ConfigError(f"version {text!r} must look like WALL_MS.COUNTER.AUTHOR (see `grapevine history`)")
-    return Version(int(parts[0]), int(parts[1]), parts[2])
-
-
-def _error(status: int, error: str, detail: str) -> web.Response:
-    return web.json_response({"error": error, "detail": detail}, status=status)
+def _error(status: int, error: Reason | str, detail: str) -> web.Response:
+    """The local API's one error document: ``error`` is a ``Reason``, the word metrics and logs use."""
+    return web.json_response({"error": Reason(error), "detail": detail}, status=status)
 
 
 async def _json_body(request: web.Request) -> dict:
@@ -114,9 +106,9 @@ def make_api_app(host: ApiLink) -> web.Application:
                 target = None
             a = applied.get(name)
             rows.append({
-                "name": name, "version": version_text(version), "author": version.author, "target": target,
+                "name": name, "version": str(version), "author": version.author, "target": target,
                 "targeted": name in targeted, "applied": is_applied,
-                "applied_version": version_text(a[0]) if a else None, "applied_ok": a[2] if a else None,
+                "applied_version": str(a[0]) if a else None, "applied_ok": a[2] if a else None,
                 "applied_ms": a[1] if a else None,
             })
         return web.json_response({"node": host.node_id, "bundles": rows})
@@ -130,7 +122,7 @@ def make_api_app(host: ApiLink) -> web.Application:
         return web.json_response({
             "key": key,
             "versions": [
-                {"index": i + 1, "version": version_text(e.version), "author": e.version.author,
+                {"index": i + 1, "version": str(e.version), "author": e.version.author,
                  "wall_ms": e.version.wall_ms, "accepted_ms": e.accepted_ms, "source": e.source,
                  "size": e.size, "current": e.current}
                 for i, e in enumerate(entries)
@@ -140,25 +132,25 @@ def make_api_app(host: ApiLink) -> web.Application:
     async def item(request: web.Request) -> web.Response:
         key = request.query.get("key", "")
         try:
-            version = parse_version(request.query.get("version", ""))
+            version = Version.parse(request.query.get("version", ""))
         except ConfigError as exc:
             return _error(400, "BadRequest", str(exc))
         found = host.state.get_version(key, version)
         if found is None:
-            return _error(404, "NotFound", f"{key} version {version_text(version)} is not stored here")
-        return web.json_response({"key": key, "version": version_text(version), "item": base64.b64encode(found.encode()).decode()})
+            return _error(404, "NotFound", f"{key} version {version} is not stored here")
+        return web.json_response({"key": key, "version": str(version), "item": base64.b64encode(found.encode()).decode()})
 
     async def inject(request: web.Request) -> web.Response:
         data = await request.read()
         try:
             signed = SignedItem.decode(data)
         except GrapevineError as exc:
-            return _error(400, "Malformed", str(exc))
+            return _error(400, exc.reason, str(exc))
         accepted, reason, detail = host.publish(signed)
         if not accepted:
             status = 409 if reason == "Stale" else 422
             return _error(status, reason, detail or f"{signed.key} was refused")
-        return web.json_response({"accepted": True, "key": signed.key, "version": version_text(signed.version), "node": host.node_id})
+        return web.json_response({"accepted": True, "key": signed.key, "version": str(signed.version), "node": host.node_id})
 
     async def converge(request: web.Request) -> web.Response:
         doc = await _json_body(request) if request.can_read_body else {}
@@ -247,7 +239,7 @@ def make_api_app(host: ApiLink) -> web.Application:
         except web.HTTPException:
             raise
         except GrapevineError as exc:
-            return _error(400, type(exc).__name__, str(exc))
+            return _error(400, exc.reason, str(exc))
         except Exception as exc:
             log.exception("API %s %s failed", request.method, request.path)
             return _error(500, "InternalError", f"{type(exc).__name__}: {exc}")

@@ -22,7 +22,6 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 from grapevine.gossip.errors import GrapevineError
 from grapevine.gossip.item import SignedItem, Version
 
-from .state import version_text
 
 log = logging.getLogger("grapevine.node")
 
@@ -250,7 +249,7 @@ class Convergence:
             ok = not doc.get("failed") and not doc.get("error")
             doc.update(
                 node=self.node_id, at_ms=at, trigger=trigger, dry_run=dry_run,
-                versions={n: version_text(v) for n, v in versions.items()},
+                versions={n: str(v) for n, v in versions.items()},
             )
             doc.setdefault("bundles", sorted(versions))
             if self.conflicts:

@@ -28,6 +28,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from grapevine.gossip.errors import Reason
 from grapevine.policy import selectors
 from grapevine.policy.keys import PublicKey
 
@@ -126,7 +127,7 @@ class AnswerOutcome:
     """What became of one discovery answer at the origin."""
 
     accepted: bool
-    refused: str | None = None  # a reason the caller counts (KeyMismatch, SenderMismatch)
+    refused: Reason | None = None  # a reason the caller counts (KeyMismatch, SenderMismatch)
     gone: bool = False  # the query is no longer open
     late: str | None = None  # "during_run" (started anyway) or "after_run" (not started)
     run_id: str | None = None  # with late="after_run": the run that had ended
@@ -212,7 +213,7 @@ class QueryAnswer:
 class QueryDeclined:
     """Do not answer; ``reason`` is counted when it is a refusal (not a mere non-match)."""
 
-    reason: str | None
+    reason: Reason | None
     detail: str = ""
 
 
@@ -247,7 +248,7 @@ class QueryResponder:
             if not selectors.matches(query["s"] or None, facts):
                 return QueryDeclined(None)
         except selectors.SelectorSyntaxError as exc:
-            return QueryDeclined("Malformed", f"query with a bad selector: {exc.reason}")
+            return QueryDeclined("Malformed", f"query with a bad selector: {exc.message}")
         if query["o"] != origin:
             return QueryDeclined("WrongOrigin", f"query broadcast by {origin} asks for answers at {query['o']:.80}")
         if origin == self.me:

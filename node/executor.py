@@ -24,9 +24,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from grapevine.gossip.wire import MAX_RUN_OUTPUT_BYTES
+
 log = logging.getLogger("grapevine.node")
 
-MAX_OUTPUT_BYTES = 64 * 1024  # per stream: enough for a status page, small enough for one result frame
+MAX_OUTPUT_BYTES = MAX_RUN_OUTPUT_BYTES  # per stream (gossip/wire.py): enough for a status page, small enough for one result
 KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL: room for a clean exit, short against a deadline
 TIMEOUT_EXIT = 124  # what timeout(1) reports, so operators read it the same way
 START_FAILED_EXIT = 127  # what a shell reports for a command it cannot run

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from grapevine.gossip.errors import ConfigError
+from grapevine.gossip.item import Version
+
 STALE_CONVERGE_S = 3600.0  # a node whose last converge is older than this is flagged stale
 
 
 def stamp_key(text: str) -> tuple:
-    """A version's text ('wall.counter.author') as a sortable tuple; junk sorts first."""
-    parts = (text or "").split(".", 2)
+    """A version's text (``str(Version)``) as a sortable tuple; junk from a node sorts first, never crashes."""
     try:
-        return int(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else ""
-    except (ValueError, IndexError):
+        return tuple(Version.parse(text))
+    except ConfigError:
         return (0, 0, text or "")
 
 

@@ -1,4 +1,4 @@
-"""The frame envelope: its limits, in one place, and the sender's node-key signature.
+"""The frame envelope: its limits (from the wire registry) and the sender's node-key signature.
 
 Inside the sealed frame (node/netkey.py) travels the envelope, a msgpack array::
 
@@ -15,8 +15,9 @@ route requests, whose target is an address, and their answers); a gossip frame
 addressed to another node is refused, so a key holder cannot replay one node's
 frame to a third.
 
-Every size the peer port checks is declared here: the transport, the fuzz
-targets and the tests read these names, never a number of their own.
+Every size the peer port checks is declared in the wire registry
+(gossip/wire.py) and re-exported here under the names the transport, the fuzz
+targets and the tests read; none of them spells a number of its own.
 """
 
 from __future__ import annotations
@@ -29,39 +30,21 @@ from typing import Any
 import msgpack
 
 from grapevine.gossip import codec
-from grapevine.gossip.errors import ProtocolError
-from grapevine.policy import runorder
+from grapevine.gossip.errors import ProtocolError, Reason
 from grapevine.policy.keys import PublicKey, SigningKey
 
-from .netkey import FRAME_HEADER_BYTES, SEAL_OVERHEAD
+from .netkey import FRAME_HEADER_BYTES
 
-ENVELOPE_VERSION = 2  # 2: sender key and signature; 1 had neither
 SIGN_DOMAIN = b"grapevine-frame-v2\x00"  # a frame signature can never pass for an item or run-order signature
-PUBLIC_KEY_BYTES = 32
-SIGNATURE_BYTES = 64
 
-# -- limits -------------------------------------------------------------------------------
-MAX_NODE_ID_LEN = 320  # "name@host:port": 63-char name + an IPv6 literal with brackets and port, generously
-# The largest gossip message is the codec's bound (one 4 MiB item beside a 4 MiB sync batch);
-# the envelope adds two node ids, a key, a signature and msgpack headers.
-MAX_MESSAGE_BYTES = codec.MAX_FRAME_BYTES
-ENVELOPE_OVERHEAD = 2 * MAX_NODE_ID_LEN + PUBLIC_KEY_BYTES + SIGNATURE_BYTES + 64
-MAX_FRAME_BYTES = MAX_MESSAGE_BYTES + ENVELOPE_OVERHEAD + SEAL_OVERHEAD  # the one frame cap: POSTs and links
-# Peer-route bodies (run orders, results, queries) are small, except a preview order, which carries
-# its candidate bundles (policy/runorder.py MAX_PREVIEW_ORDER_BYTES); the route body adds the origin's
-# ticket, the retry flag and the map around them. Only authenticated frames are read this far.
-ROUTE_BODY_OVERHEAD = 4096
-MAX_ROUTE_BODY_BYTES = max(1024 * 1024, runorder.MAX_PREVIEW_ORDER_BYTES + ROUTE_BODY_OVERHEAD)
-MAX_ROUTE_FRAME_BYTES = MAX_ROUTE_BODY_BYTES + ENVELOPE_OVERHEAD + SEAL_OVERHEAD
-MAX_ROUTE_ANSWER_BYTES = MAX_ROUTE_FRAME_BYTES  # what a route request reads back
-# A link is authenticated by a frame in its upgrade request, base64 in one header line:
-# it carries a few dozen bytes of body, and aiohttp refuses header lines above 8190 bytes anyway.
-MAX_LINK_TOKEN_BYTES = 2048
-# A link token is fresh per dial: one older than this (or this far ahead of our clock) is refused, and
-# one seen before is refused, so a captured token cannot open a link later. Five minutes is far
-# beyond the clock skew a fleet runs with (items more than 60 s ahead are refused anyway).
-LINK_TOKEN_HEADER = "X-Grapevine-Link"
-LINK_TOKEN_MAX_AGE_MS = 300_000
+# -- limits: declared, with the reason for each value, in the wire registry (gossip/wire.py) ---------
+from grapevine.gossip.wire import (  # noqa: E402,F401  (re-exported: the transport and tests read frames.MAX_*)
+    ENVELOPE_OVERHEAD, ENVELOPE_VERSION, LINK_TOKEN_HEADER, LINK_TOKEN_MAX_AGE_MS, MAX_LINK_TOKEN_BYTES,
+    MAX_NODE_ID_BYTES as MAX_NODE_ID_LEN, MAX_PEER_FRAME_BYTES as MAX_FRAME_BYTES, MAX_ROUTE_ANSWER_BYTES,
+    MAX_ROUTE_BODY_BYTES, MAX_ROUTE_CONTAINER_LEN, MAX_ROUTE_FRAME_BYTES, PUBLIC_KEY_BYTES, SIGNATURE_BYTES,
+)
+
+MAX_MESSAGE_BYTES = codec.MAX_FRAME_BYTES  # the largest envelope body: a gossip message
 LINK_TOKENS_REMEMBERED = 4096  # tokens kept to refuse replays: far more links than one node opens in 5 min
 __all__ = [
     "ENVELOPE_VERSION", "MAX_NODE_ID_LEN", "MAX_FRAME_BYTES", "MAX_ROUTE_BODY_BYTES", "MAX_ROUTE_FRAME_BYTES",
@@ -73,10 +56,9 @@ __all__ = [
 class FrameRefused(ProtocolError):
     """A frame the peer port will not use: ``reason`` is what metrics and logs count, ``status`` the HTTP answer."""
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(detail)
+    def __init__(self, status: int, reason: Reason | str, detail: str) -> None:
+        super().__init__(detail, reason=reason)
         self.status = status
-        self.reason = reason
 
 
 def node_name(node_id: str) -> str:
@@ -133,7 +115,7 @@ def unpack_route_body(body: bytes) -> Any:
     """A peer-route body (msgpack) with the route limits; FrameRefused(400, BadRouteBody)."""
     try:
         return msgpack.unpackb(body, raw=False, max_str_len=MAX_ROUTE_BODY_BYTES, max_bin_len=MAX_ROUTE_BODY_BYTES,
-                               max_array_len=4096, max_map_len=4096, max_ext_len=0)
+                               max_array_len=MAX_ROUTE_CONTAINER_LEN, max_map_len=MAX_ROUTE_CONTAINER_LEN, max_ext_len=0)
     except Exception as exc:
         raise FrameRefused(400, "BadRouteBody", f"route body is not valid msgpack: {exc}") from None
 

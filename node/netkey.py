@@ -36,7 +36,8 @@ import nacl.exceptions
 import nacl.secret
 import nacl.utils
 
-from grapevine.gossip.errors import ConfigError, ProtocolError
+from grapevine.gossip import wire
+from grapevine.gossip.errors import ConfigError, ProtocolError, Reason
 
 MAGIC_SEALED = b"G\x02"  # 2: header and body sealed apart (1 sealed the frame in one box)
 MAGIC_PLAIN = b"G\x00"
@@ -48,15 +49,16 @@ _LEN = struct.Struct(">I")  # the body length in the header: frames stay far bel
 KEY_PREFIX_BYTES = 2 + KEY_ID_BYTES  # magic and key id, in clear
 FRAME_HEADER_BYTES = KEY_PREFIX_BYTES + _NONCE + _LEN.size + _MAC  # 50: all a stranger gets us to read
 SEAL_OVERHEAD = FRAME_HEADER_BYTES + _MAC  # header plus the body's MAC
+# The frame limits (gossip/wire.py) are computed from these two; they must not drift apart.
+assert (FRAME_HEADER_BYTES, SEAL_OVERHEAD) == (wire.SEAL_HEADER_BYTES, wire.SEAL_OVERHEAD_BYTES), "see gossip/wire.py"
 FILE_PREFIX = "grapevine-netkey-v1:"  # so a netkey file is never mistaken for a signing key
 
 
 class BadSeal(ProtocolError):
     """A frame that is not sealed with any installed key (or is not a frame)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+    def __init__(self, reason: Reason | str, detail: str) -> None:
+        super().__init__(detail, reason=reason)
 
 
 def key_id(key: bytes) -> str:

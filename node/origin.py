@@ -30,7 +30,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from grapevine.gossip.errors import GrapevineError
+from grapevine.gossip.errors import GrapevineError, Reason
 from grapevine.policy import runorder
 from grapevine.policy.keys import PublicKey
 from grapevine.policy.runorder import RunRefused, RunResult, SignedOrder, SignedResult
@@ -53,6 +53,8 @@ TRANSITIONS = {DISCOVERING: {RUNNING, DONE}, RUNNING: {DONE}, DONE: set()}
 class RunStateError(GrapevineError):
     """A run-origin transition that is not in ``TRANSITIONS`` (a bug, never input from outside)."""
 
+    reason = Reason.INTERNAL_ERROR
+
 
 @dataclass(frozen=True, slots=True)
 class PostOrder:
@@ -74,7 +76,7 @@ class Emit:
 class Count:
     """A refusal to count in /metrics (``reason``)."""
 
-    reason: str
+    reason: Reason
     detail: str = ""
 
 
@@ -269,7 +271,7 @@ class RunCoordinator:
             if reply.get("result") is not None:
                 out += self.on_result(reply["result"], now)[1]
         elif isinstance(reply, dict) and not self.settled(node):
-            reason, detail = str(reply.get("refused") or "Refused"), str(reply.get("detail") or "")
+            reason, detail = Reason.from_text(reply.get("refused")), str(reply.get("detail") or "")
             self.refused[node] = (reason, detail)
             out.append(Emit({"event": "refused", "node": node, "reason": reason, "detail": detail}))
         return out

@@ -12,6 +12,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Protocol
 
+from grapevine.gossip.item import Version
+
 
 class Peers(Protocol):
     """How run services reach other nodes."""
@@ -136,10 +138,8 @@ def fleet_status_info(*, targeted: Iterable[str], applied: dict, bundles: Iterab
             "last_heard_ms": status.get("last_heard_ms"), "active": status.get("active")}
 
 
-def version_text(v: Any) -> Any:
-    """A bundle version as fleet status shows it: ``wall.counter.author``."""
-    if v is None or isinstance(v, (str, bool)):
+def version_text(v: Any) -> str | None:
+    """A bundle version as fleet status shows it: ``str(Version)``, the one text form."""
+    if v is None or isinstance(v, str):
         return v
-    if isinstance(v, (tuple, list)) and len(v) >= 2:
-        return f"{v[0]}.{v[1]}" + (f".{v[2]}" if len(v) > 2 else "")
-    return str(v)
+    return str(v if isinstance(v, Version) else Version(*v))

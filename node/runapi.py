@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from grapevine.policy import runorder, selectors
+from grapevine.gossip.errors import ConfigError, GrapevineError, Reason
+from grapevine.policy import runorder
 from grapevine.policy.runorder import RunRefused, SignedOrder
 
 from .runexec import dumps, jsonable
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
     from .runs import RunService
 
 log = logging.getLogger("grapevine.node")
+
+
+def _refused(exc: Exception) -> web.Response:
+    """A refused local request: ``{"error": Reason, "detail": ...}`` like every local API error."""
+    reason = exc.reason if isinstance(exc, GrapevineError) else Reason.BAD_REQUEST
+    return web.json_response({"error": reason, "detail": str(exc)}, status=400)
 
 HISTORY_DEFAULT = 100  # rows `history --runs` shows without --limit
 HISTORY_MAX = 10_000  # rows one request may ask for: the retention bound
@@ -43,7 +50,7 @@ class RunApi:
         try:
             limit = max(1, min(HISTORY_MAX, int(request.query.get("limit", str(HISTORY_DEFAULT)))))
         except ValueError:
-            return web.json_response({"error": "BadRequest", "detail": "limit must be an integer"}, status=400)
+            return web.json_response({"error": Reason.BAD_REQUEST, "detail": "limit must be an integer"}, status=400)
         return web.json_response({"node": self.svc.me, "runs": self.svc.store.run_history(limit)})
 
     async def query(self, request: web.Request) -> web.Response:
@@ -51,8 +58,8 @@ class RunApi:
             req = await request.json()
             kind, sel = str(req.get("kind") or "status"), str(req.get("selector") or "")
             answer = await self.svc.fleet_query(kind, sel)
-        except (ValueError, selectors.SelectorSyntaxError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+        except (ValueError, GrapevineError) as exc:
+            return _refused(exc)
         return web.json_response(answer)
 
     async def run(self, request: web.Request) -> web.StreamResponse:
@@ -63,15 +70,15 @@ class RunApi:
             batch = runorder.BatchSize.parse(req.get("batch"))
             max_failures = req.get("max_failures")
             if max_failures is not None and (not isinstance(max_failures, int) or max_failures < 0):
-                raise ValueError("max_failures must be a non-negative integer")
+                raise ConfigError("max_failures must be a non-negative integer")
             runorder.check_order(signed, root=svc.root(), now_ms=svc.wall(), facts=None)
             if signed.order.origin != svc.me:
                 raise RunRefused("WrongOrigin", f"order is for origin {signed.order.origin}, this is {svc.me}")
             if svc.running(signed.order.run_id):
                 raise RunRefused("Replayed", f"run {signed.order.run_id} is already in progress")
-        except (ValueError, KeyError, TypeError, RunRefused, runorder.ConfigError) as exc:
+        except (ValueError, KeyError, TypeError, GrapevineError) as exc:
             log.warning("run request refused: %s", exc)
-            return web.json_response({"error": str(exc)}, status=400)
+            return _refused(exc)
         live = svc.open_run(signed)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)

@@ -16,6 +16,9 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import msgpack
 
+from grapevine.gossip.errors import ConfigError
+from grapevine.gossip.item import Version
+from grapevine.gossip.wire import MAX_REPORT_BYTES
 from grapevine.policy import runorder
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunResult, SignedResult
@@ -25,9 +28,8 @@ from . import executor
 log = logging.getLogger("grapevine.node")
 
 MAX_CONCURRENT_RUNS = 16  # commands one node runs at once; more wait their turn
-MAX_REPORT_BYTES = 64 * 1024  # a converge report attached to a result, diffs dropped past this
 # A preview's plan is the whole result (no output streams), so it may fill what the two streams
-# would (runorder.MAX_RESULT_BYTES), less room for the other fields; diff text is dropped past it.
+# would (MAX_RESULT_BYTES), less room for the other fields; diff text is dropped past it.
 MAX_PLAN_BYTES = runorder.MAX_RESULT_BYTES - 8 * 1024
 BUNDLE_POLL_FIRST_S = 0.02  # a converge order waits for the bundles it names: first look after this...
 BUNDLE_POLL_MAX_S = 0.5  # ...then backing off to this
@@ -145,10 +147,9 @@ def wanted_versions(specs: tuple[str, ...]) -> dict[str, tuple[int, int]]:
         if "@" in spec:
             name, text = spec.split("@", 1)
             try:
-                wall, counter = (int(x) for x in text.split(".", 1))
-            except ValueError:
+                wanted[name] = Version.parse_stamp(text)
+            except ConfigError:
                 continue
-            wanted[name] = (wall, counter)
     return wanted
 
 
@@ -201,9 +202,8 @@ def stamp(v: Any) -> tuple[int, int] | None:
     if isinstance(v, (tuple, list)) and len(v) >= 2:
         return int(v[0]), int(v[1])
     if isinstance(v, str):
-        parts = v.replace("@", ".").split(".")
         try:
-            return int(parts[0]), int(parts[1])
-        except (ValueError, IndexError):
+            return Version.parse_stamp(v.rpartition("@")[2])
+        except ConfigError:
             return None
     return None

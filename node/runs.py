@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
+from grapevine.gossip import wire
+from grapevine.gossip.errors import ProtocolError, Reason
 from grapevine.policy import runorder, selectors
 from grapevine.policy.keys import PublicKey, SigningKey
 from grapevine.policy.runorder import RunRefused, RunResult, SignedOrder, SignedResult
@@ -49,11 +51,11 @@ from .target import Admit, RunTarget, audit_row, ticket_bytes, ticket_valid
 
 log = logging.getLogger("grapevine.node")
 
-QUERY_KIND = "query"  # broadcast kind of a discovery query (runs and fleet status)
-ANSWER_ROUTE = "query.answer"  # node -> origin: "I match"
-ORDER_ROUTE = "run.order"  # origin -> node: the signed order
-RESULT_ROUTE = "run.result"  # node -> origin: the signed result
-KEY_ROUTE = "run.key"  # node -> origin: the node key held at the origin's address (checks tickets)
+QUERY_KIND = wire.BROADCAST_QUERY  # broadcast kind of a discovery query (runs and fleet status)
+ANSWER_ROUTE = wire.ROUTE_QUERY_ANSWER  # node -> origin: "I match"
+ORDER_ROUTE = wire.ROUTE_RUN_ORDER  # origin -> node: the signed order
+RESULT_ROUTE = wire.ROUTE_RUN_RESULT  # node -> origin: the signed result
+KEY_ROUTE = wire.ROUTE_RUN_KEY  # node -> origin: the node key held at the origin's address (checks tickets)
 
 QUERY_TTL_MS = 10_000  # a query broadcast is dropped from seen-sets after this
 INLINE_RESULT_S = 1.0  # a command done this soon rides back in the order's reply (one request, not two)
@@ -298,7 +300,7 @@ class RunService:
         try:
             held = await self.peers.send(origin, KEY_ROUTE, {})
             if not isinstance(held, dict) or held.get("n") != origin or not isinstance(held.get("pk"), bytes):
-                raise ValueError("the node at that address is another node")
+                raise ProtocolError("the node at that address is another node", reason=Reason.UNKNOWN_ORIGIN)
             key = PublicKey.from_bytes(held["pk"])
         except Exception as exc:  # the origin is gone, unreachable or not who the order names
             log.info("origin %s: its node key could not be fetched at its address: %s", origin, exc)

@@ -97,11 +97,6 @@ class StoredReport:
     report: dict
 
 
-def version_text(v: Version) -> str:
-    """The form operators see and type: ``wall_ms.counter.author``."""
-    return f"{v.wall_ms}.{v.counter}.{v.author}"
-
-
 class State:
     def __init__(
         self, data_dir: Path, *, history_keep: int = HISTORY_KEEP_DEFAULT, reports_keep: int = 200, fsync: str = "local"

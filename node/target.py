@@ -28,6 +28,8 @@ from typing import Any, Callable, Protocol
 
 import msgpack
 
+from grapevine.gossip.errors import Reason
+from grapevine.gossip.wire import MAX_DETAIL_CHARS
 from grapevine.policy import runorder
 from grapevine.policy.keys import PublicKey
 from grapevine.policy.runorder import RunOrder, RunRefused, SignedOrder
@@ -36,7 +38,6 @@ from .ratelimit import TokenBucket
 
 TICKET_DOMAIN = "grapevine/run-ticket/1"  # what an origin signs for each node it starts
 MAX_EXECUTED = 1024  # recent executions a repeated order post from the origin is answered from
-MAX_DETAIL_CHARS = 240  # refusal details in peer replies: the envelope decoder caps strings at 320
 MAX_AUDIT_COMMAND_CHARS = 1000  # the command as recorded in the audit trail
 
 
@@ -67,7 +68,7 @@ class Admit:
 
 @dataclass(frozen=True, slots=True)
 class Refuse:
-    reason: str
+    reason: Reason
     detail: str
     order: RunOrder | None = None  # None: the order did not even decode
 

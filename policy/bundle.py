@@ -29,6 +29,7 @@ import msgpack
 
 from grapevine.gossip.errors import PolicyError, ProtocolError
 from grapevine.gossip.item import MAX_KEY_LEN, SignedItem, Version
+from grapevine.gossip.wire import MAX_SELECTOR_CHARS
 
 if TYPE_CHECKING:
     from .keys import SigningKey
@@ -41,7 +42,7 @@ MAX_RESOURCES = 10_000  # far above any hand-written bundle; bounds decode work
 MAX_FILES = 1_000  # attached templates and files per bundle
 MAX_FILE_NAME_LEN = 255  # one path component on common filesystems
 MAX_DEPTH = 32  # nesting of resource values; real entries are 2-3 levels deep
-MAX_TARGET_LEN = 4096  # a selector expression, not a program
+MAX_TARGET_LEN = MAX_SELECTOR_CHARS  # a selector expression, not a program
 MAX_CONTAINER_LEN = 100_000  # any one list or map while decoding
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what msgpack can carry
 # Values in one bundle's resources: each packs to at least one byte, so a bundle

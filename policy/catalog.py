@@ -26,7 +26,7 @@ import heapq
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from grapevine.gossip.errors import PolicyError
+from grapevine.gossip.errors import PolicyError, Reason
 
 from . import selectors
 from .resources import Resource, build, entry_type, ref_list
@@ -245,10 +245,8 @@ class Conflict:
     refused_resource: str  # as the later bundle spells it (a path may be written differently)
 
     @property
-    def reason(self) -> str:
-        from .trust import CONFLICT
-
-        return CONFLICT
+    def reason(self) -> Reason:
+        return Reason.CONFLICT
 
     def detail(self) -> str:
         same = "" if self.refused_resource == self.resource else f" (as {self.refused_resource})"

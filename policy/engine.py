@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from grapevine.gossip.errors import ConfigError, GrapevineError, PolicyError
+from grapevine.gossip.errors import ConfigError, GrapevineError, PolicyError, Reason
 
 from . import selectors
 from .catalog import Catalog, build_catalog
@@ -46,6 +46,8 @@ LOCK_POLL_S = 0.05
 
 class ConvergeBusy(GrapevineError):
     """Another converge holds the root for longer than we were willing to wait."""
+
+    reason = Reason.BUSY
 
 
 @contextlib.contextmanager

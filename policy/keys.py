@@ -29,13 +29,14 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 
+from grapevine.gossip import wire
 from grapevine.gossip.errors import TrustError
 
 PRIVATE_HEADER = "grapevine-ed25519-private-key v1"
 PUBLIC_HEADER = "grapevine-ed25519-public-key v1"
 KEY_ID_BYTES = 8  # 16 hex chars: 2^64 ids, collisions need ~2^32 keys, far beyond any fleet's authors
 KEY_BYTES = 32  # Ed25519 seed and public key length
-SIGNATURE_BYTES = 64  # Ed25519 signature length
+SIGNATURE_BYTES = wire.SIGNATURE_BYTES  # Ed25519 signature length, as the wire registry declares it
 MAX_KEY_FILE_BYTES = 4096  # a key file is ~100 bytes; anything big is not a key file
 PRIVATE_FILE_MODE = 0o600
 

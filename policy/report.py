@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from grapevine.gossip.errors import PolicyError
+
 STATUSES = ("unchanged", "changed", "failed", "skipped")
 
 
@@ -32,7 +34,7 @@ class ResourceReport:
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
-            raise ValueError(f"unknown status {self.status!r}")
+            raise PolicyError(f"resource {self.id!r}: unknown status {self.status!r} (one of {', '.join(STATUSES)})")
 
     def to_json(self) -> dict[str, Any]:
         return {

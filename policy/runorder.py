@@ -37,8 +37,8 @@ from typing import Any, Iterable, Mapping
 
 import msgpack
 
-from grapevine.gossip.errors import ConfigError, GrapevineError, TrustError
-from grapevine.gossip.item import MAX_PAYLOAD_BYTES, SignedItem
+from grapevine.gossip.errors import ConfigError, GrapevineError, Reason, TrustError
+from grapevine.gossip.item import SignedItem
 from grapevine.policy import selectors
 from grapevine.policy.keys import PublicKey, SigningKey
 
@@ -47,22 +47,12 @@ RESULT_DOMAIN = "grapevine/run-result/1"
 
 ACTIONS = ("command", "shell", "converge", "preview")  # the kinds of work an order can carry (only append)
 
-# Limits checked on decode, before anything is built from the bytes.
-MAX_ORDER_BYTES = 64 * 1024  # an argv or shell script typed by a person; a payload belongs in a bundle
-# A preview order carries the signed candidate bundle items themselves (nodes dry-run them, nothing is
-# stored), so its cap must cover the largest item gossip carries (gossip/item.py MAX_PAYLOAD_BYTES) plus
-# each candidate's key, version and signature. Only preview orders may be that large: any other kind
-# is still refused past MAX_ORDER_BYTES, after the bounded decode.
-MAX_PREVIEW_BUNDLES = 16  # candidate bundles in one preview: a policy file's bundles, previewed together
-PREVIEW_ITEM_OVERHEAD = 1024  # key (256), author (64), version, one 64-byte signature and msgpack headers
-MAX_PREVIEW_CANDIDATE_BYTES = MAX_PAYLOAD_BYTES + MAX_PREVIEW_BUNDLES * PREVIEW_ITEM_OVERHEAD  # all candidates
-MAX_PREVIEW_ORDER_BYTES = MAX_ORDER_BYTES + MAX_PREVIEW_CANDIDATE_BYTES  # the run-order decoder's outer bound
-MAX_RESULT_BYTES = 256 * 1024  # two streams of at most 64 KiB each plus room for the fields
-MAX_ARGV = 256  # arguments in one command line
-MAX_STRING = 32 * 1024  # one argument, one shell string
-MAX_BUNDLES = 64  # bundles named by one converge order
-MAX_ID_CHARS = 64  # run ids are 32 hex chars; node ids are name@host:port
-MAX_NODE_ID_CHARS = 512  # a long host name plus a port
+# Limits checked on decode, before anything is built from the bytes: declared in the wire registry.
+from grapevine.gossip.wire import (  # noqa: E402
+    MAX_ARGV, MAX_BUNDLES, MAX_KEY_ID_LEN, MAX_NODE_ID_BYTES, MAX_ORDER_BYTES, MAX_PREVIEW_BUNDLES,
+    MAX_PREVIEW_CANDIDATE_BYTES, MAX_PREVIEW_ORDER_BYTES, MAX_RESULT_BYTES, MAX_RUN_ID_LEN, MAX_SIGNED_ORDER_BYTES,
+    MAX_STRING,
+)
 MAX_WINDOW_MS = 24 * 3600 * 1000  # issued -> deadline: a day; nodes remember seen ids that long
 MAX_SKEW_MS = 60_000  # same allowance as for item stamps: one bad clock cannot matter more
 MIN_TIMEOUT_MS = 1  # a zero timeout could never run anything
@@ -73,12 +63,11 @@ RUN_ID_BYTES = 16  # 128 random bits: no two orders ever share an id by chance
 
 
 class RunRefused(TrustError):
-    """A run order (or result) that must not be acted on; ``reason`` is a name."""
+    """A run order (or result) that must not be acted on; ``reason`` is a ``Reason``."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason
+    def __init__(self, reason: Reason | str, detail: str) -> None:
         self.detail = detail
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(f"{reason}: {detail}", reason=reason)
 
 
 def _unpack(data: bytes, limit: int, what: str) -> Any:
@@ -98,6 +87,13 @@ def _unpack(data: bytes, limit: int, what: str) -> Any:
 def _check_str(value: Any, name: str, limit: int, *, empty: bool = False) -> str:
     if not isinstance(value, str) or len(value) > limit or (not empty and not value):
         raise RunRefused("Malformed", f"{name} must be a {'' if empty else 'non-empty '}string of at most {limit} characters")
+    return value
+
+
+def _check_node_id(value: Any, name: str) -> str:
+    """A node id: at most ``MAX_NODE_ID_BYTES`` in UTF-8, the bound of every other place a node id travels."""
+    if not isinstance(value, str) or not value or len(value.encode("utf-8", "surrogatepass")) > MAX_NODE_ID_BYTES:
+        raise RunRefused("Malformed", f"{name} must be a node id of 1..{MAX_NODE_ID_BYTES} bytes")
     return value
 
 
@@ -220,10 +216,10 @@ class RunOrder:
     operator: str  # key id of the signing operator key
 
     def __post_init__(self) -> None:
-        _check_str(self.run_id, "run id", MAX_ID_CHARS)
-        _check_str(self.origin, "origin", MAX_NODE_ID_CHARS)
+        _check_str(self.run_id, "run id", MAX_RUN_ID_LEN)
+        _check_node_id(self.origin, "origin")
         _check_str(self.selector, "selector", selectors.MAX_SELECTOR_CHARS, empty=True)
-        _check_str(self.operator, "operator key id", MAX_ID_CHARS)
+        _check_str(self.operator, "operator key id", MAX_KEY_ID_LEN)
         for name in ("timeout_ms", "issued_ms", "deadline_ms"):
             _check_int(getattr(self, name), name)
         if not isinstance(self.action, RunAction):
@@ -235,7 +231,7 @@ class RunOrder:
         try:
             selectors.parse(self.selector)
         except selectors.SelectorSyntaxError as exc:
-            raise RunRefused("Malformed", f"selector: {exc.reason} at position {exc.position}") from None
+            raise RunRefused("Malformed", f"selector: {exc.message} at position {exc.position}") from None
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -294,7 +290,7 @@ class SignedOrder:
         body, kid, sig = obj
         if not isinstance(body, bytes) or not isinstance(sig, bytes):
             raise RunRefused("Malformed", "order body and signature must be bytes")
-        _check_str(kid, "signing key id", MAX_ID_CHARS)
+        _check_str(kid, "signing key id", MAX_KEY_ID_LEN)
         order = RunOrder.decode(body)
         if order.operator != kid:
             raise RunRefused("BadSignature", f"the order names operator {order.operator} but is signed by {kid}")
@@ -302,7 +298,7 @@ class SignedOrder:
 
     @classmethod
     def decode(cls, data: bytes) -> SignedOrder:
-        return cls.from_wire(_unpack(data, MAX_PREVIEW_ORDER_BYTES + 256, "signed run order"))
+        return cls.from_wire(_unpack(data, MAX_SIGNED_ORDER_BYTES, "signed run order"))
 
 
 # ------------------------------------------------------------------ scope
@@ -372,8 +368,8 @@ class RunResult:
     report: bytes = b""  # msgpack of a converge report, for converge actions
 
     def __post_init__(self) -> None:
-        _check_str(self.run_id, "run id", MAX_ID_CHARS)
-        _check_str(self.node, "node id", MAX_NODE_ID_CHARS)
+        _check_str(self.run_id, "run id", MAX_RUN_ID_LEN)
+        _check_node_id(self.node, "node id")
         if not isinstance(self.exit_code, int) or isinstance(self.exit_code, bool):
             raise RunRefused("Malformed", "exit code must be an integer")
         for name in ("stdout", "stderr", "report"):
@@ -442,7 +438,7 @@ class SignedResult:
         body, kid, sig = obj
         if not isinstance(body, bytes) or not isinstance(sig, bytes):
             raise RunRefused("Malformed", "result body and signature must be bytes")
-        _check_str(kid, "signing key id", MAX_ID_CHARS)
+        _check_str(kid, "signing key id", MAX_KEY_ID_LEN)
         return cls(body=body, key_id=kid, signature=sig, result=RunResult.decode(body))
 
     def verify(self, node_key: PublicKey, *, run_id: str, node: str) -> RunResult:

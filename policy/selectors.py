@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from grapevine.gossip.errors import PolicyError
+from grapevine.gossip.wire import MAX_SELECTOR_CHARS
 
 __all__ = ["Selector", "SelectorSyntaxError", "parse", "matches", "EVERYTHING"]
 
-# A selector is written by a person and travels inside signed items and run
-# orders; anything longer than this is a mistake or an attack on the parser.
-MAX_SELECTOR_CHARS = 4096
+# A selector is written by a person and travels inside signed items, run orders and discovery
+# queries; anything longer than MAX_SELECTOR_CHARS (gossip/wire.py) is a mistake or an attack on the parser.
 # Parentheses and `not` nest; bound the recursion well below Python's limit.
 MAX_DEPTH = 64
 
@@ -47,12 +47,12 @@ _STOP = set(" \t\r\n()=,!~'\"")
 
 
 class SelectorSyntaxError(PolicyError):
-    """A selector that does not parse; ``position`` is the 0-based offset."""
+    """A selector that does not parse; ``position`` is the 0-based offset, ``message`` what is wrong there."""
 
     def __init__(self, text: str, position: int, message: str) -> None:
         self.text = text
         self.position = position
-        self.reason = message
+        self.message = message
         caret = " " * position + "^"
         super().__init__(
             f"bad selector {text!r}: {message} at position {position}\n  {text}\n  {caret}"

@@ -47,7 +47,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
-from grapevine.gossip.errors import GrapevineError, ProtocolError, TrustError
+from grapevine.gossip.errors import GrapevineError, ProtocolError, Reason, TrustError
 import msgpack
 
 from grapevine.gossip.item import MAX_SIGNATURES, SignedItem, Version
@@ -72,26 +72,25 @@ DEFAULT_EXPIRY_DAYS = 365  # long enough to forget about, short enough that a lo
 ALL_NAMES = "*"  # publisher prefix that covers every bundle name
 KNOWN_ACTIONS = ("converge", "run")
 
-# Refusal reasons, shared with the gossip layer's ItemRefused events and metrics.
-BAD_SIGNATURE = "BadSignature"
-UNKNOWN_KEY = "UnknownKey"
-OUT_OF_SCOPE = "OutOfScope"
-STALE = "Stale"
-FROM_THE_FUTURE = "FromTheFuture"
-TOO_LARGE = "TooLarge"
-MALFORMED = "Malformed"
-EXPIRED = "Expired"
-CONFLICT = "Conflict"  # a bundle declares a resource an earlier bundle claims (catalog.resolve_claims)
+# The admission reasons: the members of the one vocabulary (gossip/errors.py Reason) an item refusal may carry.
+BAD_SIGNATURE = Reason.BAD_SIGNATURE
+UNKNOWN_KEY = Reason.UNKNOWN_KEY
+OUT_OF_SCOPE = Reason.OUT_OF_SCOPE
+STALE = Reason.STALE
+FROM_THE_FUTURE = Reason.FROM_THE_FUTURE
+TOO_LARGE = Reason.TOO_LARGE
+MALFORMED = Reason.MALFORMED
+EXPIRED = Reason.EXPIRED
+CONFLICT = Reason.CONFLICT  # a bundle declares a resource an earlier bundle claims (catalog.resolve_claims)
 REASONS = (BAD_SIGNATURE, UNKNOWN_KEY, OUT_OF_SCOPE, STALE, FROM_THE_FUTURE, TOO_LARGE, MALFORMED, EXPIRED, CONFLICT)
 
 
 class Refusal(TrustError):
     """An item that may not be admitted; ``reason`` is one of ``REASONS``."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+    def __init__(self, reason: Reason | str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}", reason=reason)
+        assert self.reason in REASONS, reason
         self.detail = detail
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from grapevine.gossip.errors import GrapevineError, PolicyError
+from grapevine.gossip.errors import GrapevineError, PolicyError, Reason
 
 # Captured output of a command kept in a report: enough for an error message,
 # bounded so a chatty command cannot bloat the stored report.
@@ -45,6 +45,8 @@ COMMON_ATTRS = ("require", "notify", "when")
 
 class ResourceError(GrapevineError):
     """A resource could not be checked or applied on this node (not a policy error)."""
+
+    reason = Reason.FAILED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,9 +37,9 @@ from grapevine.gossip.item import SignedItem, Version
 from grapevine.gossip.node import GossipNode
 from grapevine.node import config as agent_config
 from grapevine.node.metrics import AgentMetrics
-from grapevine.node.frames import pack_envelope
+from grapevine.node.frames import pack_envelope, unpack_route_body
 from grapevine.node.netkey import KeyRing, decode_key_text, encode_key_file
-from grapevine.node.transport import MAX_FRAME_BYTES, MAX_NODE_ID_LEN, FrameRefused, Transport
+from grapevine.node.transport import FrameRefused, Transport
 from grapevine.policy import authoring, catalog, runorder, selectors, trust
 from grapevine.policy.admission import Admission
 from grapevine.policy.bundle import Bundle, pack
@@ -259,11 +259,10 @@ class _NotABody(GrapevineError):
 
 
 def _route_body(data: bytes) -> object:
-    """What a route handler receives: the envelope's third element, any msgpack value."""
+    """What a route handler receives: the envelope body as the transport decodes it (limits from gossip/wire.py)."""
     try:
-        return msgpack.unpackb(data, raw=False, max_str_len=MAX_NODE_ID_LEN, max_bin_len=MAX_FRAME_BYTES,
-                               max_array_len=4096, max_map_len=4096, max_ext_len=0)
-    except Exception as exc:  # the transport answers 400 BadEnvelope for these
+        return unpack_route_body(data)
+    except FrameRefused as exc:  # the transport answers 400 BadRouteBody for these
         raise _NotABody(str(exc)) from None
 
 

@@ -8,7 +8,6 @@ import pytest
 from grapevine.cli.fleet import resolve_version
 from grapevine.gossip.errors import ConfigError
 from grapevine.gossip.item import Version
-from grapevine.node.api import parse_version
 
 HISTORY = {"key": "bundle/app", "versions": [
     {"version": "1000.0.aaaa"}, {"version": "2000.0.aaaa"}, {"version": "2000.1.bbbb"},
@@ -35,6 +34,6 @@ def test_ambiguous_or_unknown_rollback_target_is_a_usage_error(wanted):
 def test_version_text_parses_or_is_refused(text, ok):
     if ok is None:
         with pytest.raises(ConfigError):
-            parse_version(text)
+            Version.parse(text)
     else:
-        assert parse_version(text) == ok
+        assert Version.parse(text) == ok
