@@ -211,6 +211,8 @@ NOT_REFUSALS = {
     ("node/lifecycle.py", "GracefulExit"),  # SIGTERM turned into one exception that unwinds the daemon
     ("simulation/observers.py", "SafetyViolation"),  # the simulator's invariant checkers, not input errors
     ("simulation/observers.py", "LivenessFailure"),
+    ("policy/templates.py", "SecretMissing"),  # raised inside a render and turned into a TemplateError there
+    ("cli/localfleet.py", "FleetError"),  # a local agent that would not start or exited: the launcher's own failure
 }
 
 
