@@ -121,8 +121,11 @@ class Admission:
         raise Refusal(OUT_OF_SCOPE, f"no rule admits items under {item.key!r}")
 
     def _check_timing(self, item: SignedItem, current: SignedItem | None, now_ms: int) -> None:
-        if current is not None and item.version <= current.version:
-            raise Refusal(STALE, f"version {tuple(item.version)} is not newer than the stored {tuple(current.version)}")
+        # the store's order (gossip/store.py is_newer): a newer version wins, and of two items with one
+        # version the greater digest does, so every node keeps the same one of a same-version pair
+        if current is not None and (item.version < current.version or
+                                    (item.version == current.version and item.digest() <= current.digest())):
+            raise Refusal(STALE, f"version {item.version} is not newer than the stored {current.version}")
         if item.version.wall_ms > now_ms + self.limits.max_skew_ms:
             ahead = item.version.wall_ms - now_ms
             raise Refusal(FROM_THE_FUTURE, f"stamp is {ahead} ms ahead of this clock (allowed {self.limits.max_skew_ms})")

@@ -109,6 +109,16 @@ def test_bundle_admission_table(admission, case):
         assert info.value.reason == ("Malformed" if case == "unknown namespace" else expected)
 
 
+def test_of_two_items_with_one_version_the_greater_digest_is_admitted_like_the_store_keeps_it(admission):
+    """Two injections by one author in the same millisecond: every node must keep the same one."""
+    a = pack(NGINX, WEB, NOW)
+    b = pack(Bundle(name=NGINX.name, files={"other": b"x"}), WEB, NOW)
+    assert a.version == b.version and a.digest() != b.digest()
+    low, high = sorted((a, b), key=lambda i: i.digest())
+    assert admission(high, low, NOW) is None
+    assert admission(low, high, NOW) == "Stale"
+
+
 def test_older_or_equal_version_is_stale(admission):
     stored = pack(NGINX, WEB, NOW)
     assert admission(pack(NGINX, WEB, NOW - 1), stored, NOW) == "Stale"
