@@ -24,7 +24,8 @@ import nacl
 from grapevine.policy.admission import Admission
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import MAX_PROOF, build_root, check_first_root, init_root, rotate, verify_succession
+from grapevine.policy.trust import MAX_PROOF, check_first_root, verify_succession
+from grapevine.policy.trust_files import build_root, init_root, rotate
 
 NOW = 1_800_000_000_000
 

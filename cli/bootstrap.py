@@ -155,7 +155,7 @@ def _check(join: tuple[str, ...], trust: Path, network_key: Path, tags: tuple[st
            advertise: str | None) -> tuple[bytes, str, dict[str, str]]:
     from grapevine.node.config import NAME_RE, parse_hostport, parse_tags
     from grapevine.node.netkey import encode_key_file, read_key_file
-    from grapevine.policy.trust import load_root_file
+    from grapevine.policy.trust_files import load_root_file
 
     if not join:
         raise ConfigError("--join: at least one HOST:PORT of a running agent is needed")

@@ -15,7 +15,8 @@ from grapevine.gossip.errors import GrapevineError, PolicyError
 from grapevine.policy.admission import Admission, verify_bundle_file, wall_ms
 from grapevine.policy.bundle import Bundle, bundles_from_file, pack
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import Refusal, load_root_file, read_item_file, write_item_file
+from grapevine.policy.refusal import Refusal
+from grapevine.policy.trust_files import load_root_file, read_item_file, write_item_file
 
 from .output import emit_json, json_option
 from .trust import trust_errors
@@ -77,7 +78,8 @@ def check_before_inject(client, items: list) -> bool:
     import binascii
 
     from grapevine.policy.bundle import BUNDLE_KEY_PREFIX
-    from grapevine.policy.trust import ROOT_KEY, item_from_file_bytes
+    from grapevine.policy.trust import ROOT_KEY
+    from grapevine.policy.trust_files import item_from_file_bytes
 
     try:
         versions = client.get(f"/v1/history?name={quote(ROOT_KEY, safe='')}")["versions"]

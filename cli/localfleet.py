@@ -164,19 +164,19 @@ class FleetKeys:
     def create(cls, d: Path, operators: Iterable[tuple[Any, Any]] = ()) -> FleetKeys:
         """Generate everything under ``d``; ``operators`` adds (PublicKey, OperatorScope) pairs to the root."""
         from grapevine.node.netkey import generate_key, write_key_file
-        from grapevine.policy import trust
+        from grapevine.policy import trust, trust_files
         from grapevine.policy.keys import SigningKey
 
         d.mkdir(parents=True, exist_ok=True)
         key = SigningKey.generate()
         key.save(d / "operator.key")
         now = time.time_ns() // 1_000_000 - 1000  # a second in the past: no agent sees it from the future
-        root = trust.build_root(
+        root = trust_files.build_root(
             serial=1, now_ms=now, expires_days=KEY_VALIDITY_DAYS, admins=[key.public], threshold=1,
             publishers=[(key.public, trust.ALL_NAMES)],
             operators=[(key.public, trust.OperatorScope(selector=None, actions=("run", "converge"))), *operators],
         )
-        trust.write_item_file(d / "root.gv", trust.init_root(root, [key], now))
+        trust_files.write_item_file(d / "root.gv", trust_files.init_root(root, [key], now))
         write_key_file(d / "fleet.netkey", generate_key())
         return cls(dir=d, author=d / "operator.key", trust=d / "root.gv", netkey=d / "fleet.netkey", author_key=key)
 

@@ -27,17 +27,12 @@ from grapevine.policy.trust import (
     LINK_PREFIX,
     OperatorScope,
     Refusal,
-    add_signature,
-    build_root,
     check_first_root,
     decode_root_item,
     fingerprint,
-    init_root,
-    read_item_file,
-    rotate,
     verify_succession,
-    write_item_file,
 )
+from grapevine.policy.trust_files import add_signature, build_root, init_root, read_item_file, rotate, write_item_file
 
 from .output import emit_json, fail, json_option
 

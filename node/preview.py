@@ -25,7 +25,7 @@ from grapevine.gossip.errors import GrapevineError
 from grapevine.gossip.item import SignedItem
 from grapevine.policy import preview as plans
 from grapevine.policy.catalog import resolve_claims
-from grapevine.policy.trust import OUT_OF_SCOPE, Refusal
+from grapevine.policy.refusal import OUT_OF_SCOPE, Refusal
 
 log = logging.getLogger("grapevine.node")
 

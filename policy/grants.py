@@ -46,6 +46,7 @@ from typing import Any, Iterable, Mapping
 from grapevine.gossip.errors import PolicyError, TrustError
 
 from . import selectors
+from .refusal import OUT_OF_SCOPE, Refusal
 
 __all__ = ["Grant", "KNOWN_TYPES", "DEFAULT_TYPES", "normalise", "glob_matches", "implies", "violation"]
 
@@ -372,7 +373,6 @@ def violation(grant: Grant, bundle: Any) -> str | None:
 
 def check_bundle(grants: Iterable[Grant], author: str, bundle: Any) -> None:
     """Raise ``Refusal(OutOfScope)`` unless one of ``grants`` (the author's, covering the name) covers the bundle."""
-    from .trust import OUT_OF_SCOPE, Refusal
 
     reasons = []
     for grant in grants:

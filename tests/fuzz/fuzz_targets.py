@@ -40,7 +40,7 @@ from grapevine.node.metrics import AgentMetrics
 from grapevine.node.frames import pack_envelope, unpack_route_body
 from grapevine.node.netkey import KeyRing, decode_key_text, encode_key_file
 from grapevine.node.transport import FrameRefused, Transport
-from grapevine.policy import authoring, catalog, runorder, selectors, trust
+from grapevine.policy import authoring, catalog, runorder, selectors, trust, trust_files
 from grapevine.policy.admission import Admission
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.keys import SigningKey
@@ -54,12 +54,12 @@ FACTS = {"hostname": "web-01", "name": "web-01", "os": "debian", "role": "web", 
 NODE_ID = "fuzz@127.0.0.1:7946"
 PEER_ID = "peer@127.0.0.1:7947"
 
-ROOT_OBJ = trust.build_root(
+ROOT_OBJ = trust_files.build_root(
     serial=1, now_ms=NOW_MS - 1000, expires_days=30, admins=[AUTHOR.public], threshold=1,
     publishers=[(AUTHOR.public, "web/")],
     operators=[(AUTHOR.public, trust.OperatorScope(selector="role=web", actions=("run", "converge")))],
 )
-ROOT_ITEM = trust.init_root(ROOT_OBJ, [AUTHOR], NOW_MS - 1000)
+ROOT_ITEM = trust_files.init_root(ROOT_OBJ, [AUTHOR], NOW_MS - 1000)
 
 
 def _bundle_doc() -> dict:
@@ -228,7 +228,7 @@ def t_item_decode(data: bytes) -> None:
 
 def t_item_file(data: bytes) -> None:
     """A ``.gv`` file handed to the CLI or the agent: canonical item, then first-root checks."""
-    item = trust.item_from_file_bytes(data)
+    item = trust_files.item_from_file_bytes(data)
     if item.key == trust.ROOT_KEY:
         trust.check_first_root(item)
         trust.verify_succession(ROOT_OBJ, item, NOW_MS, ROOT_ITEM)
@@ -323,7 +323,7 @@ def t_policy_toml(data: bytes) -> None:
 
 
 _TRUST_FILE = _TMP / "root.gv"
-trust.write_item_file(_TRUST_FILE, ROOT_ITEM)
+trust_files.write_item_file(_TRUST_FILE, ROOT_ITEM)
 
 
 def t_agent_config(data: bytes) -> None:

@@ -28,7 +28,7 @@ from grapevine.cli.run import agent_stream
 from grapevine.gossip import codec
 from grapevine.gossip import messages as m
 from grapevine.gossip.item import SignedItem, Version
-from grapevine.policy import runorder, trust
+from grapevine.policy import runorder, trust, trust_files
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction, RunOrder, RunResult, SignedOrder, SignedResult
 
@@ -115,9 +115,9 @@ def test_forged_trust_roots_are_refused_and_the_root_stays(world):
     h = world.hostile
     admin = world.mesh.key.key_id
     now = now_ms()
-    takeover = trust.build_root(serial=2, now_ms=now - 1000, expires_days=30, admins=[h.node_key.public], threshold=1,
+    takeover = trust_files.build_root(serial=2, now_ms=now - 1000, expires_days=30, admins=[h.node_key.public], threshold=1,
                                 publishers=[(h.node_key.public, trust.ALL_NAMES)])
-    by_node = trust.init_root(takeover, [h.node_key], now)
+    by_node = trust_files.init_root(takeover, [h.node_key], now)
     unsigned = trust.SignedItem(key=trust.ROOT_KEY, version=Version(now, 1, admin), payload=takeover.encode())
     claimed = unsigned.with_signature(admin, h.node_key.sign(unsigned.signing_bytes()))
     attempts = [
@@ -147,7 +147,7 @@ def test_replayed_old_versions_never_roll_back(world):
     replays = [
         ("replay of the genuine bundle's old version", m.Push(hops=1, item=old)),
         ("replay of the old version by anti-entropy", m.SyncItems(items=(old,), want=())),
-        ("replay of the first trust root", m.Push(hops=1, item=trust.read_item_file(root_item))),
+        ("replay of the first trust root", m.Push(hops=1, item=trust_files.read_item_file(root_item))),
     ]
     send_everywhere(world, replays)
     time.sleep(SETTLE_S)

@@ -311,7 +311,7 @@ def test_lone_agent_reports_stale_serves_private_api_and_exits_cleanly_on_sigter
 
 def test_rotated_trust_root_spreads_by_gossip_and_changes_who_may_publish(fleet, tmp_path):
     from grapevine.policy.keys import SigningKey
-    from grapevine.policy.trust import build_root, read_item_file, rotate, write_item_file
+    from grapevine.policy.trust_files import build_root, read_item_file, rotate, write_item_file
 
     ports = free_ports(2)
     a = fleet.make("ta", ports[0])

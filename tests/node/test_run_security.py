@@ -28,7 +28,8 @@ from grapevine.node.netkey import KeyRing, generate_key, read_key_file, write_ke
 from grapevine.policy import runorder
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction, RunOrder, SignedOrder
-from grapevine.policy.trust import OperatorScope, build_root, init_root, write_item_file
+from grapevine.policy.trust import OperatorScope
+from grapevine.policy.trust_files import build_root, init_root, write_item_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

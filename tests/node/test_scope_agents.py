@@ -17,7 +17,7 @@ from grapevine.node.netkey import generate_key, write_key_file
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.grants import Grant
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import build_root, init_root, write_item_file
+from grapevine.policy.trust_files import build_root, init_root, write_item_file
 
 BOB_GRANT = "web/;paths=/etc/web/**;types=file;target=role=web"
 

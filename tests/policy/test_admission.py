@@ -10,7 +10,8 @@ from grapevine.gossip.item import SignedItem, Version
 from grapevine.policy.admission import Admission, Limits
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import DAY_MS, REASONS, Refusal, add_signature, build_root, init_root, rotate
+from grapevine.policy.trust import DAY_MS, REASONS, Refusal
+from grapevine.policy.trust_files import add_signature, build_root, init_root, rotate
 
 NOW = 1_800_000_000_000
 ADMIN, WEB, DB, STRANGER, BOTH = (SigningKey(bytes([i]) * 32) for i in (11, 12, 13, 14, 15))

@@ -9,7 +9,7 @@ from grapevine.gossip.mesh import Mesh
 from grapevine.policy.admission import Admission
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import build_root, init_root, rotate
+from grapevine.policy.trust_files import build_root, init_root, rotate
 
 ADMIN, WEB, BOB = (SigningKey(bytes([i]) * 32) for i in (41, 42, 43))
 NODES = 8

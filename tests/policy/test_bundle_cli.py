@@ -13,7 +13,8 @@ from grapevine.cli.main import cli
 from grapevine.gossip.item import SignedItem
 from grapevine.policy.bundle import Bundle
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import REASONS, build_root, init_root, write_item_file
+from grapevine.policy.trust import REASONS
+from grapevine.policy.trust_files import build_root, init_root, write_item_file
 
 SITE = """\
 bundle: web/nginx

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from grapevine.policy.admission import Admission
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import REASONS, Refusal, build_root, init_root, item_from_file_bytes
+from grapevine.policy.trust import REASONS, Refusal
+from grapevine.policy.trust_files import build_root, init_root, item_from_file_bytes
 
 NOW = 1_800_000_000_000
 ADMIN, PUBLISHER = SigningKey(b"\x21" * 32), SigningKey(b"\x22" * 32)

@@ -9,16 +9,8 @@ from grapevine.policy.admission import Admission
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.grants import DEFAULT_TYPES, Grant, glob_matches, implies, normalise
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import (
-    FORMAT,
-    FORMAT_GRANTS,
-    Refusal,
-    TrustRoot,
-    build_root,
-    check_first_root,
-    init_root,
-    rotate,
-)
+from grapevine.policy.trust import FORMAT, FORMAT_GRANTS, Refusal, TrustRoot, check_first_root
+from grapevine.policy.trust_files import build_root, init_root, rotate
 
 NOW = 1_800_000_000_000
 ADMIN, WEB, OPS = (SigningKey(bytes([i]) * 32) for i in (41, 42, 43))

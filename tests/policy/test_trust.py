@@ -13,16 +13,11 @@ from grapevine.policy.trust import (
     OperatorScope,
     Refusal,
     TrustRoot,
-    add_signature,
-    build_root,
     check_first_root,
     fingerprint,
-    init_root,
-    load_root_file,
-    rotate,
     verify_succession,
-    write_item_file,
 )
+from grapevine.policy.trust_files import add_signature, build_root, init_root, load_root_file, rotate, write_item_file
 
 NOW = 1_800_000_000_000
 ALICE, BOB, CAROL, MALLORY = (SigningKey(bytes([i]) * 32) for i in (1, 2, 3, 4))
@@ -323,7 +318,7 @@ def test_a_root_without_link_signatures_is_refused_as_a_successor(first):
 
 
 def test_every_single_byte_change_to_a_root_file_is_refused(first):
-    from grapevine.policy.trust import item_from_file_bytes
+    from grapevine.policy.trust_files import item_from_file_bytes
 
     item, root = first
     item2 = rotate(item, root_of([ALICE, BOB], serial=2, now=NOW + 1), [ALICE], NOW + 1)

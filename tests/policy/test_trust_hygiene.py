@@ -8,16 +8,8 @@ import pytest
 from grapevine.gossip.item import SignedItem, Version
 from grapevine.policy import trust
 from grapevine.policy.keys import SigningKey
-from grapevine.policy.trust import (
-    Refusal,
-    TrustRoot,
-    add_signature,
-    build_root,
-    check_first_root,
-    init_root,
-    rotate,
-    verify_succession,
-)
+from grapevine.policy.trust import Refusal, TrustRoot, check_first_root, verify_succession
+from grapevine.policy.trust_files import add_signature, build_root, init_root, rotate
 
 NOW = 1_800_000_000_000
 ALICE, BOB, CAROL, MALLORY = (SigningKey(bytes([i]) * 32) for i in (31, 32, 33, 34))

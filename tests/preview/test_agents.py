@@ -23,7 +23,8 @@ from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.grants import Grant
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction
-from grapevine.policy.trust import OperatorScope, build_root, init_root, write_item_file
+from grapevine.policy.trust import OperatorScope
+from grapevine.policy.trust_files import build_root, init_root, write_item_file
 
 NAME, FILE = "site/motd", "/etc/motd"
 

@@ -13,7 +13,8 @@ from grapevine.policy import runorder
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction, RunOrder, RunRefused, SignedOrder
-from grapevine.policy.trust import OperatorScope, build_root
+from grapevine.policy.trust import OperatorScope
+from grapevine.policy.trust_files import build_root
 
 NOW = 1_700_000_000_000
 

@@ -19,7 +19,7 @@ from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.grants import Grant
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.secrets import seal
-from grapevine.policy.trust import build_root, init_root
+from grapevine.policy.trust_files import build_root, init_root
 
 ALICE, BOB, NODE = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
 

@@ -25,7 +25,8 @@ from grapevine.node.target import Admit, Refuse, RunTarget, audit_row, ticket_by
 from grapevine.policy import runorder
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction, RunOrder, RunResult, SignedOrder, SignedResult
-from grapevine.policy.trust import OperatorScope, build_root
+from grapevine.policy.trust import OperatorScope
+from grapevine.policy.trust_files import build_root
 
 WALL = 1_700_000_000_000  # wall clock (ms) at virtual time T0
 T0 = 1000.0  # virtual monotonic seconds

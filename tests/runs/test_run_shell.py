@@ -18,7 +18,8 @@ from grapevine.node.runs import RunService
 from grapevine.policy import runorder
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction, RunOrder, SignedOrder
-from grapevine.policy.trust import OperatorScope, build_root
+from grapevine.policy.trust import OperatorScope
+from grapevine.policy.trust_files import build_root
 
 ADMIN, OPERATOR = SigningKey.generate(), SigningKey.generate()
 NOW = time.time_ns() // 1_000_000

@@ -19,7 +19,8 @@ from grapevine.policy.runorder import (
     plan_batches,
     should_stop,
 )
-from grapevine.policy.trust import OperatorScope, build_root
+from grapevine.policy.trust import OperatorScope
+from grapevine.policy.trust_files import build_root
 
 NOW = 1_700_000_000_000
 ADMIN = SigningKey.generate()
