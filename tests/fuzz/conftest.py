@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from tests.fuzz import fuzz_targets
-
-# Tests on branches written before the tests became a package import this directory's helpers by
-# bare name (`from fuzz_targets import ...`, with the directory put on sys.path). This alias keeps them
-# working without touching sys.path; remove it once no test imports the bare name.
-sys.modules.setdefault("fuzz_targets", fuzz_targets)
 
 # target -> {"inputs": n, "seconds": s, "status": code, "finding": kind or None}
 FUZZ_REPORT: dict[str, dict] = {}
