@@ -11,8 +11,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from grapevine.cli.demo import LocalMesh, local_mesh
-from grapevine.cli.run import agent_stream
+from grapevine.cli.client import AgentClient
+from grapevine.cli.localfleet import LocalFleet
 from grapevine.node.frames import pack_envelope
 from grapevine.node.netkey import KeyRing, read_key_file
 from grapevine.policy.keys import SigningKey
@@ -22,14 +22,14 @@ MESH_NODES = 4
 
 
 class Mesh:
-    """The LocalMesh plus what the tests poke at: peer routes and the run stream."""
+    """The LocalFleet plus what the tests poke at: peer routes and the run stream."""
 
-    def __init__(self, mesh: LocalMesh, limited: SigningKey, limited_path: Path) -> None:
+    def __init__(self, mesh: LocalFleet, limited: SigningKey, limited_path: Path) -> None:
         self.m = mesh
         self.limited = limited  # operator scoped to role=db: no node of this mesh is in it
         self.limited_path = limited_path
         self.ring = KeyRing()
-        self.ring.install(read_key_file(mesh.netkey_path))
+        self.ring.install(read_key_file(mesh.keys.netkey))
         self.node_key = SigningKey.generate()  # the tester's own node key: frames are signed by their sender
 
     @property
@@ -66,7 +66,7 @@ class StreamThread(threading.Thread):
 
     def run(self) -> None:
         try:
-            for ev in agent_stream(self.sock, "/v1/run", self.body):
+            for ev in AgentClient(self.sock).stream("POST", "/v1/run", self.body):
                 with self.seen:
                     self.events.append(ev)
                     self.seen.notify_all()
@@ -100,12 +100,12 @@ def mesh(tmp_path_factory):
     limited = SigningKey.generate()
     limited_path = base / "limited.key"
     limited.save(limited_path)
-    with local_mesh(base / "m", extra_operators=[(limited.public, OperatorScope(selector="role=db", actions=("run",)))]) as m:
+    with LocalFleet(base / "m", operators=[(limited.public, OperatorScope(selector="role=db", actions=("run",)))]) as m:
         for i in range(MESH_NODES):
             m.add(f"n{i}", tags={"role": "web", "idx": str(i)})
-        m.start_all()
+        m.start()
         m.wait_ready()
-        m.wait_mesh()
+        m.wait_linked()
         yield Mesh(m, limited, limited_path)
 
 

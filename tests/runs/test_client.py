@@ -41,7 +41,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for p in parts:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(p), p))
             self.wfile.flush()
-        time.sleep(stall_s)
+        time.sleep(stall_s)  # a server that stalls mid-stream is what these tests are about
         if finish:
             self.wfile.write(b"0\r\n\r\n")
 

@@ -8,9 +8,9 @@ import re
 import signal
 import subprocess
 import sys
-import time
-
 import pytest
+
+from grapevine.cli.localfleet import wait_for
 
 DEMO = [sys.executable, "-m", "grapevine.cli.main", "demo"]
 
@@ -45,9 +45,7 @@ def test_sigterm_stops_every_agent_the_demo_started():
         m = re.search(r"in (\S*grapevine-demo-\S+)", first)
         assert m, first
         base = m.group(1)
-        end = time.monotonic() + 30
-        while len(processes_under(base)) < 3 and time.monotonic() < end:
-            time.sleep(0.05)
+        wait_for(lambda: len(processes_under(base)) >= 3, 30, "the demo's three agents to start")
         assert len(processes_under(base)) == 3
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

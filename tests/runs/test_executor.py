@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from grapevine.cli.localfleet import wait_for
 from grapevine.node.executor import (
     START_FAILED_EXIT,
     TIMEOUT_EXIT,
@@ -97,10 +98,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     assert res.timed_out and res.exit_code == TIMEOUT_EXIT
     assert "timeout" in res.error
     child = int(pidfile.read_text())
-    deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child), "the background child outlived the timeout"
+    wait_for(lambda: not _alive(child), 5, "the background child to be killed with its group")
     assert took < 5
 
 

@@ -30,7 +30,7 @@ def write_bundle(path, name, content, extra=""):
 
 def test_inject_now_wait_converges_every_target_and_reports(mesh, tmp_path):
     policy = write_bundle(tmp_path / "site.yaml", "now/one", "first")
-    code, out, err = gv(mesh, "inject", str(policy), "--key", str(mesh.m.key_path), "--now", "--wait", "--json")
+    code, out, err = gv(mesh, "inject", str(policy), "--key", str(mesh.m.keys.author), "--now", "--wait", "--json")
     assert code == 0, err
     doc = json.loads(out)
     assert doc["injected"][0]["key"] == "bundle/now/one"
@@ -41,7 +41,7 @@ def test_inject_now_wait_converges_every_target_and_reports(mesh, tmp_path):
         assert (a.root / "srv" / "now_one.txt").read_text() == "first\n"
     # a second version: every node converges to it, none is left on the first
     write_bundle(policy, "now/one", "second")
-    code, out, err = gv(mesh, "inject", str(policy), "--key", str(mesh.m.key_path), "--now", "--wait", "--json")
+    code, out, err = gv(mesh, "inject", str(policy), "--key", str(mesh.m.keys.author), "--now", "--wait", "--json")
     assert code == 0, err
     for a in mesh.agents:
         assert (a.root / "srv" / "now_one.txt").read_text() == "second\n"
@@ -49,7 +49,7 @@ def test_inject_now_wait_converges_every_target_and_reports(mesh, tmp_path):
 
 def test_fleet_status_summarises_versions_and_lists_failing_nodes(mesh, tmp_path):
     ok = write_bundle(tmp_path / "ok.yaml", "fleet/ok", "fine")
-    assert gv(mesh, "inject", str(ok), "--key", str(mesh.m.key_path), "--now", "--wait", "--json")[0] == 0
+    assert gv(mesh, "inject", str(ok), "--key", str(mesh.m.keys.author), "--now", "--wait", "--json")[0] == 0
     code, out, err = gv(mesh, "status", "--fleet", "--json", via=mesh.agents[1])
     assert code == 0, err
     doc = json.loads(out)
@@ -59,7 +59,7 @@ def test_fleet_status_summarises_versions_and_lists_failing_nodes(mesh, tmp_path
     # a bundle for idx=2 whose command fails: that node is listed with the reason
     bad = tmp_path / "bad.yaml"
     bad.write_text("bundle: fleet/bad\ntarget: idx=2\nresources:\n  - exec: fail\n    command: [\"false\"]\n")
-    code, out, _ = gv(mesh, "inject", str(bad), "--key", str(mesh.m.key_path), "--now", "--wait", "--json")
+    code, out, _ = gv(mesh, "inject", str(bad), "--key", str(mesh.m.keys.author), "--now", "--wait", "--json")
     assert code == 1
     assert [r["node"] for r in json.loads(out)["run"]["results"]] == [mesh.agents[2].node_id]
     code, out, _ = gv(mesh, "status", "--fleet", "--json")
@@ -74,5 +74,5 @@ def test_fleet_status_summarises_versions_and_lists_failing_nodes(mesh, tmp_path
 
 def test_wait_without_now_is_a_usage_error(mesh, tmp_path):
     policy = write_bundle(tmp_path / "x.yaml", "now/x", "x")
-    code, _, err = gv(mesh, "inject", str(policy), "--key", str(mesh.m.key_path), "--wait")
+    code, _, err = gv(mesh, "inject", str(policy), "--key", str(mesh.m.keys.author), "--wait")
     assert code == 2 and "--now" in err

@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-from grapevine.cli.run import agent_json, agent_stream, build_order
+from grapevine.cli.localfleet import LocalFleet, wait_for
+from grapevine.cli.run import build_order
+from grapevine.node.runapi import HISTORY_MAX
 from grapevine.policy import runorder
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction, RunOrder, RunResult, SignedOrder, SignedResult
@@ -28,7 +30,7 @@ pytestmark = pytest.mark.timeout(120)
 def cli(mesh, *args, key=None, via=None):
     via = via or mesh.agents[0]
     cmd = [sys.executable, "-m", "grapevine.cli.main", "run", "--agent", via.socket,
-           "--key", str(key or mesh.m.key_path), "--json", *args]
+           "--key", str(key or mesh.m.keys.author), "--json", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     return proc.returncode, (json.loads(proc.stdout) if proc.stdout.strip() else None), proc.stderr
 
@@ -36,7 +38,7 @@ def cli(mesh, *args, key=None, via=None):
 def marker_order(mesh, marker, *, key=None, selector="", deadline_ms=None, via=None):
     """A signed order whose command appends one line to ``marker`` per execution."""
     via = via or mesh.agents[0]
-    key = key or mesh.m.key
+    key = key or mesh.m.keys.author_key
     now = int(time.time() * 1000)
     order = RunOrder(run_id=runorder.new_run_id(), origin=via.node_id, selector=selector,
                      action=RunAction.shell_string(f"echo ran >> {marker}"), timeout_ms=5000, issued_ms=now - 2000,
@@ -45,12 +47,20 @@ def marker_order(mesh, marker, *, key=None, selector="", deadline_ms=None, via=N
 
 
 def wait_log(mesh, agent, text, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if text in mesh.m.log_text(agent):
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_for(lambda: text in agent.log_text(), timeout, f"{text!r} in {agent.name}'s log")
+
+
+def trail(agent, run_id: str) -> tuple[int, list[str]]:
+    """``agent``'s audit trail of one run: (executions finished, refusal reasons, sorted)."""
+    rows = [r for r in agent.client().get(f"/v1/runs/history?limit={HISTORY_MAX}")["runs"] if r["order"] == run_id]
+    return sum(1 for r in rows if r["refused"] is None), sorted(r["refused"] for r in rows if r["refused"])
+
+
+def wait_trail(agent, run_id: str, *, executed: int, refused: list[str]) -> None:
+    """Wait until ``agent`` has recorded exactly this: each refusal row is written before the node replies, each
+    execution's when the command ends. A node that ran a refused order as well never gets there."""
+    want = (executed, sorted(refused))
+    wait_for(lambda: trail(agent, run_id) == want, 20, f"{agent.name}'s audit trail of {run_id} to be {want}")
 
 
 def test_run_returns_a_result_from_every_target(mesh):
@@ -106,7 +116,8 @@ def test_replayed_order_is_refused_and_does_not_run_again(mesh, tmp_path):
     reply = mesh.post_peer(mesh.agents[1], "run.order", {"order": signed.to_wire()})
     assert reply["refused"] == "Replayed"
     assert wait_log(mesh, mesh.agents[1], "Replayed")
-    time.sleep(0.3)
+    for a in mesh.agents:
+        wait_trail(a, signed.order.run_id, executed=1, refused=["Replayed"] * (2 if a is mesh.agents[1] else 1))
     assert lines(marker) == MESH_NODES
 
 
@@ -120,7 +131,7 @@ def test_expired_order_is_refused_by_the_node(mesh, tmp_path):
     with pytest.raises(Exception) as exc:
         mesh.run_stream(mesh.agents[0], signed).summary()
     assert "Expired" in str(exc.value)
-    time.sleep(0.3)
+    wait_trail(mesh.agents[2], signed.order.run_id, executed=0, refused=["Expired"])
     assert lines(marker) == 0
 
 
@@ -147,9 +158,9 @@ def test_origin_asking_again_gets_the_first_execution_never_a_second(mesh, tmp_p
                                                            run_id=signed.order.run_id, node=target.node_id)
     assert result.exit_code == 0
     assert mesh.post_peer(target, "run.order", body)["refused"] == "Replayed"
-    forged = dict(body, retry=True, ticket=mesh.m.key.sign(_ticket_bytes(signed.order.run_id, target.node_id)))
+    forged = dict(body, retry=True, ticket=mesh.m.keys.author_key.sign(_ticket_bytes(signed.order.run_id, target.node_id)))
     assert mesh.post_peer(target, "run.order", forged)["refused"] == "Replayed"
-    time.sleep(0.3)
+    wait_trail(target, signed.order.run_id, executed=1, refused=["Replayed", "Replayed"])
     assert lines(marker) == 1
 
 
@@ -165,7 +176,8 @@ def test_order_outside_the_operator_scope_is_refused(mesh, tmp_path):
     stranger = SigningKey.generate()
     reply = mesh.post_peer(mesh.agents[3], "run.order", {"order": marker_order(mesh, marker, key=stranger).to_wire()})
     assert reply["refused"] == "UnknownKey"
-    time.sleep(0.3)
+    for a in mesh.agents:
+        wait_trail(a, doc["run_id"], executed=0, refused=["OutOfScope"])
     assert lines(marker) == 0
 
 
@@ -175,8 +187,8 @@ def test_forged_result_is_refused_and_the_genuine_one_counts(mesh, tmp_path):
     now = int(time.time() * 1000)
     order = RunOrder(run_id=runorder.new_run_id(), origin=origin.node_id, selector="idx=1",
                      action=RunAction.shell_string("sleep 1.5; echo genuine"), timeout_ms=10_000, issued_ms=now,
-                     deadline_ms=now + 60_000, operator=mesh.m.key.key_id)
-    stream = mesh.run_stream(origin, SignedOrder.sign(order, mesh.m.key))
+                     deadline_ms=now + 60_000, operator=mesh.m.keys.author_key.key_id)
+    stream = mesh.run_stream(origin, SignedOrder.sign(order, mesh.m.keys.author_key))
     stream.wait_for("batch")
     fake = RunResult(run_id=order.run_id, node=victim.node_id, exit_code=0, stdout=b"forged\n", stderr=b"",
                      duration_ms=1)
@@ -190,21 +202,21 @@ def test_forged_result_is_refused_and_the_genuine_one_counts(mesh, tmp_path):
 
 def test_unknown_agent_socket_is_a_clear_error(mesh, tmp_path):
     cmd = [sys.executable, "-m", "grapevine.cli.main", "run", "--agent", str(tmp_path / "none.sock"),
-           "--key", str(mesh.m.key_path), "--", "true"]
+           "--key", str(mesh.m.keys.author), "--", "true"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "cannot reach the agent" in proc.stderr
 
 
 def test_origin_answers_with_its_node_id(mesh):
     a = mesh.agents[2]
-    assert agent_json(a.socket, "GET", "/v1/run/origin")["node_id"] == a.node_id
-    signed = build_order(sock=a.socket, key=mesh.m.key, selector="", action=RunAction.command(["true"]),
+    assert a.client().get("/v1/run/origin")["node_id"] == a.node_id
+    signed = build_order(sock=a.socket, key=mesh.m.keys.author_key, selector="", action=RunAction.command(["true"]),
                          timeout_s=5, batched=False)
     assert signed.order.origin == a.node_id
 
 
 def _fleet_answers(mesh) -> int:
-    return len(agent_json(mesh.agents[0].socket, "POST", "/v1/fleet/query", {"kind": "run", "selector": ""})["answers"])
+    return len(mesh.agents[0].client().post("/v1/fleet/query", {"kind": "run", "selector": ""})["answers"])
 
 
 @pytest.mark.parametrize("batch", [None, "2"], ids=["at-once", "batches"])
@@ -216,10 +228,10 @@ def test_a_target_that_answers_discovery_late_still_runs(mesh, tmp_path, batch):
     # a selector of its own: no earlier discovery of it, so nobody is expected and the quiet window rules
     order = RunOrder(run_id=runorder.new_run_id(), origin=mesh.agents[0].node_id, selector=f"role=web or probe=late-{batch}",
                      action=RunAction.shell_string(f"sleep 2; echo ran >> {marker}"), timeout_ms=10_000,
-                     issued_ms=now - 2000, deadline_ms=now + 60_000, operator=mesh.m.key.key_id)
+                     issued_ms=now - 2000, deadline_ms=now + 60_000, operator=mesh.m.keys.author_key.key_id)
     os.kill(late.proc.pid, signal.SIGSTOP)
     try:
-        stream = mesh.run_stream(mesh.agents[0], SignedOrder.sign(order, mesh.m.key), batch=batch)
+        stream = mesh.run_stream(mesh.agents[0], SignedOrder.sign(order, mesh.m.keys.author_key), batch=batch)
         targets = stream.wait_for("targets")["targets"]
         assert late.node_id not in targets and len(targets) == MESH_NODES - 1
     finally:
@@ -238,9 +250,7 @@ def test_a_target_that_answers_discovery_late_still_runs(mesh, tmp_path, batch):
 
 def _wait_whole(mesh) -> None:
     """Leave the shared mesh whole for the tests after this one."""
-    end = time.monotonic() + 30
-    while _fleet_answers(mesh) < MESH_NODES and time.monotonic() < end:
-        time.sleep(0.5)
+    wait_for(lambda: _fleet_answers(mesh) >= MESH_NODES, 30, "every node to answer a fleet query again", interval=0.5)
 
 
 def test_a_node_that_matched_last_time_is_waited_for_and_listed_missing_when_silent(mesh, tmp_path):
@@ -272,19 +282,15 @@ def test_commands_run_as_the_configured_run_user(tmp_path):
     """An agent started with GRAPEVINE_RUN_USER=nobody runs orders as nobody (the test runs as root)."""
     import pwd
 
-    from grapevine.cli.demo import local_mesh
-
-    with local_mesh(tmp_path / "m") as m:
-        m.extra_env["GRAPEVINE_RUN_USER"] = "nobody"
+    with LocalFleet(tmp_path / "m", env={"GRAPEVINE_RUN_USER": "nobody"}) as m:
         agent = m.add("solo", tags={"role": "web"})
-        m.start_all()
-        m.wait_ready()
+        m.up()
         now = int(time.time() * 1000)
         order = RunOrder(run_id=runorder.new_run_id(), origin=agent.node_id, selector="",
                          action=RunAction.command(["id", "-u"]), timeout_ms=5000, issued_ms=now - 2000,
-                         deadline_ms=now + 60_000, operator=m.key.key_id)
-        events = list(agent_stream(agent.socket, "/v1/run", {"order": SignedOrder.sign(order, m.key).encode().hex(),
-                                                             "batch": None, "max_failures": None}))
+                         deadline_ms=now + 60_000, operator=m.keys.author_key.key_id)
+        events = list(agent.client().stream("POST", "/v1/run", {"order": SignedOrder.sign(order, m.keys.author_key)
+                                                                .encode().hex(), "batch": None, "max_failures": None}))
         doc = next(e for e in events if e.get("event") == "done")["summary"]
     assert [r["node"] for r in doc["results"]] == [agent.node_id]
     assert int(doc["results"][0]["stdout"]) == pwd.getpwnam("nobody").pw_uid
