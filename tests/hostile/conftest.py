@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from grapevine.cli.demo import LocalMesh, local_mesh
-from grapevine.cli.localfleet import wait_for
-from tests.hostile import hostile_peer
-from tests.hostile.hostile_peer import HostilePeer, scrape_metrics
-
-# Modules on branches written before the tests became a package import this directory's helpers by
-# bare name (`from hostile_peer import ...`, with the directory put on sys.path); so may a helper
-# itself. These aliases keep them working without touching sys.path, hostile_peer's before anything
-# else here is imported; remove them once nothing imports a bare name.
-sys.modules.setdefault("hostile_peer", hostile_peer)
-from tests.hostile import hostile_server  # noqa: E402 - after the alias its import may need
-
-sys.modules.setdefault("hostile_server", hostile_server)
+from grapevine.cli.localfleet import LocalFleet, wait_for
+from tests.hostile.hostile_peer import HostilePeer, steady_metrics
 
 HONEST_NODES = 3
 GENUINE = "site/motd"  # the bundle honest operators keep publishing during the attack
@@ -36,7 +25,7 @@ def genuine_doc(version: int) -> dict:
 
 @dataclass
 class World:
-    mesh: LocalMesh
+    mesh: LocalFleet
     hostile: HostilePeer
     base: Path
     baseline: dict[int, dict] = field(default_factory=dict)  # port -> metrics before the attack
@@ -57,20 +46,9 @@ class World:
         def done() -> bool:
             return all((a.root / "motd").exists() and (a.root / "motd").read_text() == want for a in self.agents)
 
-        return self.mesh.wait_until(done, timeout_s, f"every honest node to apply {GENUINE} v{version}")
-
-
-def steady_metrics(mesh: LocalMesh, timeout_s: float = 20.0) -> dict[int, dict]:
-    """Every agent's refusal counters once two scrapes 0.2 s apart agree (port -> counters)."""
-    last: dict[str, dict] = {}
-
-    def steady() -> dict[int, dict] | None:
-        now = {a.port: scrape_metrics(a.port) for a in mesh.agents}
-        same = last.get("scrape") == now
-        last["scrape"] = now
-        return now if same else None
-
-    return wait_for(steady, timeout_s, "the refusal counters to stop moving", interval=0.2)
+        t0 = time.monotonic()
+        wait_for(done, timeout_s, f"every honest node to apply {GENUINE} v{version}")
+        return time.monotonic() - t0
 
 
 @pytest.fixture(scope="session")
@@ -81,14 +59,14 @@ def hostile_report() -> dict[str, Counter]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("hostile")
-    with local_mesh(base / "mesh") as mesh:
-        mesh.extra_env["GRAPEVINE_PEER_METRICS"] = "true"  # the attack is read from /metrics on the peer port
+    # the attack is read from /metrics on the peer port
+    with LocalFleet(base / "mesh", env={"GRAPEVINE_PEER_METRICS": "true"}) as mesh:
         for i in range(HONEST_NODES):
             mesh.add(f"honest{i}", tags={"role": "web"})
-        mesh.start_all()
+        mesh.start()
         mesh.wait_ready()
-        mesh.wait_mesh()
-        w = World(mesh=mesh, hostile=HostilePeer(mesh.netkey_path), base=base)
+        mesh.wait_linked()
+        w = World(mesh=mesh, hostile=HostilePeer(mesh.keys.netkey), base=base)
         w.hostile.ids = {a.port: a.node_id for a in mesh.agents}
         w.inject(1)
         w.wait_applied(1)

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgpack
 
+from grapevine.cli.localfleet import wait_for
 from grapevine.gossip import codec
 from grapevine.gossip import messages as m
 from grapevine.gossip.item import SignedItem, Version
@@ -149,3 +150,16 @@ def metrics_delta(before: dict, after: dict) -> Counter:
         if d > 0:
             c[k] += int(d)
     return c
+
+
+def steady_metrics(mesh, timeout_s: float = 20.0) -> dict[int, dict]:
+    """Every agent's refusal counters once two scrapes 0.2 s apart agree (port -> counters)."""
+    last: dict[str, dict] = {}
+
+    def steady() -> dict[int, dict] | None:
+        now = {a.port: scrape_metrics(a.port) for a in mesh.agents}
+        same = last.get("scrape") == now
+        last["scrape"] = now
+        return now if same else None
+
+    return wait_for(steady, timeout_s, "the refusal counters to stop moving", interval=0.2)

@@ -24,8 +24,8 @@ from aiohttp import web
 from grapevine.gossip import codec
 from grapevine.gossip import messages as m
 from grapevine.node.transport import peer_address
-from hostile_peer import open_answer
 from grapevine.policy.runorder import RunResult, SignedOrder, SignedResult
+from tests.hostile.hostile_peer import open_answer
 
 START_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 5.0

@@ -21,13 +21,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from benchmarks.bench_flood import applied_everywhere, doc, health_once, rss_mib
+from grapevine.cli.localfleet import LocalFleet, wait_for
 from tests.hostile.hostile_peer import scrape_metrics
-
-from grapevine.cli.demo import LocalMesh  # noqa: E402
 
 CONNS = 48
 SECONDS = 8.0
@@ -38,27 +38,39 @@ FLOOD = Path(__file__).resolve().parent / "flood.py"
 AGENT_PYTHON = os.environ.get("GRAPEVINE_TEST_AGENT_PYTHON", sys.executable)
 
 
-class _Mesh(LocalMesh):
-    def argv(self, agent):
-        return [AGENT_PYTHON, *super().argv(agent)[1:]]
+RSS_STEADY_MIB = 1.0  # two samples 0.25 s apart within this: the agent has settled after v1
+
+
+def _steady_rss(pid: int) -> Callable[[], float | None]:
+    """A condition: the agent's RSS, once two samples in a row differ by less than RSS_STEADY_MIB."""
+    last: list[float] = []
+
+    def steady() -> float | None:
+        now = rss_mib(pid) or 0.0
+        ok = bool(last) and abs(now - last[-1]) < RSS_STEADY_MIB
+        last.append(now)
+        return now if ok else None
+
+    return steady
 
 
 @pytest.fixture(scope="module")
 def flooded(tmp_path_factory):
     """Run the flood once; every test below reads what it measured."""
-    mesh = _Mesh(base=tmp_path_factory.mktemp("flood"), extra_env={"GRAPEVINE_PEER_METRICS": "true"})
+    mesh = LocalFleet(tmp_path_factory.mktemp("flood"), env={"GRAPEVINE_PEER_METRICS": "true"},
+                      python=AGENT_PYTHON)
     flood: subprocess.Popen | None = None
     try:
         for i in range(2):
             mesh.add(f"f{i}")
-        mesh.start_all()
+        mesh.start()
         mesh.wait_ready()
-        mesh.wait_mesh()
+        mesh.wait_linked()
         target, other = mesh.agents
         mesh.inject(other, doc(1))
-        mesh.wait_until(lambda: applied_everywhere(mesh.agents, 1), DELIVERY_TIMEOUT_S, "v1 everywhere")
-        time.sleep(1.0)
+        wait_for(lambda: applied_everywhere(mesh.agents, 1), DELIVERY_TIMEOUT_S, "v1 everywhere")
         pid = target.proc.pid
+        wait_for(_steady_rss(pid), 20, "the target's memory to settle after v1", interval=0.25)
         before = statistics.median(rss_mib(pid) or 0.0 for _ in range(3))
         metrics_before = scrape_metrics(target.port)
         rss, health = [], []
@@ -75,10 +87,14 @@ def flooded(tmp_path_factory):
         t0 = time.monotonic()
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        time.sleep(SECONDS / 4)
+        # v2 goes in while the flood is hitting the target: its refusals are being counted
+        wait_for(lambda: scrape_metrics(target.port) != metrics_before or flood.poll() is not None, SECONDS,
+                 "the flood to reach the target")
         mesh.inject(other, doc(2))
+        t1 = time.monotonic()
         try:
-            took = mesh.wait_until(lambda: applied_everywhere([target], 2), DELIVERY_TIMEOUT_S, "v2 at the target")
+            wait_for(lambda: applied_everywhere([target], 2), DELIVERY_TIMEOUT_S, "v2 at the target")
+            took = time.monotonic() - t1
         except RuntimeError:
             took = None
         during = time.monotonic() - t0 < SECONDS
@@ -89,14 +105,14 @@ def flooded(tmp_path_factory):
             "before": before, "rss": rss, "health": health, "took": took, "during": during,
             "flood": json.loads(out) if out.strip() else {"error": err.decode()[-400:]},
             "metrics_before": metrics_before,
-            "metrics_after": scrape_metrics(target.port) if target.running() else {},
-            "alive": target.running(),
+            "metrics_after": scrape_metrics(target.port) if target.alive() else {},
+            "alive": target.alive(),
         }
     finally:
         if flood is not None and flood.poll() is None:
             flood.kill()
             flood.wait(10)
-        mesh.stop_all()
+        mesh.close()
 
 
 def test_flood_of_strangers_grows_the_agent_by_a_bounded_amount(flooded):

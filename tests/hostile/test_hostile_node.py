@@ -20,23 +20,22 @@ from collections import Counter
 import aiohttp
 import msgpack
 import pytest
-from tests.hostile.hostile_peer import HostilePeer, metrics_delta, now_ms, scrape_metrics
-from tests.hostile.hostile_server import HostileServer
 
-from grapevine.cli.demo import free_port
-from grapevine.cli.run import agent_stream
+from grapevine.cli.localfleet import free_port, wait_for
 from grapevine.gossip import codec
 from grapevine.gossip import messages as m
 from grapevine.gossip.item import SignedItem, Version
+from grapevine.node.runapi import HISTORY_MAX
 from grapevine.policy import runorder, trust, trust_files
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction, RunOrder, RunResult, SignedOrder, SignedResult
+from tests.hostile.hostile_peer import HostilePeer, metrics_delta, now_ms, scrape_metrics, steady_metrics
+from tests.hostile.hostile_server import HostileServer
 
 pytestmark = pytest.mark.timeout(120)
 
 FLOOD_MESSAGES = 1500  # bounded flood: enough to fill queues and caches on a 2-core box, done in seconds
 FLOOD_WORKERS = 8  # concurrent connections the hostile keeps open
-SETTLE_S = 1.0  # time for a refused item to have spread, had it been accepted
 RUN_TIMEOUT_S = 60.0  # a genuine run stream from start to summary
 DISCOVERY_RUNS = 3  # genuine runs while the hostile member lies in discovery: it races honest answers each time
 
@@ -45,7 +44,7 @@ def stores(world) -> dict[str, dict[str, str]]:
     """Each honest node's bundles: {node: {name: version}} from its local API."""
     out = {}
     for a in world.agents:
-        doc = world.mesh.api(a, "GET", "/v1/bundles")
+        doc = a.client().get("/v1/bundles")
         out[a.name] = {r["name"]: r["version"] for r in doc["bundles"]}
     return out
 
@@ -65,6 +64,16 @@ def send_everywhere(world, msgs: list[tuple[str, m.Message]], sender: str | None
             assert status in ((204, 400) if sender is None else (403,)), (what, status)
 
 
+def settled(world, want: dict[tuple[str, str], int] | None = None) -> Counter:
+    """Wait until every refusal in ``want`` ((metric, reason) -> at least this many over the honest nodes) is
+    counted and the counters have stopped moving; the refusals since the baseline. An item is admitted or
+    refused before a node answers the frame, so a forgery that got in is in a store by now."""
+    wait_for(lambda: all(delta(world)[k] >= n for k, n in (want or {}).items()), 20,
+             f"the honest nodes to count the refusals {want}")
+    steady_metrics(world.mesh)
+    return delta(world)
+
+
 def delta(world) -> Counter:
     total: Counter = Counter()
     for a in world.agents:
@@ -77,7 +86,7 @@ def delta(world) -> Counter:
 
 def test_forged_bundles_reach_no_store_and_no_disk(world):
     h = world.hostile
-    publisher = world.mesh.key.key_id
+    publisher = world.mesh.keys.author_key.key_id
     madeup = SigningKey.generate()
     genuine = world.genuine[1]
     rekeyed = SignedItem(key="bundle/evil/rekeyed", version=genuine.version, payload=genuine.payload,
@@ -102,23 +111,23 @@ def test_forged_bundles_reach_no_store_and_no_disk(world):
     sync = [SignedItem(key=i.key, version=Version(i.version.wall_ms, i.version.counter + 1, i.version.author),
                        payload=i.payload, signatures=i.signatures) for _, i in forged]
     send_everywhere(world, [("the same forgeries by anti-entropy", m.SyncItems(items=tuple(sync), want=()))])
-    time.sleep(SETTLE_S)
+    reasons = ("BadSignature", "UnknownKey", "OutOfScope", "FromTheFuture")
+    d = settled(world, {("grapevine_refusals", r): len(world.agents) for r in reasons})
     assert stores(world) == before, "a forged item changed an honest store"
     assert pwned_files(world) == []
     assert all((a.root / "motd").read_text() == "genuine v1\n" for a in world.agents)
-    d = delta(world)
-    for reason in ("BadSignature", "UnknownKey", "OutOfScope", "FromTheFuture"):
+    for reason in reasons:
         assert d[("grapevine_refusals", reason)] >= len(world.agents), (reason, d)
 
 
 def test_forged_trust_roots_are_refused_and_the_root_stays(world):
     h = world.hostile
-    admin = world.mesh.key.key_id
+    admin = world.mesh.keys.author_key.key_id
     now = now_ms()
-    takeover = trust_files.build_root(serial=2, now_ms=now - 1000, expires_days=30, admins=[h.node_key.public], threshold=1,
-                                publishers=[(h.node_key.public, trust.ALL_NAMES)])
+    takeover = trust_files.build_root(serial=2, now_ms=now - 1000, expires_days=30, admins=[h.node_key.public],
+                                      threshold=1, publishers=[(h.node_key.public, trust.ALL_NAMES)])
     by_node = trust_files.init_root(takeover, [h.node_key], now)
-    unsigned = trust.SignedItem(key=trust.ROOT_KEY, version=Version(now, 1, admin), payload=takeover.encode())
+    unsigned = SignedItem(key=trust.ROOT_KEY, version=Version(now, 1, admin), payload=takeover.encode())
     claimed = unsigned.with_signature(admin, h.node_key.sign(unsigned.signing_bytes()))
     attempts = [
         ("new root signed by the hostile's node key", by_node),
@@ -128,14 +137,14 @@ def test_forged_trust_roots_are_refused_and_the_root_stays(world):
     send_everywhere(world, [(what, m.Push(hops=1, item=item)) for what, item in attempts])
     after = h.bundle_item("evil/after-root", signer=h.node_key)
     send_everywhere(world, [("bundle by the would-be new admin", m.Push(hops=1, item=after))])
-    time.sleep(SETTLE_S)
+    d = settled(world, {("grapevine_refusals", "UnknownKey"): 2 * len(world.agents),
+                        ("grapevine_refusals", "BadSignature"): 2 * len(world.agents)})
     for a in world.agents:
-        st = world.mesh.api(a, "GET", "/v1/status")
+        st = a.client().get("/v1/status")
         assert st["trust_root_serial"] == 1
-        hist = world.mesh.api(a, "GET", f"/v1/history?name={trust.ROOT_KEY}")
+        hist = a.client().get(f"/v1/history?name={trust.ROOT_KEY}")
         assert len(hist["versions"]) == 1
     assert all("evil/after-root" not in s for s in stores(world).values())
-    d = delta(world)
     assert d[("grapevine_refusals", "UnknownKey")] >= 2 * len(world.agents)
     assert d[("grapevine_refusals", "BadSignature")] >= 2 * len(world.agents)
 
@@ -143,14 +152,14 @@ def test_forged_trust_roots_are_refused_and_the_root_stays(world):
 def test_replayed_old_versions_never_roll_back(world):
     world.inject(2, via=1)
     world.wait_applied(2)
-    old, root_item = world.genuine[1], world.mesh.trust_path
+    old, root_item = world.genuine[1], world.mesh.keys.trust
     replays = [
         ("replay of the genuine bundle's old version", m.Push(hops=1, item=old)),
         ("replay of the old version by anti-entropy", m.SyncItems(items=(old,), want=())),
         ("replay of the first trust root", m.Push(hops=1, item=trust_files.read_item_file(root_item))),
     ]
     send_everywhere(world, replays)
-    time.sleep(SETTLE_S)
+    settled(world)
     current = world.genuine[2].version.stamp
     for name, bundles in stores(world).items():
         assert bundles["site/motd"].startswith(current), (name, bundles)
@@ -170,9 +179,10 @@ def _order(world, *, key: SigningKey, command: str, operator: str | None = None,
 
 def _genuine_run(world, command: str, on_event=None) -> dict:
     """A run the real operator starts through the origin's local API; returns the summary."""
-    signed = SignedOrder.sign(_order(world, key=world.mesh.key, command=command), world.mesh.key)
+    key = world.mesh.keys.author_key
+    signed = SignedOrder.sign(_order(world, key=key, command=command), key)
     summary = None
-    for ev in agent_stream(world.agents[0].socket, "/v1/run", {"order": signed.encode().hex()}):
+    for ev in world.agents[0].client().stream("POST", "/v1/run", {"order": signed.encode().hex()}):
         if on_event is not None:
             on_event(ev, signed)
         if ev.get("event") == "done":
@@ -182,7 +192,7 @@ def _genuine_run(world, command: str, on_event=None) -> dict:
 
 
 def test_run_orders_from_the_hostile_are_refused(world):
-    h, op = world.hostile, world.mesh.key
+    h, op = world.hostile, world.mesh.keys.author_key
     marker = world.base / "ran.marker"
     done = _genuine_run(world, f"echo ran >> {marker}")
     assert done["ok"], done
@@ -215,9 +225,20 @@ def test_run_orders_from_the_hostile_are_refused(world):
             reply = h.route(a.port, "run.order", {"order": signed.to_wire()}, what)
             assert isinstance(reply, dict) and not reply.get("ok"), (what, reply)
             assert reply.get("refused") == reason, (what, reply)
-    time.sleep(SETTLE_S)
+    # each node decided before it replied: under the captured order's id it ran once, then refused the replay
+    # and the copy with its command swapped
+    run_id = captured.order.run_id
+    for a in world.agents:
+        wait_for(lambda: _trail(a, run_id) == (1, ["BadSignature", "Replayed"]), 20,
+                 f"{a.name}'s audit trail of {run_id} to hold one run and two refusals")
     assert len(marker.read_text().splitlines()) == len(world.agents), "a replayed order ran again"
     assert pwned_files(world) == []
+
+
+def _trail(agent, run_id: str) -> tuple[int, list[str]]:
+    """``agent``'s audit trail of one run: (executions finished, refusal reasons, sorted)."""
+    rows = [r for r in agent.client().get(f"/v1/runs/history?limit={HISTORY_MAX}")["runs"] if r["order"] == run_id]
+    return sum(1 for r in rows if r["refused"] is None), sorted(r["refused"] for r in rows if r["refused"])
 
 
 def test_forged_run_results_are_refused_by_the_origin(world):
@@ -253,13 +274,13 @@ def test_forged_run_results_are_refused_by_the_origin(world):
 # ---------------------------------------------------------------- flood and membership lies
 
 
-def _flood(world, stop: threading.Event) -> Counter:
+def _flood(world, stop: threading.Event, kinds: Counter) -> None:
+    """Send FLOOD_MESSAGES lies from FLOOD_WORKERS connections, counting each kind sent in ``kinds``."""
     h = world.hostile
     agents = world.agents
     others = [a.node_id for a in agents]
     dead = [f"ghost{i}@127.0.0.1:{1 + i}" for i in range(8)]  # ports nothing listens on
     rnd = os.urandom
-    kinds = Counter()
 
     def one(i: int) -> None:
         if stop.is_set():  # the test failed or timed out: stop attacking
@@ -279,7 +300,7 @@ def _flood(world, stop: threading.Event) -> Counter:
         elif k == 4:
             h.post_raw(a.port, h.frame(rnd(48), dest=a.node_id), "envelope holding a bad message")
         elif k == 5:
-            item = h.bundle_item(f"evil/flood{i}", signer=None, author=world.mesh.key.key_id)
+            item = h.bundle_item(f"evil/flood{i}", signer=None, author=world.mesh.keys.author_key.key_id)
             h.gossip(a.port, m.Push(hops=1, item=item), "unsigned bundle (flood)")
         elif k == 6:
             h.gossip(a.port, m.Disconnect(leaving=True), "goodbye in another node's name", sender=victim)
@@ -295,17 +316,17 @@ def _flood(world, stop: threading.Event) -> Counter:
 
     with concurrent.futures.ThreadPoolExecutor(FLOOD_WORKERS) as pool:
         list(pool.map(one, range(FLOOD_MESSAGES)))
-    return kinds
 
 
 def test_genuine_bundle_converges_through_a_flood_and_membership_lies(world, hostile_report):
     stop = threading.Event()
-    result: dict = {}
-    flood = threading.Thread(target=lambda: result.update(kinds=_flood(world, stop)), daemon=True)
+    kinds: Counter = Counter()
+    flood = threading.Thread(target=_flood, args=(world, stop, kinds), daemon=True)
     t0 = time.monotonic()
     flood.start()
     try:
-        time.sleep(0.5)  # the attack is under way
+        # the attack is under way: every worker has sent a few lies
+        wait_for(lambda: sum(kinds.values()) >= 4 * FLOOD_WORKERS or not flood.is_alive(), 20, "the flood to start")
         world.inject(3, via=2)
         took = world.wait_applied(3)
         during = flood.is_alive()
@@ -315,18 +336,17 @@ def test_genuine_bundle_converges_through_a_flood_and_membership_lies(world, hos
         flood.join(RUN_TIMEOUT_S)
     flood_s = time.monotonic() - t0
     assert not flood.is_alive()
-    assert sum(result["kinds"].values()) == FLOOD_MESSAGES
-    assert sum(result["kinds"].values()) > 0
+    assert sum(kinds.values()) == FLOOD_MESSAGES
     for a in world.agents:
-        assert a.running(), f"{a.name} died under the flood"
-        assert world.mesh.api(a, "GET", "/v1/status")["status"] == "ok"
+        assert a.alive(), f"{a.name} died under the flood"
+        assert a.client().get("/v1/status")["status"] == "ok"
     assert all("evil/" not in " ".join(s) for s in stores(world).values())
     assert pwned_files(world) == []
     # the mesh still converges after the lies, not just during them
     world.inject(4, via=1)
     world.wait_applied(4)
     hostile_report["flood (bounded) and a genuine bundle injected during it"] = Counter({
-        "flood messages sent": sum(result["kinds"].values()),
+        "flood messages sent": sum(kinds.values()),
         "flood duration, ms": int(flood_s * 1000),
         "genuine v3 applied on every node, ms after injection": int(took * 1000),
         "flood still running when v3 was everywhere (1 = yes)": int(during),
@@ -345,7 +365,7 @@ def test_junk_route_bodies_are_refused_without_an_internal_error(world, route):
             status, data = h._post(a.port, f"/v1/peer/{route}", h.route_frame(body))
             h._note(f"junk body on route {route}", status, "answered" if status == 200 else str(status))
             assert status in (200, 400), (route, body, status, data[:200])
-        assert a.running()
+        assert a.alive()
 
 
 @pytest.mark.parametrize("payload", [b"", b"\xc1", msgpack.packb([[1], {}]), msgpack.packb([{"k": 1}, 1]),
@@ -358,7 +378,7 @@ def test_junk_broadcasts_are_dropped_without_an_internal_error(world, payload):
         msg = m.Ephemeral(msg_id=os.urandom(16), origin=h.node_id, deadline_ms=now_ms() + 5000, hops=1, payload=payload)
         status = h.gossip(a.port, msg, "junk broadcast payload")
         assert status == 204, (payload, status)
-        assert a.running()
+        assert a.alive()
 
 
 LINK_BAD_FRAMES = 40  # well past the transport's limit of bad frames on one link
@@ -392,20 +412,20 @@ def test_a_link_sending_bad_frames_is_closed(world):
     code, sent = asyncio.run(attack())
     h._note("bad frames down a WebSocket link", 101, f"link closed with code {code}")
     assert code == aiohttp.WSCloseCode.POLICY_VIOLATION, (code, sent)
-    assert target.running()
+    assert target.alive()
 
 
 def test_lies_in_discovery_cannot_plant_forged_run_results(world):
     """A hostile member answers every run discovery in each honest node's name with its own key,
     then forges those nodes' results: the origin must keep only the genuine ones."""
     port = free_port()
-    member = HostilePeer(world.mesh.netkey_path, name="mallory-member", port=port)  # "mallory" is pinned to the other key
+    member = HostilePeer(world.mesh.keys.netkey, name="mallory-member", port=port)  # "mallory" is pinned to the other key
     server = HostileServer(member, port, [a.node_id for a in world.agents])
     server.start()
     try:
         origin = world.agents[0]
         server.call(server.join(origin.node_id))
-        world.mesh.wait_until(lambda: member.node_id in world.mesh.api(origin, "GET", "/v1/members")["active"],
+        wait_for(lambda: member.node_id in origin.client().get("/v1/members")["active"],
                               20, "the hostile member to be in the origin's active view")
         for attempt in range(DISCOVERY_RUNS):
             marker = world.base / f"discovery-{attempt}.marker"
@@ -425,32 +445,42 @@ def test_a_target_cannot_run_the_order_on_later_batches_ahead_of_the_origin(worl
     """A hostile member in the first batch of a rolling run posts the genuine signed order to every
     other target at once: no honest node may run it before the origin sends it there."""
     port = free_port()
-    member = HostilePeer(world.mesh.netkey_path, name="aaa-first", port=port)  # sorts first: batch 1
+    member = HostilePeer(world.mesh.keys.netkey, name="aaa-first", port=port)  # sorts first: batch 1
     server = HostileServer(member, port, [a.node_id for a in world.agents], lie=False, replay_orders=True)
     server.start()
     try:
         origin = world.agents[0]
         server.call(server.join(origin.node_id))
-        world.mesh.wait_until(lambda: member.node_id in world.mesh.api(origin, "GET", "/v1/members")["active"],
+        wait_for(lambda: member.node_id in origin.client().get("/v1/members")["active"],
                               20, "the hostile member to be in the origin's active view")
         marker = world.base / "batches.marker"
-        op = world.mesh.key
+        op = world.mesh.keys.author_key
         order = _order(world, key=op, command=f"echo ran >> {marker}; sleep 0.5; exit 1")
         signed = SignedOrder.sign(order, op)
         summary = None
         body = {"order": signed.encode().hex(), "batch": "1", "max_failures": 0}
-        for ev in agent_stream(origin.socket, "/v1/run", body):
+        for ev in origin.client().stream("POST", "/v1/run", body):
             if ev.get("event") == "done":
                 summary = ev["summary"]
         assert summary is not None
-        time.sleep(SETTLE_S + 0.5)  # a command started by a replay would have written its line by now
-        started = [n for b in summary["batches"] for n in b["nodes"] if n != member.node_id]
+        # every honest node has answered the hostile's copy of the order, so decided on it: one that took it
+        # would have said ok (checked below), and its run shows in its audit trail once the command ends
+        wait_for(lambda: len(server.replayed) >= len(world.agents), 20, "the honest nodes' replies to the replays")
+        for a in world.agents:
+            wait_for(lambda: _trail(a, order.run_id)[0] == int(a.node_id in ran_by_origin(summary)), 20,
+                     f"{a.name}'s audit trail of {order.run_id}")
+        started = ran_by_origin(summary) - {member.node_id}
         assert server.replayed, "the hostile member was never sent the order: the attack did not happen"
         ran = len(marker.read_text().splitlines()) if marker.exists() else 0
         assert ran == len(started), (ran, summary["batches"], summary["stopped_reason"], server.replayed)
         assert not [r for r in server.replayed if isinstance(r, dict) and r.get("ok")], server.replayed
     finally:
         server.stop()
+
+
+def ran_by_origin(summary: dict) -> set[str]:
+    """The targets the origin sent the order to, batch by batch."""
+    return {n for b in summary["batches"] for n in b["nodes"]}
 
 
 def test_attack_shows_by_reason_in_every_honest_nodes_metrics(world, hostile_report):

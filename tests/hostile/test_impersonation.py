@@ -18,11 +18,11 @@ import sys
 import aiohttp
 import msgpack
 
+from grapevine.cli.localfleet import wait_for
+from grapevine.gossip import codec
+from grapevine.gossip import messages as m
+from grapevine.node.frames import pack_envelope
 from tests.hostile.hostile_peer import HostilePeer, scrape_metrics
-
-from grapevine.gossip import codec  # noqa: E402
-from grapevine.gossip import messages as m  # noqa: E402
-from grapevine.node.frames import pack_envelope  # noqa: E402
 
 
 def refused_as(world, port: int, reason: str) -> float:
@@ -30,7 +30,7 @@ def refused_as(world, port: int, reason: str) -> float:
 
 
 def members(world, agent) -> set[str]:
-    doc = world.mesh.api(agent, "GET", "/v1/members")
+    doc = agent.client().get("/v1/members")
     return set(doc["active"]) | set(doc["passive"])
 
 
@@ -56,7 +56,7 @@ def test_the_same_name_at_another_address_is_refused(world):
 def test_a_goodbye_in_another_nodes_name_is_refused(world):
     h = world.hostile
     target, victim = world.agents[0], world.agents[2]
-    world.mesh.wait_until(lambda: victim.node_id in members(world, target), 20, "the victim in the target's views")
+    wait_for(lambda: victim.node_id in members(world, target), 20, "the victim in the target's views")
     assert h.gossip(target.port, m.Disconnect(leaving=True), "goodbye as an honest node", sender=victim.node_id) == 403
     assert victim.node_id in members(world, target)
 
@@ -65,7 +65,7 @@ def test_the_honest_public_key_without_its_private_key_is_refused(world):
     """The attacker copies the victim's pinned public key into the envelope: the signature gives it away."""
     h = world.hostile
     target, victim = world.agents[0], world.agents[1]
-    pins = {p["name"]: p for p in world.mesh.api(target, "GET", "/v1/pins")["pins"]}
+    pins = {p["name"]: p for p in target.client().get("/v1/pins")["pins"]}
     real = bytes.fromhex(pins[victim.name]["key"])
     body = codec.encode(m.Join())
     env = msgpack.unpackb(pack_envelope(h.node_key, victim.node_id, target.node_id, body), raw=False)
@@ -115,8 +115,8 @@ def test_pins_survive_a_restart(world):
     node, victim = world.agents[2], world.agents[1]
     world.mesh.stop(node)
     world.mesh.start(node)
-    world.mesh.wait_ready([node])
-    names = {p["name"] for p in world.mesh.api(node, "GET", "/v1/pins")["pins"]}
+    world.mesh.wait_ready(node)
+    names = {p["name"] for p in node.client().get("/v1/pins")["pins"]}
     assert {a.name for a in world.agents} <= names
     assert h.gossip(node.port, m.Join(), "join as an honest node after a restart", sender=victim.node_id) == 403
     assert h.attempts[-1][2] == "NodeKeyChanged"
@@ -125,10 +125,10 @@ def test_pins_survive_a_restart(world):
 def test_forgetting_a_pin_lets_a_rekeyed_node_in(world):
     """``grapevine pins forget NAME`` is the operator's way to accept a node that really was re-keyed."""
     target = world.agents[0]
-    old = HostilePeer(world.mesh.netkey_path, name="rekeyed", port=9)
+    old = HostilePeer(world.mesh.keys.netkey, name="rekeyed", port=9)
     old.ids = dict(world.hostile.ids)
     assert old.gossip(target.port, m.Ping(), "first key for a new name") == 204  # pinned on first sight
-    new = HostilePeer(world.mesh.netkey_path, name="rekeyed", port=9)
+    new = HostilePeer(world.mesh.keys.netkey, name="rekeyed", port=9)
     new.ids = dict(world.hostile.ids)
     before = scrape_metrics(target.port)
     assert new.gossip(target.port, m.Ping(), "new key for the name") == 403
@@ -138,7 +138,7 @@ def test_forgetting_a_pin_lets_a_rekeyed_node_in(world):
                          capture_output=True, text=True, timeout=30)
     assert cli.returncode == 0, cli.stderr
     assert new.gossip(target.port, m.Ping(), "new key after the pin was removed") == 204
-    pins = {p["name"]: p for p in world.mesh.api(target, "GET", "/v1/pins")["pins"]}
+    pins = {p["name"]: p for p in target.client().get("/v1/pins")["pins"]}
     assert pins["rekeyed"]["key"] == new.node_key.public.raw.hex()
     gone = subprocess.run([sys.executable, "-m", "grapevine.cli.main", "pins", "forget", "nobody", "--agent", target.socket],
                           capture_output=True, text=True, timeout=30)
@@ -148,4 +148,4 @@ def test_forgetting_a_pin_lets_a_rekeyed_node_in(world):
 def test_the_honest_mesh_still_converges_after_the_impersonation_attempts(world):
     world.inject(2, via=1)
     world.wait_applied(2)
-    assert all(a.running() for a in world.agents)
+    assert all(a.alive() for a in world.agents)
