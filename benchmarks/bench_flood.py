@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_flood.py [--code both|new|old] [--conns 120] [--seconds 20] [--frames] [--json]
 
-For each code under test, three agents on loopback (``LocalMesh``, local
+For each code under test, three agents on loopback (``LocalFleet``, local
 preset); agent 0 is the target. After the mesh settles, ``tests/hostile/flood.py``
 (a separate process) opens ``--conns`` hostile connections to the target's
 peer port for ``--seconds`` (gzip bombs, slow 8 MiB bodies, idle WebSocket
@@ -21,7 +21,7 @@ old then new in one invocation so the figures sit side by side. ``--frames``
 also times the honest path in-process: sealing and opening one frame of
 200 B, 64 KiB and 1 MiB with each code (the new frame adds a node-key
 signature and its check). Every process
-started is stopped (``local_mesh``), the flood process is killed by PID.
+started is stopped (``LocalFleet.close``), the flood process is killed by PID.
 """
 
 from __future__ import annotations
@@ -90,28 +90,31 @@ def applied_everywhere(agents, version: int) -> bool:
     return True
 
 
+def _waited(cond, timeout: float, what: str) -> float:
+    """Seconds until ``cond`` held (``wait_for``, timed)."""
+    from grapevine.cli.localfleet import wait_for
+
+    t0 = time.monotonic()
+    wait_for(cond, timeout, what)
+    return time.monotonic() - t0
+
+
 def run_one(code: str, conns: int, seconds: float, base: Path) -> dict:
-    from grapevine.cli.demo import LocalMesh
+    from grapevine.cli.localfleet import LocalFleet
 
     python = OLD_PYTHON if code == "old" else sys.executable
-
-    class Mesh(LocalMesh):
-        def argv(self, agent):
-            cmd = super().argv(agent)
-            return [python, *cmd[1:]]
-
     out: dict = {"code": code, "python": python, "conns": conns, "seconds": seconds}
-    mesh = Mesh(base=base / code)
+    mesh = LocalFleet(base / code, python=python)
     flood_proc: subprocess.Popen | None = None
     try:
         for i in range(NODES):
             mesh.add(f"{code}{i}")
-        mesh.start_all()
+        mesh.start()
         mesh.wait_ready()
-        mesh.wait_mesh()
+        mesh.wait_linked()
         target, others = mesh.agents[0], mesh.agents[1:]
         mesh.inject(others[0], doc(1))
-        out["delivery_no_flood_s"] = round(mesh.wait_until(
+        out["delivery_no_flood_s"] = round(_waited(
             lambda: applied_everywhere(mesh.agents, 1), DELIVERY_TIMEOUT_S, "v1 everywhere"), 3)
         time.sleep(SETTLE_S)
         pid = target.proc.pid
@@ -151,7 +154,7 @@ def run_one(code: str, conns: int, seconds: float, base: Path) -> dict:
         t_inj = time.monotonic()
         mesh.inject(others[0], doc(2))
         try:
-            deliveries["to_target_s"] = round(mesh.wait_until(
+            deliveries["to_target_s"] = round(_waited(
                 lambda: applied_everywhere([target], 2), DELIVERY_TIMEOUT_S, "v2 at the target"), 3)
         except RuntimeError:
             deliveries["to_target_s"] = None  # not within DELIVERY_TIMEOUT_S
@@ -159,7 +162,7 @@ def run_one(code: str, conns: int, seconds: float, base: Path) -> dict:
         time.sleep(max(0.0, t_inj + 5.0 - time.monotonic()))
         try:  # through the flooded agent's local API: the flood may have made that one unreachable too
             mesh.inject(target, doc(3))
-            deliveries["from_target_s"] = round(mesh.wait_until(
+            deliveries["from_target_s"] = round(_waited(
                 lambda: applied_everywhere(others, 3), DELIVERY_TIMEOUT_S, "v3 at the others"), 3)
         except RuntimeError as exc:
             deliveries["from_target_s"] = None
@@ -192,7 +195,7 @@ def run_one(code: str, conns: int, seconds: float, base: Path) -> dict:
         if flood_proc is not None and flood_proc.poll() is None:
             flood_proc.kill()
             flood_proc.wait(10)
-        mesh.stop_all()
+        mesh.close()
     return out
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_preview.py [--nodes 8] [--repeat 5] [--out benchmarks/RESULTS-preview.md]
 
-Real agents on loopback (``LocalMesh``, production "lan" preset) all hold
+Real agents on loopback (``LocalFleet``, production "lan" preset) all hold
 bundle bench/site (one small file). Timed as whole processes, alternating so
 background load hits each alike:
 
@@ -73,7 +73,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from grapevine.cli.demo import local_mesh
+    from grapevine.cli.localfleet import LocalFleet, wait_for
 
     work = Path(tempfile.mkdtemp(prefix="gvbench-preview-"))
     site = {"bundle": "bench/site", "resources": [{"file": FILE, "content": "v1\n"}]}
@@ -83,17 +83,17 @@ def main() -> int:
     large.write_text(yaml.safe_dump({**site, "resources": [{"file": FILE, "content": "v2\n"},
                                                            {"file": "/etc/bench/blob", "content": "x" * (512 * 1024)}]}))
     results: dict[str, list[float]] = {"preview-small": [], "preview-512k": [], "run-converge": []}
-    with local_mesh(work / "mesh", preset="lan") as mesh:
+    with LocalFleet(work / "mesh", preset="lan") as mesh:
         for i in range(args.nodes):
             mesh.add(f"p{i}", tags={"role": "bench"})
-        mesh.start_all()
-        mesh.wait_ready(timeout_s=180)
-        mesh.wait_mesh(timeout_s=180)
+        mesh.start()
+        mesh.wait_ready(timeout=180)
+        mesh.wait_linked(timeout=180)
         mesh.inject(mesh.agents[0], site)
-        mesh.wait_until(lambda: all(mesh.applied(a, "bench/site") for a in mesh.agents), 120, "bench/site applied")
+        wait_for(lambda: all(mesh.applied(a, "bench/site") for a in mesh.agents), 120, "bench/site applied")
         time.sleep(3)
         base = [sys.executable, "-m", "grapevine.cli.main"]
-        via = ["--agent", mesh.agents[0].socket, "--key", str(mesh.key_path), "--json"]
+        via = ["--agent", mesh.agents[0].socket, "--key", str(mesh.keys.author), "--json"]
         cmds = {"preview-small": base + ["inject", str(small), "--preview"] + via,
                 "preview-512k": base + ["inject", str(large), "--preview"] + via,
                 "run-converge": base + ["run", "--converge", "bench/site"] + via}
