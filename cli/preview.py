@@ -41,7 +41,8 @@ def preview_candidates(sock: str, items: list, key_path: Path, *, timeout_s: flo
     from grapevine.policy.keys import SigningKey
     from grapevine.policy.runorder import RunAction
 
-    from .run import agent_stream, build_order
+    from .client import AgentClient
+    from .run import build_order
 
     bundles = [i for i in items if i.key.startswith("bundle/")]
     if not bundles:
@@ -55,7 +56,7 @@ def preview_candidates(sock: str, items: list, key_path: Path, *, timeout_s: flo
                          timeout_s=timeout_s, batched=False)
     body = {"order": signed.encode().hex(), "batch": None, "max_failures": None}
     summary: dict | None = None
-    for ev in agent_stream(sock, "/v1/run", body):
+    for ev in AgentClient(sock).stream("POST", "/v1/run", body):
         if ev.get("event") == "done":
             summary = ev["summary"]
         elif ev.get("event") == "error":

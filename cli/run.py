@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
@@ -33,28 +33,7 @@ from .output import emit_json, json_option
 DEFAULT_TIMEOUT_S = 60.0  # per node; most ad-hoc commands finish well within a minute
 DEADLINE_SLACK_S = 60.0  # deadline = timeout + this, for discovery and results on a busy fleet
 BATCHED_DEADLINE_S = 3600.0  # rolling batches may take a while; nodes forget run ids after this
-CONNECT_TIMEOUT_S = 10.0  # the local agent answers at once or is not there
 TABLE_ROWS = 30  # rows of the live table; a big fleet shows the latest ones and the counts
-
-
-# ------------------------------------------------------------------ agent client
-# The command talks to its agent through the CLI's one client (cli/fleet.py).
-
-
-def agent_socket(explicit: str | None) -> str:
-    """--agent, else $GRAPEVINE_AGENT, else agent.sock in the default data directory."""
-    return find_socket(explicit)
-
-
-def agent_json(sock: str, method: str, path: str, body: Any = None, *, data: bytes | None = None,
-               timeout: float = CONNECT_TIMEOUT_S) -> Any:
-    """Kept for callers not yet using ``AgentClient(sock).request(...)`` directly."""
-    return AgentClient(sock, timeout).request(method, path, body, data=data)
-
-
-def agent_stream(sock: str, path: str, body: Any) -> Iterator[dict]:
-    """Kept for callers not yet using ``AgentClient(sock).stream("POST", ...)`` directly."""
-    return AgentClient(sock).stream("POST", path, body)
 
 
 # ------------------------------------------------------------------ orders
@@ -264,7 +243,7 @@ def run(selector: str, key_path: str, agent: str | None, batch: str | None, max_
     except (ConfigError, GrapevineError) as exc:
         raise click.UsageError(str(exc)) from None
     key = SigningKey.load(Path(key_path))
-    sock = agent_socket(agent)
+    sock = find_socket(agent)  # --agent, else $GRAPEVINE_AGENT, else agent.sock in the default data dir
     signed = build_order(sock=sock, key=key, selector=selector, action=action, timeout_s=timeout_s,
                          batched=batch is not None)
     doc = follow_run(sock, signed, batch=batch, max_failures=max_failures, as_json=as_json)

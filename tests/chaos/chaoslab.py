@@ -19,8 +19,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from grapevine.cli.localfleet import FleetKeys as Keys
-from tests.node.agentproc import pack_bundle, wait_until  # noqa: F401 - re-exported for the chaos tests
+from grapevine.cli.localfleet import FleetKeys
+from tests.node.bundles import pack_bundle
 
 SUBNET = "10.231.7"  # private addresses, only inside the namespaces a test creates
 PORT = 7946
@@ -34,11 +34,6 @@ def netns_unavailable() -> str | None:
     if shutil.which("ip") is None:
         return "the `ip` command (iproute2) is not installed"
     return None
-
-
-def make_keys(d: Path) -> Keys:
-    """An author key that may publish any bundle and run anything, a root naming it, a network key."""
-    return Keys.create(d)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -105,7 +100,7 @@ class NetLab:
         self.close()
 
 
-def bundle_item(keys: Keys, name: str, content: str, now_ms: int | None = None) -> Any:
+def bundle_item(keys: FleetKeys, name: str, content: str, now_ms: int | None = None) -> Any:
     """A signed bundle managing one file, /etc/chaos/<name>, whose content names the version."""
     return pack_bundle(keys, name, None, {f"/etc/chaos/{name.replace('/', '_')}": content}, now_ms)
 

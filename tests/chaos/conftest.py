@@ -7,20 +7,10 @@ summary prints them, so a CI log shows what was exercised, not only "passed".
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from typing import Any
 
 import pytest
-
-from tests.chaos import chaoslab
-from tests.node import agentproc
-
-# Tests on branches written before the tests became a package import this directory's helpers by
-# bare name (`from chaoslab import ...`, with the directory put on sys.path). This alias keeps them
-# working without touching sys.path; remove it once no test imports the bare name.
-sys.modules.setdefault("chaoslab", chaoslab)
-sys.modules.setdefault("agentproc", agentproc)
 
 RECORD: dict[str, Any] = {
     "sim_seeds": [],

@@ -21,8 +21,8 @@ import time
 import pytest
 import yaml
 
-from tests.chaos.chaoslab import PORT, NetLab, bundle_file, bundle_item, make_keys, netns_unavailable, wait_until
-from tests.node.agentproc import Fleet
+from grapevine.cli.localfleet import FAST_ENV, FleetKeys, LocalFleet, wait_for
+from tests.chaos.chaoslab import PORT, NetLab, bundle_file, bundle_item, netns_unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
@@ -38,7 +38,7 @@ FINAL_TIMEOUT_S = 60  # after the heal: every store equal and every bundle appli
 class Script:
     """The fleet, the network and what has been injected (the newest content per bundle)."""
 
-    def __init__(self, fleet: Fleet, lab: NetLab, tmp_path) -> None:
+    def __init__(self, fleet: LocalFleet, lab: NetLab, tmp_path) -> None:
         self.fleet = fleet
         self.lab = lab
         self.tmp = tmp_path
@@ -123,18 +123,17 @@ class Script:
 
 @pytest.mark.skipif(netns_unavailable() is not None, reason=netns_unavailable() or "")
 def test_every_live_agent_applies_the_newest_bundles_after_kills_restarts_and_a_partition(tmp_path, chaos_record):
-    keys = make_keys(tmp_path)
-    fleet = Fleet(tmp_path, keys)
+    fleet = LocalFleet(tmp_path, keys=FleetKeys.create(tmp_path / "keys"), preset=None, env=FAST_ENV)
     lab = NetLab(AGENTS)
     try:
         lab.up()
         for i in range(AGENTS):
             join = sorted({lab.address(0), lab.address(10), lab.address((i * 7 + 3) % AGENTS)} - {lab.address(i)})
-            fleet.make(f"c{i}", PORT, host=lab.address(i), join=[f"{j}:{PORT}" for j in join], netns=lab.ns[i])
-        fleet.start(*fleet.agents)
+            fleet.add(f"c{i}", port=PORT, host=lab.address(i), join=[f"{j}:{PORT}" for j in join], netns=lab.ns[i])
+        fleet.up(*fleet.agents)
         s = Script(fleet, lab, tmp_path)
-        wait_until(lambda: len({a.status()["store_digest"] for a in s.agents}) == 1
-                   and all(a.status()["active"] > 0 for a in s.agents), MESH_TIMEOUT_S, 0.5, "one mesh of 20 agents")
+        wait_for(lambda: len({a.status()["store_digest"] for a in s.agents}) == 1
+                 and all(a.status()["active"] > 0 for a in s.agents), MESH_TIMEOUT_S, "one mesh of 20 agents", interval=0.5)
 
         # 1. first versions of every bundle, from four nodes at once, two through the CLI
         s.inject_all([(0, "chaos/a", "v1", {"cli": True}), (6, "chaos/b", "v1"), (11, "chaos/c", "v1", {"cli": True}),
@@ -150,11 +149,12 @@ def test_every_live_agent_applies_the_newest_bundles_after_kills_restarts_and_a_
         s.inject_all([(2, "chaos/c", "v3"), (14, "chaos/d", "v3"), (4, "chaos/a", "v3a")])
         s.restart(3)  # back on side A while the cut holds
         s.kill(12)
-        time.sleep(0.01)
+        acked_ms = time.time_ns() // 1_000_000  # side A's write of chaos/a is stamped no later than this
+        wait_for(lambda: time.time_ns() // 1_000_000 > acked_ms, 1, "the wall clock to pass side A's write")
         s.inject(15, "chaos/a", "v4b")  # later than side A's write: it must win everywhere
         side_a = [a for i, a in enumerate(s.agents) if i not in SIDE_B and a.alive()]
-        wait_until(lambda: all(s.holds(a, "chaos/c") for a in side_a), SPREAD_TIMEOUT_S, 0.5,
-                   "side A to apply chaos/c v3")
+        wait_for(lambda: all(s.holds(a, "chaos/c") for a in side_a), SPREAD_TIMEOUT_S, "side A to apply chaos/c v3",
+                 interval=0.5)
         assert not any(s.holds(a, "chaos/c") for a in s.agents if a.alive() and s.agents.index(a) in SIDE_B), \
             "chaos/c v3 crossed the cut"
         # 4. heal; the dead come back; an agent dies right after acknowledging an injection
@@ -170,7 +170,8 @@ def test_every_live_agent_applies_the_newest_bundles_after_kills_restarts_and_a_
         s.restart(9)
         # 5. every live agent: same store, newest version of every bundle applied
         try:
-            wait_until(s.converged, FINAL_TIMEOUT_S, 0.5, "every live agent to hold and apply the newest bundles")
+            wait_for(s.converged, FINAL_TIMEOUT_S, "every live agent to hold and apply the newest bundles",
+                     interval=0.5)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{s.describe()}") from None
         for a in s.live():

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from tests.node import agentproc
-from tests.node.agentproc import Fleet, Keys, make_keys
-
-# Tests on branches written before the tests became a package import this directory's helpers by
-# bare name (`from agentproc import ...`, with the directory put on sys.path). This alias keeps them
-# working without touching sys.path; remove it once no test imports the bare name.
-sys.modules.setdefault("agentproc", agentproc)
+from grapevine.cli.localfleet import FAST_ENV, FleetKeys, LocalFleet
 
 
 @pytest.fixture(scope="session")
-def keys(tmp_path_factory) -> Keys:
-    return make_keys(tmp_path_factory.mktemp("keys"))
+def keys(tmp_path_factory) -> FleetKeys:
+    return FleetKeys.create(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture
 def fleet(tmp_path, keys):
-    f = Fleet(tmp_path, keys)
+    """Agents with the tests' short intervals (FAST_ENV); each joins only what it is told to."""
+    f = LocalFleet(tmp_path, keys=keys, preset=None, env=FAST_ENV)
     try:
         yield f
     finally:
-        f.close()
+        f.close(grace=0)  # SIGKILL, by PID: the tests are done with them

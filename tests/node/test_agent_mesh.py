@@ -11,13 +11,14 @@ import time
 import msgpack
 import pytest
 
-from tests.node.agentproc import free_ports, pack_bundle, wait_until, write_bundle
 
-from grapevine.cli.fleet import AgentRefused
+from grapevine.cli.client import AgentRefused
+from grapevine.cli.localfleet import free_ports, wait_for
 from grapevine.node.frames import pack_envelope
 from grapevine.node.netkey import KeyRing, read_key_file
 from grapevine.policy.keys import SigningKey
 from grapevine.node.state import State
+from tests.node.bundles import pack_bundle, write_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +39,8 @@ def test_bundle_injected_anywhere_is_applied_on_every_targeted_node_and_only_the
         if i > 1:
             join.append(f"127.0.0.1:{ports[random.Random(i).randrange(1, i)]}")
         role = "web" if i % 2 == 0 else "db"
-        agents.append(fleet.make(f"n{i}", port, join=join, tags={"role": role}))
-    fleet.start(*agents)
+        agents.append(fleet.add(f"n{i}", port=port, join=join, tags={"role": role}))
+    fleet.up(*agents)
     web = [a for i, a in enumerate(agents) if i % 2 == 0]
     db = [a for i, a in enumerate(agents) if i % 2 == 1]
 
@@ -49,16 +50,16 @@ def test_bundle_injected_anywhere_is_applied_on_every_targeted_node_and_only_the
     assert out["injected"][0]["key"] == "bundle/web/motd"
 
     for a in web:
-        wait_until(lambda a=a: (a.root / "etc/motd").is_file(), 60, what=f"/etc/motd on {a.name}")
+        wait_for(lambda a=a: (a.root / "etc/motd").is_file(), 60, f"/etc/motd on {a.name}")
         assert (a.root / "etc/motd").read_text() == "hello web\n"
-    wait_until(lambda: all(_holds(a, "web/motd") for a in agents), 20, what="every node to hold web/motd")
+    wait_for(lambda: all(_holds(a, "web/motd") for a in agents), 20, "every node to hold web/motd")
 
     # the other way round, injected on a web node
     fleet.cli("inject", str(write_bundle(tmp_path / "db.yaml", "db/conf", "role=db", {"/etc/db.conf": "db\n"})),
               "--key", str(fleet.keys.author), agent=agents[2])
     for a in db:
-        wait_until(lambda a=a: (a.root / "etc/db.conf").is_file(), 30, what=f"/etc/db.conf on {a.name}")
-    wait_until(lambda: len(_digests(agents)) == 1, 20, what="identical stores")
+        wait_for(lambda a=a: (a.root / "etc/db.conf").is_file(), 30, f"/etc/db.conf on {a.name}")
+    wait_for(lambda: len(_digests(agents)) == 1, 20, "identical stores")
     for a in db:
         assert not (a.root / "etc/motd").exists(), f"{a.name} is not targeted by web/motd"
     for a in web:
@@ -78,12 +79,12 @@ def test_bundle_injected_anywhere_is_applied_on_every_targeted_node_and_only_the
 
 def test_killed_agent_keeps_every_acknowledged_item_then_catches_up_and_converges(fleet):
     ports = free_ports(4)
-    agents = [fleet.make(f"k{i}", p, join=[f"127.0.0.1:{ports[0]}"] if i else [f"127.0.0.1:{ports[1]}"])
+    agents = [fleet.add(f"k{i}", port=p, join=[f"127.0.0.1:{ports[0]}"] if i else [f"127.0.0.1:{ports[1]}"])
               for i, p in enumerate(ports)]
-    fleet.start(*agents)
+    fleet.up(*agents)
     victim, other = agents[2], agents[1]
     # an established member: it has linked to a peer (and stored it) before it is killed
-    wait_until(lambda: victim.status()["active"] > 0, 30, what="the victim to link to a peer")
+    wait_for(lambda: victim.status()["active"] > 0, 30, "the victim to link to a peer")
     acked: list[str] = []
     stop = threading.Event()
 
@@ -101,7 +102,7 @@ def test_killed_agent_keeps_every_acknowledged_item_then_catches_up_and_converge
     t = threading.Thread(target=inject_loop)
     t.start()
     try:
-        wait_until(lambda: len(acked) >= 25, 30, 0.02, what="25 acknowledged injections")
+        wait_for(lambda: len(acked) >= 25, 30, "25 acknowledged injections", interval=0.02)
         victim.kill()  # SIGKILL while injections are still arriving
     finally:
         stop.set()
@@ -118,36 +119,36 @@ def test_killed_agent_keeps_every_acknowledged_item_then_catches_up_and_converge
     for n in range(3):
         other.client().post("/v1/inject", data=pack_bundle(fleet.keys, f"late/l{n}", None, {f"/srv/late{n}": "x\n"}).encode())
     # restarted without any --join: it rejoins through the peers it had stored
-    i = victim.argv.index("--join")
-    del victim.argv[i:i + 2]
-    assert "--join" not in victim.argv
+    victim.join = []
+    assert "--join" not in victim.command()
     victim.start()
     victim.wait_ready()
     live = [a for a in agents]
-    wait_until(lambda: len(_digests(live)) == 1, 30, what="the restarted agent to catch up")
+    wait_for(lambda: len(_digests(live)) == 1, 30, "the restarted agent to catch up")
     for n in range(3):
-        wait_until(lambda n=n: (victim.root / f"srv/late{n}").is_file(), 20, what=f"late{n} applied after restart")
+        wait_for(lambda n=n: (victim.root / f"srv/late{n}").is_file(), 20, f"late{n} applied after restart")
     for key in acked:
         name = key.removeprefix("bundle/app/")
-        wait_until(lambda name=name: (victim.root / "srv" / name).is_file(), 20, what=f"{key} applied after restart")
+        wait_for(lambda name=name: (victim.root / "srv" / name).is_file(), 20, f"{key} applied after restart")
 
 
 def test_node_with_the_wrong_network_key_is_never_admitted_and_learns_nothing(fleet, tmp_path):
     from grapevine.node.netkey import generate_key, write_key_file
 
     ports = free_ports(4)
-    good = [fleet.make(f"g{i}", p, join=[f"127.0.0.1:{ports[0]}"] if i else []) for i, p in enumerate(ports[:3])]
+    good = [fleet.add(f"g{i}", port=p, join=[f"127.0.0.1:{ports[0]}"] if i else []) for i, p in enumerate(ports[:3])]
     wrong_key = tmp_path / "wrong.netkey"
     write_key_file(wrong_key, generate_key())
-    intruder = fleet.make("intruder", ports[3], join=[f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"], netkey=wrong_key)
-    no_key = fleet.make("nokey", free_ports(1)[0], join=[f"127.0.0.1:{ports[0]}"], netkey=None)
-    fleet.start(*good, intruder, no_key)
+    intruder = fleet.add("intruder", port=ports[3], join=[f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}"],
+                         netkey=wrong_key)
+    no_key = fleet.add("nokey", port=free_ports(1)[0], join=[f"127.0.0.1:{ports[0]}"], netkey=None)
+    fleet.up(*good, intruder, no_key)
     good[1].client().post("/v1/inject", data=pack_bundle(fleet.keys, "secret/cfg", None, {"/etc/secret": "s\n"}).encode())
-    wait_until(lambda: all((a.root / "etc/secret").is_file() for a in good), 30, what="the bundle on the keyed nodes")
+    wait_for(lambda: all((a.root / "etc/secret").is_file() for a in good), 30, "the bundle on the keyed nodes")
     # the outsiders have tried, and been turned away, several times over (instead of a fixed sleep)
-    wait_until(lambda: sum(a.metric("grapevine_bad_frames_total", 'reason="UnknownNetworkKey"') for a in good) >= 3
-               and sum(a.metric("grapevine_bad_frames_total", 'reason="Unsealed"') for a in good) >= 3,
-               30, what="several refused attempts by each outsider")
+    refused = lambda reason: sum(a.metric("grapevine_bad_frames_total", f'reason="{reason}"') for a in good)  # noqa: E731
+    wait_for(lambda: refused("UnknownNetworkKey") >= 3 and refused("Unsealed") >= 3, 30,
+             "several refused attempts by each outsider")
     for outsider in (intruder, no_key):
         st = outsider.status()
         assert st["active"] == 0 and st["passive"] == 0
@@ -166,8 +167,8 @@ def test_malformed_oversized_and_garbage_frames_get_4xx_are_counted_and_the_daem
     import urllib.request
 
     port = free_ports(1)[0]
-    a = fleet.make("solo", port)
-    fleet.start(a)
+    a = fleet.add("solo", port=port, join=[])
+    fleet.up(a)
     ring = KeyRing()
     ring.install(read_key_file(fleet.keys.netkey))
     stranger = SigningKey.generate()
@@ -212,10 +213,10 @@ def test_malformed_oversized_and_garbage_frames_get_4xx_are_counted_and_the_daem
 
 def test_network_key_rotates_on_running_agents_without_restart(fleet, tmp_path):
     ports = free_ports(2)
-    a = fleet.make("ra", ports[0])
-    b = fleet.make("rb", ports[1], join=[f"127.0.0.1:{ports[0]}"])
-    fleet.start(a, b)
-    wait_until(lambda: a.status()["active"] == 1 and b.status()["active"] == 1, 20, what="a and b linked")
+    a = fleet.add("ra", port=ports[0], join=[])
+    b = fleet.add("rb", port=ports[1], join=[f"127.0.0.1:{ports[0]}"])
+    fleet.up(a, b)
+    wait_for(lambda: a.status()["active"] == 1 and b.status()["active"] == 1, 20, "a and b linked")
     new = tmp_path / "new.netkey"
     new_id = fleet.cli("netkey", "gen", "--out", str(new)).stdout.strip()
     old_id = a.status()["network_key"]
@@ -223,7 +224,7 @@ def test_network_key_rotates_on_running_agents_without_restart(fleet, tmp_path):
         fleet.cli("netkey", "install", str(new), agent=x)
     fleet.cli("netkey", "use", new_id, agent=a)  # a now seals with the new key, b still with the old one
     a.client().post("/v1/inject", data=pack_bundle(fleet.keys, "rot/one", None, {"/etc/one": "1\n"}).encode())
-    wait_until(lambda: (b.root / "etc/one").is_file(), 20, what="delivery during rotation")
+    wait_for(lambda: (b.root / "etc/one").is_file(), 20, "delivery during rotation")
     fleet.cli("netkey", "use", new_id, agent=b)
     for x in (a, b):
         res = fleet.cli("netkey", "remove", old_id, agent=x)
@@ -231,33 +232,33 @@ def test_network_key_rotates_on_running_agents_without_restart(fleet, tmp_path):
         keys = fleet.cli_json("netkey", "list", agent=x)["keys"]
         assert keys == [{"key_id": new_id, "primary": True}]
     b.client().post("/v1/inject", data=pack_bundle(fleet.keys, "rot/two", None, {"/etc/two": "2\n"}).encode())
-    wait_until(lambda: (a.root / "etc/two").is_file(), 20, what="delivery after rotation")
+    wait_for(lambda: (a.root / "etc/two").is_file(), 20, "delivery after rotation")
     bad = fleet.cli("netkey", "remove", new_id, agent=a, check=False)
     assert bad.returncode == 2 and "KeyInUse" in bad.stderr
     # SIGTERM: b leaves the mesh (a drops it at once, no failure timeout) and exits 0 within its drain bound
     t0 = time.monotonic()
     assert b.stop(grace=10) == 0
     assert time.monotonic() - t0 < 5
-    wait_until(lambda: a.status()["active"] == 0, 3, 0.05, what="a to drop the leaving b")
+    wait_for(lambda: a.status()["active"] == 0, 3, "a to drop the leaving b", interval=0.05)
 
 
 def test_rollback_reinjects_old_content_as_a_new_version(fleet, tmp_path):
     ports = free_ports(2)
-    a = fleet.make("ha", ports[0])
-    b = fleet.make("hb", ports[1], join=[f"127.0.0.1:{ports[0]}"])
-    fleet.start(a, b)
+    a = fleet.add("ha", port=ports[0], join=[])
+    b = fleet.add("hb", port=ports[1], join=[f"127.0.0.1:{ports[0]}"])
+    fleet.up(a, b)
     site = tmp_path / "site.yaml"
     for text in ("one\n", "two\n"):
         write_bundle(site, "app/conf", None, {"/etc/app.conf": text})
         fleet.cli("inject", str(site), "--key", str(fleet.keys.author), agent=a)
-        wait_until(lambda text=text: (b.root / "etc/app.conf").is_file() and (b.root / "etc/app.conf").read_text() == text,
-                   20, what=f"app.conf = {text!r} on b")
+        wait_for(lambda text=text: (b.root / "etc/app.conf").is_file() and (b.root / "etc/app.conf").read_text() == text,
+                 20, f"app.conf = {text!r} on b")
     hist = fleet.cli_json("history", "app/conf", agent=b)["versions"]
     assert len(hist) == 2 and hist[1]["current"]
     out = fleet.cli_json("rollback", "app/conf", "--to", "#1", "--key", str(fleet.keys.author), agent=b)
     assert out["rolled_back_to"] == hist[0]["version"]
     for x in (a, b):
-        wait_until(lambda x=x: (x.root / "etc/app.conf").read_text() == "one\n", 20, what=f"rolled back on {x.name}")
+        wait_for(lambda x=x: (x.root / "etc/app.conf").read_text() == "one\n", 20, f"rolled back on {x.name}")
     hist = fleet.cli_json("history", "app/conf", agent=a)["versions"]
     assert len(hist) == 3 and hist[2]["current"]
     refused = fleet.cli("rollback", "app/conf", "--to", "99.0.x", "--key", str(fleet.keys.author), agent=a, check=False)
@@ -275,16 +276,16 @@ def test_rollback_reinjects_old_content_as_a_new_version(fleet, tmp_path):
 
 def test_lone_agent_reports_stale_serves_private_api_and_exits_cleanly_on_sigterm(fleet, tmp_path):
     port = free_ports(1)[0]
-    a = fleet.make("lone", port, env={"GRAPEVINE_STALE_AFTER_S": "0.5", "GRAPEVINE_DRAIN_TIMEOUT_S": "1"},
-                   extra=["--log-format", "json"])
-    fleet.start(a)
-    assert stat.S_IMODE(os.stat(a.sock).st_mode) == 0o600
-    st = wait_until(lambda: (s := a.status())["stale"] and s, 10, what="stale status")
+    a = fleet.add("lone", port=port, join=[], env={"GRAPEVINE_STALE_AFTER_S": "0.5", "GRAPEVINE_DRAIN_TIMEOUT_S": "1"},
+                  extra=["--log-format", "json"])
+    fleet.up(a)
+    assert stat.S_IMODE(os.stat(a.socket).st_mode) == 0o600
+    st = wait_for(lambda: (s := a.status())["stale"] and s, 10, "stale status")
     assert st["status"].startswith("stale since ")
     # a burst of bundles converges in a few debounced converges, not one per bundle
     for n in range(12):
         a.client().post("/v1/inject", data=pack_bundle(fleet.keys, f"burst/b{n}", None, {f"/srv/b{n}": "x\n"}).encode())
-    wait_until(lambda: all((a.root / f"srv/b{n}").is_file() for n in range(12)), 20, what="the burst applied")
+    wait_for(lambda: all((a.root / f"srv/b{n}").is_file() for n in range(12)), 20, "the burst applied")
     reports = a.client().get("/v1/reports?limit=50")["reports"]
     assert 1 <= len(reports) < 12
     assert set(reports[0]["report"]["versions"]) == {f"burst/b{n}" for n in range(12)}
@@ -306,7 +307,7 @@ def test_lone_agent_reports_stale_serves_private_api_and_exits_cleanly_on_sigter
     docs = [json.loads(line) for line in lines if line.startswith("{")]
     assert docs and all(d["node"] == "lone" for d in docs)
     assert any("stopped" in d["msg"] for d in docs)
-    assert not os.path.exists(a.sock)
+    assert not os.path.exists(a.socket)
 
 
 def test_rotated_trust_root_spreads_by_gossip_and_changes_who_may_publish(fleet, tmp_path):
@@ -314,9 +315,9 @@ def test_rotated_trust_root_spreads_by_gossip_and_changes_who_may_publish(fleet,
     from grapevine.policy.trust_files import build_root, read_item_file, rotate, write_item_file
 
     ports = free_ports(2)
-    a = fleet.make("ta", ports[0])
-    b = fleet.make("tb", ports[1], join=[f"127.0.0.1:{ports[0]}"])
-    fleet.start(a, b)
+    a = fleet.add("ta", port=ports[0], join=[])
+    b = fleet.add("tb", port=ports[1], join=[f"127.0.0.1:{ports[0]}"])
+    fleet.up(a, b)
     alice = fleet.keys.author_key
     bob = SigningKey.generate()
     bob.save(tmp_path / "bob.key")
@@ -325,31 +326,32 @@ def test_rotated_trust_root_spreads_by_gossip_and_changes_who_may_publish(fleet,
                           publishers=[(bob.public, "*")])  # alice stays admin but may no longer publish
     write_item_file(tmp_path / "root2.gv", rotate(read_item_file(fleet.keys.trust), new_root, [alice], now))
     fleet.cli("inject", str(tmp_path / "root2.gv"), agent=a)
-    wait_until(lambda: b.status()["trust_root_serial"] == 2, 20, what="root serial 2 on b")
+    wait_for(lambda: b.status()["trust_root_serial"] == 2, 20, "root serial 2 on b")
     site = write_bundle(tmp_path / "s.yaml", "svc/x", None, {"/etc/x": "x\n"})
     refused = fleet.cli("inject", str(site), "--key", str(fleet.keys.author), agent=b, check=False)
     assert refused.returncode == 2 and "OutOfScope" in refused.stderr
     fleet.cli("inject", str(site), "--key", str(tmp_path / "bob.key"), agent=b)
-    wait_until(lambda: (a.root / "etc/x").is_file(), 20, what="bob's bundle applied on a")
+    wait_for(lambda: (a.root / "etc/x").is_file(), 20, "bob's bundle applied on a")
 
 
 def test_periodic_converge_puts_back_a_file_that_drifted(fleet, tmp_path):
-    a = fleet.make("drift", free_ports(1)[0], env={"GRAPEVINE_CONVERGE_INTERVAL_S": "0.5", "GRAPEVINE_CONVERGE_SPLAY_S": "0.2"})
-    fleet.start(a)
+    a = fleet.add("drift", port=free_ports(1)[0], join=[],
+                  env={"GRAPEVINE_CONVERGE_INTERVAL_S": "0.5", "GRAPEVINE_CONVERGE_SPLAY_S": "0.2"})
+    fleet.up(a)
     a.client().post("/v1/inject", data=pack_bundle(fleet.keys, "d/motd", None, {"/etc/motd": "managed\n"}).encode())
-    wait_until(lambda: (a.root / "etc/motd").is_file(), 10, what="the bundle applied")
+    wait_for(lambda: (a.root / "etc/motd").is_file(), 10, "the bundle applied")
     (a.root / "etc/motd").write_text("hand edit\n")
-    wait_until(lambda: (a.root / "etc/motd").read_text() == "managed\n", 10, 0.05, what="the drift corrected")
+    wait_for(lambda: (a.root / "etc/motd").read_text() == "managed\n", 10, "the drift corrected", interval=0.05)
     triggers = {r["trigger"] for r in a.client().get("/v1/reports?limit=50")["reports"]}
     assert "timer" in triggers
 
 
 def test_agent_refuses_a_busy_port_and_a_data_dir_in_use_with_exit_status_2(fleet):
-    a = fleet.make("first", free_ports(1)[0])
-    fleet.start(a)
-    busy = fleet.make("busy", a.port)  # the same port, its own data dir
-    same_dir = fleet.make("twin", free_ports(1)[0])
-    same_dir.argv[same_dir.argv.index("--data-dir") + 1] = str(a.data_dir)
+    a = fleet.add("first", port=free_ports(1)[0], join=[])
+    fleet.up(a)
+    busy = fleet.add("busy", port=a.port, join=[])  # the same port, its own data dir
+    same_dir = fleet.add("twin", port=free_ports(1)[0], join=[])
+    same_dir.data_dir = a.data_dir  # another process on the first agent's data dir
     for x, message in ((busy, "bind: cannot listen"), (same_dir, "another agent is running")):
         x.start()
         assert x.proc.wait(timeout=30) == 2
@@ -365,12 +367,12 @@ def test_a_node_joins_through_every_contact_so_groups_that_formed_apart_merge(fl
     groups' views hold only each other).
     """
     ports = free_ports(5)
-    a, b = fleet.make("ga", ports[0]), fleet.make("gb", ports[1], join=[f"127.0.0.1:{ports[0]}"])
-    c, d = fleet.make("gc", ports[2]), fleet.make("gd", ports[3], join=[f"127.0.0.1:{ports[2]}"])
-    fleet.start(a, b, c, d)
-    wait_until(lambda: all(x.status()["active"] > 0 for x in (a, b, c, d)), 30, what="two pairs linked")
-    e = fleet.make("ge", ports[4], join=[f"127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[3]}"])
-    fleet.start(e)
-    wait_until(lambda: e.status()["active"] >= 2, 30, what="the bridge linked to both groups")
+    a, b = fleet.add("ga", port=ports[0], join=[]), fleet.add("gb", port=ports[1], join=[f"127.0.0.1:{ports[0]}"])
+    c, d = fleet.add("gc", port=ports[2], join=[]), fleet.add("gd", port=ports[3], join=[f"127.0.0.1:{ports[2]}"])
+    fleet.up(a, b, c, d)
+    wait_for(lambda: all(x.status()["active"] > 0 for x in (a, b, c, d)), 30, "two pairs linked")
+    e = fleet.add("ge", port=ports[4], join=[f"127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[3]}"])
+    fleet.up(e)
+    wait_for(lambda: e.status()["active"] >= 2, 30, "the bridge linked to both groups")
     b.client().post("/v1/inject", data=pack_bundle(fleet.keys, "bridge/x", None, {"/srv/x": "x\n"}).encode())
-    wait_until(lambda: all(_holds(x, "bridge/x") for x in (a, c, d, e)), 30, what="the bundle in both groups")
+    wait_for(lambda: all(_holds(x, "bridge/x") for x in (a, c, d, e)), 30, "the bundle in both groups")

@@ -118,7 +118,7 @@ LAUNCHER = textwrap.dedent("""
         fleet.add("b")
         fleet.up()
         (base / "pids.json").write_text(json.dumps([a.pid for a in fleet.agents]))
-        time.sleep(120)
+        time.sleep(120)  # held open until the test kills this launcher: what happens then is under test
 """)
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.node.agentproc import wait_until, pack_bundle
+from grapevine.cli.localfleet import wait_for
+from tests.node.bundles import pack_bundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
@@ -38,6 +40,18 @@ elif shutil.which("ip") is None:
 
 def _ip(*args: str, check: bool = True) -> None:
     subprocess.run(["ip", *args], check=check, capture_output=True, timeout=10)
+
+
+_READ_URL = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+
+
+def _sync_rounds(agent) -> float:
+    """Anti-entropy rounds ``agent`` has started (SyncRoot messages sent), from its /metrics, read inside its
+    network namespace: the test's own namespace has no address on the bridges."""
+    out = subprocess.run(["ip", "netns", "exec", agent.netns, sys.executable, "-c", _READ_URL,
+                          f"http://{agent.address}/metrics"], capture_output=True, text=True, timeout=30, check=True)
+    return sum(float(value) for key, _, value in (ln.rpartition(" ") for ln in out.stdout.splitlines())
+               if key == 'grapevine_messages_sent_total{type="SyncRoot"}')
 
 
 class Net:
@@ -92,35 +106,38 @@ def test_partitioned_halves_agree_within_two_antientropy_intervals_after_heal(fl
             # each node may join through one node on its own side and one across
             same, across = (i ^ 1) + 1, (i + 2) % 4 + 1
             join = [f"{SUBNET}.{same}:{PORT}", f"{SUBNET}.{across}:{PORT}"]
-            agents.append(fleet.make(f"p{i}", PORT, host=f"{SUBNET}.{i + 1}", join=join, netns=ns, env=env))
-        fleet.start(*agents)
+            agents.append(fleet.add(f"p{i}", port=PORT, host=f"{SUBNET}.{i + 1}", join=join, netns=ns, env=env))
+        fleet.up(*agents)
         left, right = agents[:2], agents[2:]
         digest = lambda a: a.status()["store_digest"]  # noqa: E731
         partner = {a.name: agents[i ^ 1].node_id for i, a in enumerate(agents)}
         knows = lambda a: partner[a.name] in (m := a.client().get("/v1/members"))["active"] + m["passive"]  # noqa: E731
-        wait_until(lambda: len({digest(a) for a in agents}) == 1 and all(knows(a) for a in agents),
-                   20, what="one mesh where every node knows the node on its own side")
+        wait_for(lambda: len({digest(a) for a in agents}) == 1 and all(knows(a) for a in agents), 20,
+                 "one mesh where every node knows the node on its own side")
 
         net.cut()
         left[0].client().post("/v1/inject", data=pack_bundle(fleet.keys, "left/only", None, {"/etc/left": "L\n"}).encode())
         right[1].client().post("/v1/inject", data=pack_bundle(fleet.keys, "right/only", None, {"/etc/right": "R\n"}).encode())
-        wait_until(lambda: all((a.root / "etc/left").is_file() for a in left), 20, what="left bundle on the left")
-        wait_until(lambda: all((a.root / "etc/right").is_file() for a in right), 20, what="right bundle on the right")
-        time.sleep(3 * AE_INTERVAL_MS / 1000)  # several anti-entropy rounds while cut: nothing crosses
+        wait_for(lambda: all((a.root / "etc/left").is_file() for a in left), 20, "left bundle on the left")
+        wait_for(lambda: all((a.root / "etc/right").is_file() for a in right), 20, "right bundle on the right")
+        # several anti-entropy rounds on every node while cut: nothing crosses
+        cut_at = [_sync_rounds(a) for a in agents]
+        wait_for(lambda: all(_sync_rounds(a) >= n + 3 for a, n in zip(agents, cut_at)), 20 * AE_INTERVAL_MS / 1000,
+                 "three anti-entropy rounds on every node while cut", interval=AE_INTERVAL_MS / 1000)
         assert not any((a.root / "etc/right").exists() for a in left), "the cut let traffic through"
         assert not any((a.root / "etc/left").exists() for a in right), "the cut let traffic through"
         assert len({digest(a) for a in agents}) == 2
 
         net.restore()
         t0 = time.monotonic()
-        wait_until(lambda: len({digest(a) for a in agents}) == 1, 30, 0.05, what="identical stores after heal")
+        wait_for(lambda: len({digest(a) for a in agents}) == 1, 30, "identical stores after heal", interval=0.05)
         healed_s = time.monotonic() - t0
         print(f"stores identical {healed_s:.2f} s after the link came back")
         bound = 2 * AE_INTERVAL_MS / 1000 + HEAL_SLACK_S
         assert healed_s <= bound, f"stores agreed {healed_s:.2f} s after the heal (bound {bound:.2f} s)"
         for a in agents:
-            wait_until(lambda a=a: (a.root / "etc/left").is_file() and (a.root / "etc/right").is_file(), 10,
-                       what=f"both bundles applied on {a.name}")
+            wait_for(lambda a=a: (a.root / "etc/left").is_file() and (a.root / "etc/right").is_file(), 10,
+                     f"both bundles applied on {a.name}")
     finally:
-        fleet.close()
+        fleet.close(grace=0)
         net.down()

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from agentproc import Fleet, Keys, free_ports, wait_until
 
-from grapevine.cli.fleet import AgentRefused
+from grapevine.cli.client import AgentRefused
+from grapevine.cli.localfleet import FAST_ENV, FleetKeys, LocalFleet, free_ports, wait_for
 from grapevine.node.netkey import generate_key, write_key_file
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.grants import Grant
@@ -33,21 +33,21 @@ def scoped(tmp_path):
                       publishers=[(alice.public, "*"), (bob.public, Grant.parse(BOB_GRANT))])
     write_item_file(d / "root.gv", init_root(root, [alice], now))
     write_key_file(d / "fleet.netkey", generate_key())
-    keys = Keys(dir=d, author=d / "alice.key", trust=d / "root.gv", netkey=d / "fleet.netkey", author_key=alice)
-    fleet = Fleet(tmp_path / "fleet", keys)
+    keys = FleetKeys(dir=d, author=d / "alice.key", trust=d / "root.gv", netkey=d / "fleet.netkey", author_key=alice)
+    fleet = LocalFleet(tmp_path / "fleet", keys=keys, preset=None, env=FAST_ENV)
     try:
         yield fleet, alice, bob
     finally:
-        fleet.close()
+        fleet.close(grace=0)
 
 
-def start_web_nodes(fleet: Fleet, n: int):
+def start_web_nodes(fleet: LocalFleet, n: int):
     ports = free_ports(n)
-    agents = [fleet.make(f"w{i}", p, join=[f"127.0.0.1:{ports[0]}"] if i else [], tags={"role": "web"})
+    agents = [fleet.add(f"w{i}", port=p, join=[f"127.0.0.1:{ports[0]}"] if i else [], tags={"role": "web"})
               for i, p in enumerate(ports)]
-    fleet.start(*agents)
+    fleet.up(*agents)
     if n > 1:
-        wait_until(lambda: all(a.status()["active"] > 0 for a in agents), 30, what="every node linked")
+        wait_for(lambda: all(a.status()["active"] > 0 for a in agents), 30, "every node linked")
     return agents
 
 
@@ -81,7 +81,7 @@ def test_a_bundle_outside_its_publishers_grant_is_refused_by_every_node_and_writ
         {"file": "/etc/web/index.html", "content": "hello\n"}]}, bob)
     agents[0].client().post("/v1/inject", data=good.encode())
     for a in agents:
-        wait_until(lambda a=a: (a.root / "etc/web/index.html").is_file(), 60, what=f"web/site on {a.name}")
+        wait_for(lambda a=a: (a.root / "etc/web/index.html").is_file(), 60, f"web/site on {a.name}")
     for a in agents:
         assert not (a.root / "root").exists(), f"{a.name} wrote outside the grant"
         assert "web/keys" not in names_held(a) and "web/site" in names_held(a)
@@ -94,13 +94,13 @@ def test_the_later_claim_on_a_resource_is_refused_and_the_earlier_bundle_keeps_c
     first = item_of({"bundle": "app/first", "resources": [{"file": "/etc/shared.conf", "content": "first\n"}]}, alice)
     agents[0].client().post("/v1/inject", data=first.encode())
     for a in agents:
-        wait_until(lambda a=a: (a.root / "etc/shared.conf").is_file(), 60, what=f"app/first on {a.name}")
+        wait_for(lambda a=a: (a.root / "etc/shared.conf").is_file(), 60, f"app/first on {a.name}")
     # a later bundle (newer stamp; its name sorts first, so no name order can explain the outcome)
     later = item_of({"bundle": "aaa/later", "resources": [
         {"file": "/etc/shared.conf", "content": "later\n"}, {"file": "/etc/later-only", "content": "x\n"}]}, alice,
         first.version.wall_ms + 1000)
     agents[1].client().post("/v1/inject", data=later.encode())
-    wait_until(lambda: all("aaa/later" in names_held(a) for a in agents), 30, what="aaa/later on every node")
+    wait_for(lambda: all("aaa/later" in names_held(a) for a in agents), 30, "aaa/later on every node")
     for a in agents:
         report = a.client(60).post("/v1/converge", {})
         (refused,) = report["refused"]
@@ -137,4 +137,4 @@ def test_inject_of_a_policy_file_with_one_bundle_outside_the_grant_injects_none_
     docs.pop()
     policy.write_text(yaml.safe_dump_all(docs))
     fleet.cli("inject", str(policy), "--key", str(bob_key), agent=agent)
-    wait_until(lambda: (agent.root / "etc/web/fine").is_file(), 30, what="web/fine converged")
+    wait_for(lambda: (agent.root / "etc/web/fine").is_file(), 30, "web/fine converged")

@@ -8,8 +8,7 @@ import textwrap
 
 import pytest
 
-from agentproc import free_ports, wait_until
-
+from grapevine.cli.localfleet import free_ports, wait_for
 from grapevine.policy.keys import SigningKey
 
 pytestmark = pytest.mark.slow
@@ -27,14 +26,14 @@ def _report_of(agent, name: str) -> dict | None:
 
 def test_a_secret_sealed_to_one_node_is_rendered_there_only_and_never_shown(fleet, tmp_path):
     pa, pb = free_ports(2)
-    a = fleet.make("db1", pa)
-    b = fleet.make("web1", pb, join=[f"127.0.0.1:{pa}"])
+    a = fleet.add("db1", port=pa, join=[])
+    b = fleet.add("web1", port=pb, join=[f"127.0.0.1:{pa}"])
     # the node key exists before the agent starts, as after `grapevine agent` ran once
     a.data_dir.mkdir(parents=True)
     key = SigningKey.generate()
     key.save(a.data_dir / "node.key")
     key.public.save(tmp_path / "db1.node.pub")
-    fleet.start(a, b)
+    fleet.up(a, b)
 
     policy = tmp_path / "site.yaml"
     policy.write_text(textwrap.dedent(f"""\
@@ -55,14 +54,14 @@ def test_a_secret_sealed_to_one_node_is_rendered_there_only_and_never_shown(flee
     assert {i["key"] for i in out["injected"]} == {"bundle/app/db", "bundle/base/motd"}
 
     conf = a.root / "etc/app/db.conf"
-    wait_until(lambda: conf.is_file(), 60, what="db.conf rendered on db1")
+    wait_for(lambda: conf.is_file(), 60, "db.conf rendered on db1")
     assert conf.read_text() == f"password={VALUE}\n"
     assert conf.stat().st_mode & 0o777 == 0o600
     # the other node: the bundle it cannot open fails alone, its other bundle is applied
-    wait_until(lambda: (b.root / "etc/motd").is_file(), 60, what="motd on web1")
-    wait_until(lambda: (a.root / "etc/motd").is_file(), 60, what="motd on db1")
+    wait_for(lambda: (b.root / "etc/motd").is_file(), 60, "motd on web1")
+    wait_for(lambda: (a.root / "etc/motd").is_file(), 60, "motd on db1")
     assert not (b.root / "etc/app/db.conf").exists()
-    rb = wait_until(lambda: _report_of(b, "app/db"), 30, what="a report on web1")["report"]
+    rb = wait_for(lambda: _report_of(b, "app/db"), 30, "a report on web1")["report"]
     by = {r["id"]: r for r in rb["resources"]}
     assert by["file:/etc/motd"]["status"] in ("changed", "unchanged")
     assert by["file:/etc/app/db.conf"]["status"] == "failed"

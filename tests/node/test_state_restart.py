@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from agentproc import free_ports, pack_bundle, wait_until
-
+from grapevine.cli.localfleet import free_ports, wait_for
 from grapevine.gossip.item import SignedItem
 from grapevine.gossip.store import is_newer
 from grapevine.node.state import State
+from tests.node.bundles import pack_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -21,15 +21,15 @@ def test_the_winner_of_a_same_version_tie_is_still_live_after_a_restart(fleet):
     answers Stale), so the tie is written the way the daemon writes an accepted item,
     ``State.put_items``, into the stopped agent's real database; the agent then restarts on it."""
     [port] = free_ports(1)
-    a = fleet.make("tie", port)
-    fleet.start(a)
+    a = fleet.add("tie", port=port, join=[])
+    fleet.up(a)
     now = time.time_ns() // 1_000_000
     one = pack_bundle(fleet.keys, "app/tie", None, {"/etc/tie": "one\n"}, now_ms=now)
     two = pack_bundle(fleet.keys, "app/tie", None, {"/etc/tie": "two\n"}, now_ms=now)
     assert one.version == two.version and one.digest() != two.digest()
     loser, winner = (one, two) if is_newer(two, one) else (two, one)
     a.client().post("/v1/inject", data=loser.encode())
-    wait_until(lambda: (a.root / "etc/tie").is_file(), 30, what="the first item applied")
+    wait_for(lambda: (a.root / "etc/tie").is_file(), 30, "the first item applied")
     assert a.stop() == 0
 
     st = State(a.data_dir)
@@ -42,4 +42,4 @@ def test_the_winner_of_a_same_version_tie_is_still_live_after_a_restart(fleet):
     doc = a.client().get(f"/v1/item?key=bundle/app/tie&version={winner.version}")
     assert SignedItem.decode(base64.b64decode(doc["item"])).digest() == winner.digest(), "the loser came back"
     want = "two\n" if winner is two else "one\n"
-    wait_until(lambda: (a.root / "etc/tie").read_text() == want, 30, what="the winner applied after the restart")
+    wait_for(lambda: (a.root / "etc/tie").read_text() == want, 30, "the winner applied after the restart")

@@ -31,13 +31,13 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.node.agentproc import pack_bundle, wait_until
+from grapevine.cli.localfleet import WaitTimeout, wait_for
+from tests.node.bundles import pack_bundle
 
 EXE = [sys.executable, "-m", "grapevine.cli.main"]
 SUBNET = "10.213.78"  # private range used only between the two namespaces this test creates
@@ -181,9 +181,10 @@ def _end(pid: int) -> None:
         if not _alive(pid):
             return
         os.kill(pid, sig)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
+        try:
+            wait_for(lambda: not _alive(pid), 10, f"pid {pid} to exit after signal {sig}", interval=0.1)
+        except WaitTimeout:
+            continue
 
 
 def _write_files(doc: dict, upper: Path) -> None:
@@ -231,9 +232,8 @@ def test_a_new_machine_joins_and_converges_from_its_user_data_alone(fleet, keys,
             _ip("-n", ns, "addr", "add", f"{SUBNET}.{i}/24", "dev", "eth0")
             _ip("-n", ns, "link", "set", "eth0", "up")
 
-        hub = [fleet.make(f"hub{i}", PORT + i, host=f"{SUBNET}.1", netns=hub_ns,
-                          join=[f"{SUBNET}.1:{PORT}"] if i else [], tags={"role": "hub"}) for i in range(2)]
-        fleet.start(*hub)
+        hub = [fleet.add(f"hub{i}", port=PORT + i, host=f"{SUBNET}.1", netns=hub_ns, join=[f"{SUBNET}.1:{PORT}"] if i else [], tags={"role": "hub"}) for i in range(2)]
+        fleet.up(*hub)
 
         res = _bootstrap("--join", f"{SUBNET}.1:{PORT}", "--join", f"{SUBNET}.1:{PORT + 1}", "--trust", str(keys.trust),
                          "--network-key", str(keys.netkey), "--tag", "role=new")
@@ -272,12 +272,12 @@ def test_a_new_machine_joins_and_converges_from_its_user_data_alone(fleet, keys,
                 raise AssertionError(f"the new machine's agent exited:\n{agent_log.read_text()[-3000:]}")
             return vm_id in hub[0].client(30).post("/v1/fleet/query", {"kind": "status", "selector": "role=new"})["answers"]
 
-        wait_until(vm_answers, 60, 0.5, what="the new machine in the fleet")
+        wait_for(vm_answers, 60, "the new machine in the fleet", interval=0.5)
         item = pack_bundle(keys, "fleet/motd", "role=new", {"/etc/motd.d/grapevine": "joined by itself\n"})
         hub[1].client().post("/v1/inject", data=item.encode())
         converged = upper / "etc/motd.d/grapevine"
-        wait_until(lambda: converged.is_file() and converged.read_text() == "joined by itself\n", 60, 0.2,
-                   what="the bundle converged on the new machine")
+        wait_for(lambda: converged.is_file() and converged.read_text() == "joined by itself\n", 60,
+                 "the bundle converged on the new machine", interval=0.2)
         assert not (hub[0].root / "etc/motd.d/grapevine").exists()  # it targets role=new only
         assert not Path("/etc/motd.d/grapevine").exists()  # and the host's own /etc was never touched
     finally:

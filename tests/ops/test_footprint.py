@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.node.agentproc import free_ports, pack_bundle, wait_until
+from grapevine.cli.localfleet import free_ports, wait_for
+from tests.node.bundles import pack_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+-]+|\+Inf|NaN)$')
@@ -24,9 +25,9 @@ def _mapped_libraries(pid: int) -> set[str]:
 
 def test_default_agent_maps_no_openssl_and_uvloop_agent_still_runs(fleet):
     p1, p2 = free_ports(2)
-    plain = fleet.make("fp-asyncio", p1)
-    uv = fleet.make("fp-uvloop", p2, join=[plain.address], extra=["--event-loop", "uvloop"])
-    fleet.start(plain, uv)
+    plain = fleet.add("fp-asyncio", port=p1, join=[])
+    uv = fleet.add("fp-uvloop", port=p2, join=[plain.address], extra=["--event-loop", "uvloop"])
+    fleet.up(plain, uv)
     libs = _mapped_libraries(plain.proc.pid)
     assert not [lib for lib in libs if "libssl" in lib or "libcrypto" in lib], sorted(libs)
     assert not [lib for lib in libs if "uvloop" in lib]
@@ -34,17 +35,19 @@ def test_default_agent_maps_no_openssl_and_uvloop_agent_still_runs(fleet):
     # both loops carry a bundle between them and converge it
     item = pack_bundle(fleet.keys, "fp/one", None, {"/etc/fp": "x\n"})
     plain.client().post("/v1/inject", data=item.encode())
-    wait_until(lambda: all((a.root / "etc/fp").is_file() for a in (plain, uv)), 60, 0.2, what="the bundle on both loops")
+    wait_for(lambda: all((a.root / "etc/fp").is_file() for a in (plain, uv)), 60, "the bundle on both loops",
+             interval=0.2)
 
 
 def test_metrics_are_prometheus_text(fleet):
     (port,) = free_ports(1)
-    a = fleet.make("fp-metrics", port)
-    fleet.start(a)
+    a = fleet.add("fp-metrics", port=port, join=[])
+    fleet.up(a)
     item = pack_bundle(fleet.keys, "fp/metrics", None, {"/etc/fpm": "x\n"})
     a.client().post("/v1/inject", data=item.encode())
-    wait_until(lambda: (a.root / "etc/fpm").is_file(), 60, 0.2, what="a converge")
-    wait_until(lambda: a.metric("grapevine_converge_duration_seconds_count") >= 1, 30, 0.2, what="the converge counted")
+    wait_for(lambda: (a.root / "etc/fpm").is_file(), 60, "a converge", interval=0.2)
+    wait_for(lambda: a.metric("grapevine_converge_duration_seconds_count") >= 1, 30, "the converge counted",
+             interval=0.2)
     status, body = a.http_get("/metrics")
     text = body.decode()
     assert status == 200

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.node.agentproc import free_ports
+from grapevine.cli.localfleet import free_ports
 from grapevine.node.sdnotify import Notifier, socket_address, watchdog_interval_s
 
 UNIT = Path(__file__).resolve().parents[2] / "node" / "grapevine-agent.service"
@@ -78,7 +78,7 @@ def test_real_agent_notifies_ready_watchdog_and_stopping(fleet):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.bind(b"\0" + name[1:].encode())
         (port,) = free_ports(1)
-        a = fleet.make("sd1", port, env={"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "600000"})
+        a = fleet.add("sd1", port=port, join=[], env={"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "600000"})
         a.start()
         seen: list[str] = []
         lines = _recv_until(s, "READY=1", 60, seen)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.node.agentproc import free_ports, pack_bundle, wait_until
+from grapevine.cli.localfleet import free_ports, wait_for
+from tests.node.bundles import pack_bundle
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -45,21 +46,21 @@ def _get(url: str, method: str = "GET") -> tuple[int, dict, bytes]:
 def mesh(fleet):
     ports = free_ports(4)
     ui = f"127.0.0.1:{ports[3]}"
-    first = fleet.make("ui0", ports[0], tags={"role": "web"}, extra=["--ui", ui])
-    rest = [fleet.make(f"ui{i}", ports[i], tags={"role": "web"}, join=[first.address]) for i in (1, 2)]
+    first = fleet.add("ui0", port=ports[0], join=[], tags={"role": "web"}, extra=["--ui", ui])
+    rest = [fleet.add(f"ui{i}", port=ports[i], tags={"role": "web"}, join=[first.address]) for i in (1, 2)]
     agents = [first, *rest]
-    fleet.start(*agents)
+    fleet.up(*agents)
     ids = {a.node_id for a in agents}
-    wait_until(lambda: set(first.client(30).post("/v1/fleet/query", {"kind": "status", "selector": ""})["answers"]) == ids,
-               60, 0.5, what="every agent answering the fleet query")
+    wait_for(lambda: set(first.client(30).post("/v1/fleet/query", {"kind": "status", "selector": ""})["answers"]) == ids,
+             60, "every agent answering the fleet query", interval=0.5)
     return fleet, agents, f"http://{ui}"
 
 
 def _inject_and_wait(fleet, agents, text: str):
     item = pack_bundle(fleet.keys, BUNDLE, "role=web", {"/etc/motd": text})
     agents[1].client().post("/v1/inject", data=item.encode())
-    wait_until(lambda: all((a.root / "etc/motd").is_file() and (a.root / "etc/motd").read_text() == text for a in agents),
-               60, 0.2, what="the bundle converged on every agent")
+    wait_for(lambda: all((a.root / "etc/motd").is_file() and (a.root / "etc/motd").read_text() == text for a in agents),
+             60, "the bundle converged on every agent", interval=0.2)
     return item
 
 
@@ -129,7 +130,7 @@ def test_ui_address_in_use_is_a_clear_error(fleet):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", p_ui))
         busy.listen(1)
-        a = fleet.make("ui-busy", p_agent, extra=["--ui", f"127.0.0.1:{p_ui}"])
+        a = fleet.add("ui-busy", port=p_agent, join=[], extra=["--ui", f"127.0.0.1:{p_ui}"])
         a.start()
         assert a.proc.wait(timeout=60) == 2
     assert f"ui: cannot listen on 127.0.0.1:{p_ui}" in a.log_path.read_text()
@@ -137,7 +138,7 @@ def test_ui_address_in_use_is_a_clear_error(fleet):
 
 def test_bad_ui_address_is_refused_by_name(fleet):
     (port,) = free_ports(1)
-    a = fleet.make("ui-bad", port, extra=["--ui", "localhost"])
+    a = fleet.add("ui-bad", port=port, join=[], extra=["--ui", "localhost"])
     a.start()
     assert a.proc.wait(timeout=60) == 2
     assert "ui: expected HOST:PORT" in a.log_path.read_text()

@@ -14,10 +14,10 @@ import json
 import time
 
 import pytest
-from tests.node.agentproc import Fleet, Keys, free_ports, wait_until, write_bundle
 
+from grapevine.cli.localfleet import FAST_ENV, FleetKeys, LocalFleet, free_ports, wait_for
 from grapevine.cli.preview import fleet_plan
-from grapevine.cli.run import agent_stream, build_order
+from grapevine.cli.run import build_order
 from grapevine.node.netkey import generate_key, write_key_file
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.grants import Grant
@@ -25,6 +25,7 @@ from grapevine.policy.keys import SigningKey
 from grapevine.policy.runorder import RunAction
 from grapevine.policy.trust import OperatorScope
 from grapevine.policy.trust_files import build_root, init_root, write_item_file
+from tests.node.bundles import write_bundle
 
 NAME, FILE = "site/motd", "/etc/motd"
 
@@ -45,31 +46,31 @@ def mesh(tmp_path_factory):
                                  (carol.public, OperatorScope(selector=None, actions=("run",)))])
     write_item_file(d / "root.gv", init_root(root, [alice], now - 1000))
     write_key_file(d / "fleet.netkey", generate_key())
-    keys = Keys(dir=d, author=d / "alice.key", trust=d / "root.gv", netkey=d / "fleet.netkey", author_key=alice)
-    fleet = Fleet(base / "fleet", keys)
+    keys = FleetKeys(dir=d, author=d / "alice.key", trust=d / "root.gv", netkey=d / "fleet.netkey", author_key=alice)
+    fleet = LocalFleet(base / "fleet", keys=keys, preset=None, env=FAST_ENV)
     try:
         ports = free_ports(4)
-        agents = [fleet.make(f"n{i}", p, join=[f"127.0.0.1:{ports[0]}"] if i else [], tags={"role": "web"})
+        agents = [fleet.add(f"n{i}", port=p, join=[f"127.0.0.1:{ports[0]}"] if i else [], tags={"role": "web"})
                   for i, p in enumerate(ports)]
-        fleet.start(*agents)
+        fleet.up(*agents)
         ids = {a.node_id for a in agents}
 
         def knows_all(a) -> bool:  # a node answers a query only from an origin it knows as a member
             m = a.client().get("/v1/members")
             return ids - {a.node_id} <= set(m["active"]) | set(m["passive"])
 
-        wait_until(lambda: all(knows_all(a) for a in agents), 60, what="every node knows every other")
+        wait_for(lambda: all(knows_all(a) for a in agents), 60, "every node knows every other")
         v1 = write_bundle(base / "v1.yaml", NAME, "role=web", {FILE: "v1\n"})
         fleet.cli("inject", str(v1), "--key", str(keys.author), agent=agents[0])
         for a in agents:
-            wait_until(lambda a=a: (a.root / "etc/motd").is_file() and a.client().get("/v1/bundles")["bundles"][0]["applied"],
-                       60, what=f"v1 applied on {a.name}")
+            wait_for(lambda a=a: (a.root / "etc/motd").is_file() and a.client().get("/v1/bundles")["bundles"][0]["applied"],
+                     60, f"v1 applied on {a.name}")
         (agents[0].root / "etc/motd").write_text("v2\n")  # n0: already in the candidate's state
         (agents[3].root / "etc/motd").unlink()
         (agents[3].root / "etc/motd").mkdir()  # n3: the candidate would fail here
         yield fleet, agents, base, d
     finally:
-        fleet.close()
+        fleet.close(grace=0)
 
 
 def snapshot(agents) -> dict:
@@ -135,9 +136,9 @@ def test_a_preview_outside_the_publishers_grant_is_refused(mesh):
     # sent past the command line's check, straight to the agent: every node refuses the candidate itself
     bob = SigningKey.load(keys_dir / "bob.key")
     item = pack(Bundle.from_document(yaml.safe_load(evil.read_text()), "t"), bob, time.time_ns() // 1_000_000)
-    signed = build_order(sock=agents[0].sock, key=bob, selector="", action=RunAction.preview([item]),
+    signed = build_order(sock=agents[0].socket, key=bob, selector="", action=RunAction.preview([item]),
                          timeout_s=30, batched=False)
-    events = list(agent_stream(agents[0].sock, "/v1/run", {"order": signed.encode().hex(), "batch": None,
+    events = list(agents[0].client().stream("POST", "/v1/run", {"order": signed.encode().hex(), "batch": None,
                                                            "max_failures": None}))
     doc = fleet_plan(events[-1]["summary"])
     assert doc["groups"] == [] and doc["unchanged"] == []
@@ -155,10 +156,11 @@ def test_an_operator_who_may_not_converge_may_not_preview(mesh):
     carol = SigningKey.load(keys_dir / "carol.key")
     item = pack(Bundle.from_document({"bundle": NAME, "resources": [{"file": FILE, "content": "v2\n"}]}, "t"),
                 SigningKey.load(keys_dir / "alice.key"), time.time_ns() // 1_000_000)
-    signed = build_order(sock=agents[0].sock, key=carol, selector="", action=RunAction.preview([item]),
+    signed = build_order(sock=agents[0].socket, key=carol, selector="", action=RunAction.preview([item]),
                          timeout_s=30, batched=False)
     with pytest.raises(Exception, match="OutOfScope"):
-        list(agent_stream(agents[0].sock, "/v1/run", {"order": signed.encode().hex(), "batch": None, "max_failures": None}))
+        list(agents[0].client().stream("POST", "/v1/run", {"order": signed.encode().hex(), "batch": None,
+                                                           "max_failures": None}))
     res = preview_cli(fleet, agents[0], v2, keys_dir / "carol.key")
     assert res.returncode == 2
 
