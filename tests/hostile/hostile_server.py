@@ -193,4 +193,4 @@ class HostileServer:
             self.own_replies.append(reply)
             if not (isinstance(reply, dict) and reply.get("retry")):
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # a pause between retries, as a real node backs off (not a wait in a test)
