@@ -15,7 +15,7 @@ from grapevine.cli.output import emit_json, json_option
 
 
 def _client(agent_socket: str | None):
-    from grapevine.cli.fleet import agent_client
+    from grapevine.cli.client import agent_client
 
     return agent_client(agent_socket)
 

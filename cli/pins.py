@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from grapevine.cli.fleet import agent_client, agent_option
+from grapevine.cli.client import agent_client, agent_option
 from grapevine.cli.output import emit_json, json_option
 
 

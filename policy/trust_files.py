@@ -3,8 +3,8 @@
 ``build_root`` assembles a root from public keys and their roles,
 ``init_root`` signs a first root, ``rotate`` signs a successor (checked
 with the same ``verify_succession`` every node runs), ``add_signature`` adds
-one admin's signatures to a candidate. Everything here is re-exported by
-``trust``.
+one admin's signatures to a candidate. Import these from here; ``trust``
+holds what a node needs to check a root.
 """
 
 from __future__ import annotations
