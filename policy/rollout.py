@@ -26,7 +26,7 @@ of every node checks it, ``policy/admission.py``), replicated to every node
 like bundles, last writer wins. One record says where the rollout of one
 bundle version stands: ``state`` (running, halted, rolled_back, complete),
 the index of the last opened ``stage`` and the ``thresholds`` of the opened
-stages, the ``driver`` (node id reports go to) and its ``term`` (bumped by
+stages, how many ``targets`` the driver knew, the ``driver`` (node id reports go to) and its ``term`` (bumped by
 each resume, so nodes re-send their reports to the new driver), a
 ``reason`` once halted, and the per-stage ``counts`` the driver saw when it
 published. ``paused`` is not a record state: a running rollout whose driver
@@ -74,7 +74,8 @@ TERMINAL = ("halted", "rolled_back", "complete")
 # A record may replace one of the same bundle version only moving forward along these ranks:
 # running -> halted -> rolled_back, running -> complete (a stage index never goes back either).
 STATE_RANK = {"running": 0, "halted": 1, "rolled_back": 2, "complete": 1}
-RECORD_KEYS = {"bundle", "counts", "driver", "format", "reason", "stage", "state", "term", "thresholds", "version"}
+RECORD_KEYS = {"bundle", "counts", "driver", "format", "reason", "stage", "state", "targets", "term", "thresholds",
+               "version"}
 
 _DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*")
 _PERCENT = re.compile(r"\s*([0-9]+(?:\.[0-9]{1,2})?)\s*%\s*")
@@ -353,6 +354,7 @@ class RolloutRecord:
     term: int = 0  # bumped by every resume: nodes re-send their reports to the new driver
     reason: str = ""  # why halted (or who aborted)
     counts: tuple[tuple[int, int, int], ...] = ()  # per opened stage: (applied, healthy, failed) when published
+    targets: int = 0  # targeted nodes the driver knew when it published
 
     def __post_init__(self) -> None:
         if not isinstance(self.bundle, str) or not self.bundle or len(self.bundle) > MAX_KEY_LEN - len(ROLLOUT_KEY_PREFIX):
@@ -380,6 +382,8 @@ class RolloutRecord:
                 len(c) == 3 and all(isinstance(x, int) and 0 <= x < 2**32 for x in c) for c in counts):
             raise ProtocolError("rollout record: counts must be (applied, healthy, failed) per stage")
         object.__setattr__(self, "counts", counts)
+        if not isinstance(self.targets, int) or not 0 <= self.targets < 2**32:
+            raise ProtocolError("rollout record: targets must be a count")
 
     @property
     def item_key(self) -> str:
@@ -400,7 +404,7 @@ class RolloutRecord:
         v = self.version
         return {"bundle": self.bundle, "counts": [list(c) for c in self.counts], "driver": self.driver,
                 "format": FORMAT, "reason": self.reason, "stage": self.stage, "state": self.state,
-                "term": self.term, "thresholds": list(self.thresholds), "version": [v.wall_ms, v.counter, v.author]}
+                "targets": self.targets, "term": self.term, "thresholds": list(self.thresholds), "version": [v.wall_ms, v.counter, v.author]}
 
     def encode(self) -> bytes:
         return msgpack.packb(self.to_plain(), use_bin_type=True)  # to_plain's keys are written in sorted order
@@ -430,7 +434,7 @@ class RolloutRecord:
             raise ProtocolError("rollout record: malformed counts or reason")
         record = cls(bundle=obj["bundle"], version=Version(*ver), state=obj["state"], stage=obj["stage"],
                      thresholds=tuple(obj["thresholds"]), driver=obj["driver"], term=obj["term"],
-                     reason=obj["reason"], counts=tuple(tuple(c) for c in obj["counts"]))
+                     reason=obj["reason"], counts=tuple(tuple(c) for c in obj["counts"]), targets=obj["targets"])
         if record.encode() != bytes(data):
             raise ProtocolError("rollout record is not in canonical form")
         return record
@@ -450,7 +454,7 @@ class RolloutRecord:
 
     def summary(self) -> dict:
         return {"bundle": self.bundle, "version": str(self.version), "state": self.state, "stage": self.stage,
-                "driver": self.driver, "term": self.term, "reason": self.reason,
+                "driver": self.driver, "term": self.term, "reason": self.reason, "targets": self.targets,
                 "thresholds": list(self.thresholds), "counts": [list(c) for c in self.counts]}
 
 
@@ -475,3 +479,29 @@ def record_of(item: SignedItem | None) -> RolloutRecord | None:
         return RolloutRecord.decode(item.payload)
     except (ProtocolError, PolicyError):
         return None
+
+
+def status_document(plan: RolloutPlan | None, record: RolloutRecord | None, *, bundle: str, version: Version | None,
+                    paused: bool = False, live: list | None = None, targets: int | None = None) -> dict:
+    """The ``grapevine rollout status --json`` document from what a node holds: the plan (from the
+    bundle), the replicated record, and the driver's live per-stage counts when it answered."""
+    n = targets if targets is not None else (record.targets if record is not None else 0)
+    stages = plan.stages if plan is not None else ()
+    sizes = plan.stage_counts(n) if plan is not None else []
+    counts = list(live if live is not None else (record.counts if record is not None else ()))
+    rows = []
+    for k, amount in enumerate(stages):
+        a, h, f = counts[k] if k < len(counts) else (0, 0, 0)
+        rows.append({"fraction": round(sizes[k] / n, 4) if n else (amount.hundredths or 0) / 10_000,
+                     "size": sizes[k], "planned": str(amount), "open": record is not None and k <= record.stage,
+                     "applied": a, "healthy": h, "failed": f})
+    state = "paused" if record is None else record.state
+    if state == "running" and paused:
+        state = "paused"
+    reason = record.reason if record is not None else "no stage record yet: the driver has not started"
+    if state == "paused" and record is not None:
+        reason = f"the driver {record.driver} is not running: `grapevine rollout resume {bundle}` takes over"
+    return {"bundle": bundle, "version": None if version is None else str(version), "state": state,
+            "stage": record.stage if record is not None else -1, "stages": rows, "reason": reason,
+            "driver": record.driver if record is not None else None, "term": record.term if record is not None else 0,
+            "targets": n, "plan": plan.to_document() if plan is not None else None}

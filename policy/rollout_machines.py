@@ -381,7 +381,7 @@ class Driver:
     def record(self) -> RolloutRecord:
         return RolloutRecord(bundle=self.bundle, version=self.version, state=self.state, stage=self.stage,
                              thresholds=tuple(self.thresholds), driver=self.me, term=self.term, reason=self.reason,
-                             counts=tuple(self._counts()[: self.stage + 1]))
+                             counts=tuple(self._counts()[: self.stage + 1]), targets=len(self.nodes))
 
     def _counts(self) -> list[tuple[int, int, int]]:
         """(applied, healthy, failed) per stage, nodes placed by the thresholds opened (or planned)."""
