@@ -392,10 +392,20 @@ class RolloutService:
             "node": self.me, "gate": str(gate.state), "report": gate.report, "detail": gate.detail}
         return doc
 
-    def recent(self, items: Iterable[SignedItem]) -> list[dict]:
-        """Every rollout record held here, newest first (the fleet page's list)."""
-        rows = [(it.version, record_of(it)) for it in items if it.key.startswith(ROLLOUT_KEY_PREFIX)]
-        return [r.summary() for _, r in sorted(rows, key=lambda vr: vr[0], reverse=True) if r is not None]
+    def recent(self, items: Iterable[SignedItem], limit: int = 20) -> list[dict]:
+        """The rollouts whose records this node holds, newest first, as status documents (from the
+        records alone: the fleet page's list, no driver asked)."""
+        held = sorted((it for it in items if it.key.startswith(ROLLOUT_KEY_PREFIX)), key=lambda it: it.version,
+                      reverse=True)[:limit]
+        out = []
+        for it in held:
+            record = record_of(it)
+            if record is None:
+                continue
+            bundle = self.link.version_item(BUNDLE_KEY_PREFIX + record.bundle, record.version)
+            plan = self._plan_of(bundle) if bundle is not None else None
+            out.append(status_document(plan, record, bundle=record.bundle, version=record.version))
+        return out
 
     # -- wiring -----------------------------------------------------------------------------------
     def peer_routes(self) -> dict[str, tuple[Callable, bool]]:
