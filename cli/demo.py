@@ -11,10 +11,14 @@ converging files under its own root directory), then:
 2. runs ``hostname`` on the role=web nodes in batches of 2;
 3. stops one node, injects a new version of the bundle, starts the node
    again and shows it catch up;
-4. stops every process it started, also on Ctrl-C, SIGTERM or an error.
+4. rolls out a bad version 3 in stages (its health check fails): the first
+   stage's one node catches it and goes back, the rollout halts and no
+   other node ever runs it; then a good version 4, stage by stage;
+5. stops every process it started, also on Ctrl-C, SIGTERM or an error.
 
 With ``--json`` it prints one document: ``nodes``, ``converged``, ``healed``,
-``run_results``, ``run_failed`` and timings. Exit 0 when all of it worked.
+``run_results``, ``run_failed``, ``rollout_bad`` (``state``, ``ever_applied``,
+``reverted``), ``rollout_good`` (``state``, ``applied``, ``all_on_new``) and timings. Exit 0 when all of it worked.
 
 The agents are started and ended by ``LocalFleet`` (cli/localfleet.py), the
 launcher the tests, benchmarks and chaos lab use too.
@@ -201,10 +205,15 @@ def run_demo(nodes: int, as_json: bool) -> dict:
                       f"{content.read_text().strip() if content.exists() else '(missing)'}")
         else:
             show.line(f"  {cut.name} did NOT catch up within {HEAL_TIMEOUT_S:g} s (see {cut.log_path})")
+        from .demo_rollout import rollout_demo
+
+        doc.update(rollout_demo(fleet, demo_bundle, MOTD, show.line, show.step))
         show.step("stopping every agent")
     doc["wall_s"] = round(time.monotonic() - started, 2)
     doc["ok"] = (doc["converged"] == nodes and doc["healed"] and doc["run_failed"] == 0 and doc["run_missing"] == 0
-                 and len(doc["run_results"]) == doc.get("run_targets", -1))
+                 and len(doc["run_results"]) == doc.get("run_targets", -1)
+                 and doc.get("rollout_bad", {}).get("state") == "rolled_back" and doc["rollout_bad"]["reverted"]
+                 and doc.get("rollout_good", {}).get("state") == "complete" and doc["rollout_good"]["all_on_new"])
     return doc
 
 

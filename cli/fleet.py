@@ -38,11 +38,15 @@ CONVERGE_TIMEOUT_S = 3600.0  # a converge may install packages
 
 
 # -- inject ------------------------------------------------------------------
-def load_items(path: Path, key_path: Path | None, now_ms: int | None = None) -> list:
-    """Signed items from a packed .gv file, or a policy file packed and signed with ``key_path``."""
+def load_items(path: Path, key_path: Path | None, now_ms: int | None = None, plan: object = None) -> list:
+    """Signed items from a packed .gv file, or a policy file packed and signed with ``key_path``
+    (``plan``: a rollout plan from inject's flags, replacing the file's own for every bundle)."""
     from grapevine.gossip.item import SignedItem
 
     if path.suffix == ".gv":
+        if plan is not None:
+            raise click.UsageError(f"{path} is signed already: write the rollout plan into the policy file, or inject"
+                                   " the policy file with --key and the rollout flags")
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -53,9 +57,14 @@ def load_items(path: Path, key_path: Path | None, now_ms: int | None = None) -> 
     from grapevine.policy.bundle import bundles_from_file, pack
     from grapevine.policy.keys import SigningKey
 
+    import dataclasses
+
     key = SigningKey.load(key_path)
     now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
-    return [pack(b, key, now) for b in bundles_from_file(str(path))]
+    bundles = bundles_from_file(str(path))
+    if plan is not None:
+        bundles = [dataclasses.replace(b, rollout=plan) for b in bundles]
+    return [pack(b, key, now) for b in bundles]
 
 
 def inject_items(client: AgentClient, items: list) -> list[dict]:
@@ -69,11 +78,24 @@ def inject_items(client: AgentClient, items: list) -> list[dict]:
 @click.option("--wait", is_flag=True, help="With --now: wait for every target's converge result and show it.")
 @click.option("--preview", is_flag=True,
               help="Dry-run the signed candidate on its targets instead (nothing stored or changed): the fleet's plan.")
+@click.option("--stages", default=None, help="Staged rollout: cumulative stage sizes, counts or percentages (1,10%,100%).")
+@click.option("--soak", default=None, help="Staged rollout: how long a stage stays healthy before the next opens (30s).")
+@click.option("--health", default=None, help="Staged rollout: health command each node runs after applying.")
+@click.option("--health-timeout", default=None, help="Staged rollout: the health command's timeout (10s).")
+@click.option("--max-failures", default=None, help="Staged rollout: failed nodes tolerated, N or P% (0).")
+@click.option("--on-failure", type=click.Choice(["rollback", "halt"]), default=None,
+              help="Staged rollout: once failures pass the budget, send every node back (rollback) or only stop.")
 @agent_option
 @json_option
 def inject(path: Path, key_path: Path | None, now: bool, wait: bool, agent_socket: str | None, as_json: bool,
-           preview: bool = False) -> int:
-    """Sign (if needed) and inject bundles through the local agent."""
+           preview: bool = False, stages: str | None = None, soak: str | None = None, health: str | None = None,
+           health_timeout: str | None = None, max_failures: str | None = None, on_failure: str | None = None) -> int:
+    """Sign (if needed) and inject bundles through the local agent; a bundle with a rollout plan
+    (in the file or from the flags) is then rolled out in stages, driven from here."""
+    from grapevine.policy.rollout import plan_from_flags
+
+    plan = plan_from_flags(stages=stages, soak=soak, health=health, health_timeout=health_timeout,
+                           max_failures=max_failures, on_failure=on_failure)
     if preview:  # cli/preview.py: one preview run order to the bundles' targets; nothing is injected
         from .preview import preview_inject
 
@@ -81,24 +103,39 @@ def inject(path: Path, key_path: Path | None, now: bool, wait: bool, agent_socke
             raise click.UsageError("--preview needs --key: it signs the candidate (publisher) and the preview order (operator)")
         if now or wait:
             raise click.UsageError("--preview changes nothing; --now and --wait do not go with it")
-        return preview_inject(agent_client(agent_socket), load_items(path, key_path), key_path, now=now or wait,
+        return preview_inject(agent_client(agent_socket), load_items(path, key_path, plan=plan), key_path, now=now or wait,
                               as_json=as_json)
     if now and key_path is None:
         raise click.UsageError("--now needs --key: the converge order is signed with an operator key")
     if wait and not now:
         raise click.UsageError("--wait follows the converge that --now starts; give both")
     client = agent_client(agent_socket)
-    items = load_items(path, key_path)
+    items = load_items(path, key_path, plan=plan)
     from .bundle import check_before_inject
+    from .rollout import drive_injected, staged
 
+    planned = staged(items)
+    if planned and now:
+        raise click.UsageError("a staged rollout applies stage by stage: --now does not go with a rollout plan")
+    if planned and key_path is None:
+        raise click.UsageError("a staged rollout is driven from here and its stage records are signed: give --key")
     check_before_inject(client, items)  # grants and keys first: a policy file goes in whole or not at all
     results = inject_items(client, items)
     if not as_json:
         for r in results:
             click.echo(f"injected {r['key']} version {r['version']} via {r['node']}")
     run = converge_injected(client.path, items, key_path, wait=wait, as_json=as_json) if now else None
+    rollouts = [drive_injected(client, key_path, item, echo=not as_json) for item in planned]
     if as_json:
-        emit_json({"injected": results, **({"run": run} if run is not None else {})})
+        emit_json({"injected": results, **({"run": run} if run is not None else {}),
+                   **({"rollouts": rollouts} if planned else {})})
+    elif rollouts:
+        from .rollout import show_status
+
+        for doc in rollouts:
+            show_status(doc)
+    if any(doc.get("state") != "complete" for doc in rollouts):  # halted, rolled back, or aborted by someone else
+        return 1
     return 0 if run is None or run.get("ok", True) else 1
 
 

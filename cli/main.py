@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "bundles": "grapevine.cli.fleet:bundles",
     "history": "grapevine.cli.fleet:history",
     "rollback": "grapevine.cli.fleet:rollback",
+    "rollout": "grapevine.cli.rollout:rollout",
     "simulate": "grapevine.cli.simulate:simulate",
     "demo": "grapevine.cli.demo:demo",
     "bootstrap": "grapevine.cli.bootstrap:bootstrap",

@@ -127,6 +127,13 @@ MAX_BUNDLES = 64  # bundles named by one converge order
 MAX_SELECTOR_CHARS = 4096  # a selector expression (bundle targets, run targets, queries), not a program
 MAX_DETAIL_CHARS = 240  # a refusal's detail in a peer reply: one log line, never an echo of the input
 
+# ============================================================ staged rollouts (policy/rollout.py, node/rollout.py)
+MAX_ROLLOUT_STAGES = 16  # stages of one plan: [1, 1%, 10%, 50%, 100%] is typical; 16 leaves room
+# A rollout record holds a bundle name, a version, a driver node id, one threshold and one
+# (applied, healthy, failed) triple per opened stage and a reason: about 1 KiB at 16 stages.
+MAX_ROLLOUT_RECORD_BYTES = 4096
+MAX_ROLLOUT_REPORT_BYTES = 2048  # a node's report: bundle name, version text, state and a short detail
+
 
 # ============================================================ the messages
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +153,8 @@ ROUTE_QUERY_ANSWER = "query.answer"  # node -> origin: "I match", with a fleet-s
 ROUTE_RUN_ORDER = "run.order"  # origin -> node: the signed order
 ROUTE_RUN_RESULT = "run.result"  # node -> origin: the signed result
 ROUTE_RUN_KEY = "run.key"  # node -> origin: which node key is held at the origin's address
+ROUTE_ROLLOUT_REPORT = "rollout.report"  # node -> driver: this node's gate state for one bundle version
+ROUTE_ROLLOUT_STATUS = "rollout.status"  # any node -> driver: is a driver attached, and what it has heard
 BROADCAST_QUERY = "query"  # discovery query (runs and fleet status)
 LINK_TOKEN_HEADER = "X-Grapevine-Link"
 
@@ -175,6 +184,16 @@ MESSAGES: tuple[WireMessage, ...] = (
                 decoder="grapevine.policy.runorder:SignedResult.from_wire", shape="[body, key id, signature]"),
     WireMessage(name="origin key request", carrier="route", tag=ROUTE_RUN_KEY, max_bytes=MAX_ROUTE_BODY_BYTES,
                 decoder="grapevine.node.frames:unpack_route_body", shape='{} -> {"n": node id, "pk": node key}'),
+    WireMessage(name="rollout report", carrier="route", tag=ROUTE_ROLLOUT_REPORT, max_bytes=MAX_ROLLOUT_REPORT_BYTES,
+                decoder="grapevine.node.rollout:decode_report",
+                shape='{"b": bundle, "v": version text, "s": applied|healthy|failed|reverted, "d": detail, "t": term}'
+                      ' (signed by the envelope) -> {"ok": true}'),
+    WireMessage(name="rollout status request", carrier="route", tag=ROUTE_ROLLOUT_STATUS, max_bytes=MAX_ROLLOUT_REPORT_BYTES,
+                decoder="grapevine.node.rollout:decode_status_request",
+                shape='{"b": bundle, "v": version text} -> {"attached": bool, "nodes": {node: [state, detail]}}'),
+    WireMessage(name="rollout record", carrier="item", tag="rollout/", max_bytes=MAX_ROLLOUT_RECORD_BYTES,
+                decoder="grapevine.policy.rollout:RolloutRecord.decode",
+                shape='item payload {"bundle", "version", "state", "stage", "thresholds", "driver", "term", "reason", "counts"}'),
     WireMessage(name="route refusal", carrier="answer", tag="", max_bytes=MAX_ROUTE_ANSWER_BYTES,
                 decoder="grapevine.node.frames:unpack_route_body",
                 shape='{"ok": false, "refused": Reason, "detail": text of at most MAX_DETAIL_CHARS}'),

@@ -51,6 +51,7 @@ from .netkey import KeyRing
 from .pins import Pins, pin_api_routes
 from .ports import ConvergeLink, Membership, NodeWork, PeerLink, RunBook, fleet_status_info
 from .preview import Previewer
+from .rollout import RolloutLink, RolloutService
 from .runs import QUERY_KIND, RunService
 from .state import PEERS_KEEP, State
 from .transport import FrameRefused, Transport, peer_address
@@ -176,11 +177,18 @@ class Agent:
             run_user=self.config.run_user or None,
         )
         self.on_broadcast(QUERY_KIND, svc.on_query)
-        for name, (handler, with_sender) in svc.peer_routes().items():
-            self.add_peer_route(name, handler, with_sender=with_sender)
-        for (method, path), handler in svc.api_routes().items():
-            self.add_api_route(method, path, handler)
-        self.extensions.append(svc)
+        self.rollouts = RolloutService(me=self.node_id, run_user=self.config.run_user or None, link=RolloutLink(
+            stored=self.node.store.get, version_item=self.state.get_version, history=self.state.history,
+            applied=self.state.applied, targets_me=self.convergence.targets_me, send=self.send_direct,
+            converge=lambda names: self.converge_now(names, trigger="rollout"), load=self.state.get_meta,
+            save=self.state.set_meta, spawn=self.spawn))
+        self.convergence.gate = self.rollouts.choose  # staged rollouts hold a planned bundle's new version back
+        for ext in (svc, self.rollouts):
+            for name, (handler, with_sender) in ext.peer_routes().items():
+                self.add_peer_route(name, handler, with_sender=with_sender)
+            for (method, path), handler in ext.api_routes().items():
+                self.add_api_route(method, path, handler)
+            self.extensions.append(ext)
 
     def _views(self) -> frozenset[str]:
         return frozenset(self.node.active_view).union(self.node.passive_view)
@@ -245,6 +253,7 @@ class Agent:
                 self.metrics.admissions.labels("local" if e.source is None else "peer").inc()
                 log.info("accepted %s %s from %s (%d hops)", e.item.key, e.item.version, e.source or "local", e.hops)
             self.metrics.items.set(len(self.node.store))
+            self.rollouts.on_accepted(e.item for e in accepted)  # records reach their gates; new plans get one
             if any(e.item.key.startswith(BUNDLE_PREFIX) and self.convergence.concerns_me(e.item, now) for e in accepted):
                 self.schedule_converge("bundle")
             elif self.admission.root.serial != serial and self.bundles():
@@ -519,6 +528,7 @@ class Agent:
                 for loop_name, fn in (
                     ("ticker", self._ticker), ("joiner", self._joiner),
                     ("converge-timer", self.convergence.periodic), ("housekeeping", self._housekeeping),
+                    ("rollouts", self.rollouts.loop),
                 ):
                     await stack.enter_async_context(Background(loop_name, fn))
                 log.info(

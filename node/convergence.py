@@ -122,16 +122,19 @@ class Convergence:
         self.last_report: dict | None = None
         self._lock = asyncio.Lock()
         self._handle: asyncio.TimerHandle | None = None
-        self._cache: dict[str, tuple[Version, int, Any]] = {}  # key -> (version, root serial, bundle or None)
+        self._cache: dict[tuple[str, Version], tuple[Version, int, Any]] = {}  # -> (version, root serial, bundle)
         self.conflicts: list[Any] = []  # later claims refused at the last look (policy.catalog.Conflict)
+        # a staged rollout's say (node/rollout.py RolloutService.choose): of a targeted bundle, the version
+        # to converge (the stored one, the previous one while its stage is closed) or None (none yet)
+        self.gate: Callable[[SignedItem, Any], SignedItem | None] | None = None
 
     def usable_bundle(self, item: SignedItem, now: int) -> Any | None:
         """The bundle in a stored item if the current root still trusts it (cached per version and root)."""
         from grapevine.policy.bundle import Bundle
 
         serial = self.admission.root.serial
-        cached = self._cache.get(item.key)
-        if cached is not None and cached[0] == item.version and cached[1] == serial:
+        cached = self._cache.get((item.key, item.version))  # a rollout holds two versions of a key in use
+        if cached is not None and cached[1] == serial:
             return cached[2]
         bundle = None
         refusal = self.admission.still_valid(item, now)
@@ -142,7 +145,10 @@ class Convergence:
                 bundle = Bundle.decode(item.payload)
             except GrapevineError as exc:
                 log.warning("stored %s cannot be used: %s", item.key, exc)
-        self._cache[item.key] = (item.version, serial, bundle)
+        same_key = [k for k in self._cache if k[0] == item.key and k[1] != item.version]
+        for k in same_key[:-1]:  # two versions of a key at most: the live one and a rollout's previous one
+            del self._cache[k]
+        self._cache[(item.key, item.version)] = (item.version, serial, bundle)
         return bundle
 
     def targets_me(self, bundle: Any) -> bool:
@@ -173,6 +179,10 @@ class Convergence:
             if not item.key.startswith(BUNDLE_PREFIX):
                 continue
             bundle = replace[item.key][1] if item.key in replace else self.usable_bundle(item, now)
+            if bundle is not None and self.gate is not None and item.key not in replace and self.targets_me(bundle):
+                chosen = self.gate(item, bundle)
+                if chosen is not item:  # held back by its rollout: the previous version, or nothing
+                    item, bundle = (chosen, self.usable_bundle(chosen, now)) if chosen is not None else (item, None)
             if bundle is not None and self.targets_me(bundle):
                 if not self.admission.within_ceiling(item, bundle, self.facts):
                     log.warning("%s is not applied: this node is outside its publisher's target ceiling", item.key)

@@ -60,6 +60,7 @@ class UiLink:
     fleet_query: Callable[[str, str], Awaitable[dict]]
     status: Callable[[], dict]
     members: Callable[[], dict]
+    rollouts: Callable[[], list] = lambda: []  # recent staged rollouts from the replicated records
 
 
 def ui_link(agent: Any) -> UiLink:
@@ -71,7 +72,9 @@ def ui_link(agent: Any) -> UiLink:
             raise ConfigError("this agent answers no fleet queries (push-style runs are not installed)")
         return await runs.fleet_query(kind, selector)
 
-    return UiLink(fleet_query=fleet_query, status=agent.status, members=agent.members)
+    rollouts = getattr(agent, "rollouts", None)
+    recent = (lambda: rollouts.recent(agent.node.store.items())) if rollouts is not None else (lambda: [])
+    return UiLink(fleet_query=fleet_query, status=agent.status, members=agent.members, rollouts=recent)
 
 
 class FleetPage:
@@ -94,6 +97,11 @@ class FleetPage:
                 except Exception as exc:  # the page shows the error and keeps the last answer it had
                     log.info("fleet page: fleet query failed: %s", exc or type(exc).__name__)
                     fleet, error = (self._doc or {}).get("fleet"), str(exc) or type(exc).__name__
+                if isinstance(fleet, dict):
+                    try:
+                        fleet = {**fleet, "rollouts": self.link.rollouts()}
+                    except Exception:  # the list is extra: the page works without it
+                        log.exception("fleet page: rollouts not listed")
                 self._doc = {
                     "generated_ms": _now_ms(),
                     "fleet": fleet,

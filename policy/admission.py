@@ -12,6 +12,13 @@ An item is admitted only if
   whose prefixes cover the name, and the bundle stays within that prefix's
   grant: paths, resource types, target ceiling (``OutOfScope``, see
   ``grants.py``);
+- for ``rollout/<name>`` (a staged rollout's record, ``rollout.py``): the
+  same root, key and signature checks as a bundle by a publisher covering
+  ``<name>``, a record that decodes (``Malformed``) and that does not move the
+  rollout of one bundle version backwards: a halted, rolled back or complete
+  rollout stays so, an opened stage stays open (``Stale``);
+- a bundle's rollout plan with a health command needs a grant that allows
+  ``exec`` (the command runs on every node, like an ``exec`` resource);
 - for ``trust/root``: a threshold of the current root's admins signed it, or
   of the admins of a predecessor reached through its proof, and its serial is
   higher (see ``trust.verify_succession``). A node with no root yet
@@ -32,8 +39,10 @@ from typing import Any, Mapping
 
 from grapevine.gossip.errors import GrapevineError, TrustError
 from grapevine.gossip.item import SignedItem
+from grapevine.gossip.wire import MAX_ROLLOUT_RECORD_BYTES
 
 from .bundle import BUNDLE_KEY_PREFIX, MAX_BUNDLE_BYTES, Bundle
+from .rollout import ROLLOUT_KEY_PREFIX, RolloutRecord
 from . import selectors
 from .grants import check_bundle, violation
 from .trust import (
@@ -112,12 +121,14 @@ class Admission:
             return exc.reason
         return None
 
-    def check(self, item: SignedItem, current: SignedItem | None, now_ms: int) -> Bundle | TrustRoot:
+    def check(self, item: SignedItem, current: SignedItem | None, now_ms: int) -> Bundle | TrustRoot | RolloutRecord:
         """Raise ``Refusal`` unless ``item`` may be admitted; return what it carries."""
         if item.key == ROOT_KEY:
             return self._check_root(item, current, now_ms)
         if item.key.startswith(BUNDLE_KEY_PREFIX):
             return self._check_bundle(item, current, now_ms)
+        if item.key.startswith(ROLLOUT_KEY_PREFIX):
+            return self._check_rollout(item, current, now_ms)
         raise Refusal(OUT_OF_SCOPE, f"no rule admits items under {item.key!r}")
 
     def _check_timing(self, item: SignedItem, current: SignedItem | None, now_ms: int) -> None:
@@ -149,7 +160,34 @@ class Admission:
         self._check_timing(item, current, now_ms)
         return self._check_bundle_trust(item, now_ms)
 
-    def _check_bundle_trust(self, item: SignedItem, now_ms: int) -> Bundle:
+    def _check_rollout(self, item: SignedItem, current: SignedItem | None, now_ms: int) -> RolloutRecord:
+        if len(item.payload) > MAX_ROLLOUT_RECORD_BYTES:
+            raise Refusal(TOO_LARGE, f"rollout record of {len(item.payload)} bytes exceeds {MAX_ROLLOUT_RECORD_BYTES}")
+        self._check_timing(item, current, now_ms)
+        record = self._check_rollout_trust(item, now_ms)
+        if current is not None:
+            try:
+                held = RolloutRecord.decode(current.payload)
+            except GrapevineError:
+                held = None
+            why = None if held is None else record.may_follow(held)
+            if why is not None:
+                raise Refusal(STALE, f"{item.key}: {why}")
+        return record
+
+    def _check_rollout_trust(self, item: SignedItem, now_ms: int) -> RolloutRecord:
+        name = item.key[len(ROLLOUT_KEY_PREFIX):]
+        self._check_signer(item, name, now_ms)
+        try:
+            record = RolloutRecord.decode(item.payload)
+        except GrapevineError as exc:
+            raise Refusal(MALFORMED, f"{item.key}: {exc}") from None
+        if record.bundle != name:
+            raise Refusal(MALFORMED, f"{item.key} carries the rollout of {record.bundle!r}")
+        return record
+
+    def _check_signer(self, item: SignedItem, name: str, now_ms: int) -> None:
+        """Root present and current, author known, one verifying signature, a publisher of ``name``."""
         root = self.root
         if root is None:
             raise Refusal(UNKNOWN_KEY, f"{item.key}: no trust root yet (waiting for the pinned root)")
@@ -163,17 +201,26 @@ class Admission:
             raise Refusal(BAD_SIGNATURE, f"{item.key} must carry exactly one signature, by its author {author}")
         if not pub.verify(item.signing_bytes(), item.signatures[0][1]):
             raise Refusal(BAD_SIGNATURE, f"{item.key}: the signature by {author} does not verify")
-        name = item.key[len(BUNDLE_KEY_PREFIX):]
         if not root.publisher_covers(author, name):
             scope = list(root.publishers.get(author, ())) or "none"
             raise Refusal(OUT_OF_SCOPE, f"key {author} may not publish {name!r} (its prefixes: {scope})")
+
+    def _check_bundle_trust(self, item: SignedItem, now_ms: int) -> Bundle:
+        name = item.key[len(BUNDLE_KEY_PREFIX):]
+        self._check_signer(item, name, now_ms)
+        root, author = self.root, item.version.author
         try:
             bundle = Bundle.decode(item.payload)
         except GrapevineError as exc:
             raise Refusal(MALFORMED, f"{item.key}: {exc}") from None
         if bundle.item_key != item.key:
             raise Refusal(MALFORMED, f"{item.key} carries the bundle {bundle.name!r}")
-        check_bundle(root.publisher_grants(author, name), author, bundle)  # paths, types, target ceiling
+        grants = root.publisher_grants(author, name)
+        check_bundle(grants, author, bundle)  # paths, types, target ceiling
+        if bundle.rollout is not None and bundle.rollout.health is not None and grants and not any(
+                "exec" in g.allowed_types for g in grants):
+            raise Refusal(OUT_OF_SCOPE, f"bundle {name!r} by {author}: its rollout health command runs a program,"
+                                        " which needs a grant with the exec type")
         return bundle
 
     def refusal_detail(self, item: SignedItem, reason: str) -> str | None:
@@ -210,7 +257,10 @@ class Admission:
         if item.key == ROOT_KEY:
             return None
         try:
-            self._check_bundle_trust(item, now_ms)
+            if item.key.startswith(ROLLOUT_KEY_PREFIX):
+                self._check_rollout_trust(item, now_ms)
+            else:
+                self._check_bundle_trust(item, now_ms)
         except Refusal as exc:
             return exc.reason
         return None

@@ -31,6 +31,8 @@ from grapevine.gossip.errors import PolicyError, ProtocolError
 from grapevine.gossip.item import MAX_KEY_LEN, SignedItem, Version
 from grapevine.gossip.wire import MAX_SELECTOR_CHARS
 
+from .rollout import RolloutPlan
+
 if TYPE_CHECKING:
     from .keys import SigningKey
 
@@ -51,8 +53,8 @@ INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what msgpack can carry
 MAX_VALUES = MAX_BUNDLE_BYTES
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
-DOC_KEYS = {"bundle", "target", "files", "resources", "secrets"}
-ENCODED_KEYS = {"format", "name", "target", "resources", "files", "secrets"}
+DOC_KEYS = {"bundle", "target", "files", "resources", "secrets", "rollout"}
+ENCODED_KEYS = {"format", "name", "target", "resources", "files", "secrets"}  # plus "rollout" when a plan is carried
 
 
 def canonical(value: Any, where: str, depth: int = 0, budget: list[int] | None = None) -> Any:
@@ -140,6 +142,8 @@ class Bundle:
     files: dict[str, bytes] = field(default_factory=dict)
     # secret name -> {node key id -> value sealed to that node}; see policy/secrets.py
     secrets: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    # the staged-rollout plan (policy/rollout.py), signed with the rest; None: apply on arrival
+    rollout: RolloutPlan | None = None
 
     def __post_init__(self) -> None:
         src = f"bundle {self.name!r}"
@@ -187,6 +191,8 @@ class Bundle:
                 raise PolicyError(f"{src}: secret {sname!r} must map node key ids to sealed bytes (seal it when packing)")
             secrets[sname] = {k: sealed[k] for k in sorted(sealed)}
         object.__setattr__(self, "secrets", secrets)
+        if self.rollout is not None and not isinstance(self.rollout, RolloutPlan):
+            raise PolicyError(f"{src}: rollout must be a plan (policy/rollout.py RolloutPlan)")
 
     @property
     def item_key(self) -> str:
@@ -212,14 +218,17 @@ class Bundle:
         if not isinstance(files, dict):
             raise PolicyError(f"{where}: files must be a mapping of names to contents")
         secrets = doc.get("secrets") or {}
+        plan = RolloutPlan.from_document(doc["rollout"], where) if doc.get("rollout") is not None else None
         try:
-            return cls(name=name, target=target, resources=tuple(resources), files=dict(files), secrets=dict(secrets))
+            return cls(name=name, target=target, resources=tuple(resources), files=dict(files), secrets=dict(secrets),
+                       rollout=plan)
         except PolicyError as exc:
             raise PolicyError(f"{source}: {exc}") from None
 
     def to_plain(self) -> dict:
-        """The canonical map that ``encode`` packs."""
-        return {
+        """The canonical map that ``encode`` packs (``rollout`` only when a plan is carried, so a bundle
+        without one keeps the bytes it always had)."""
+        plain = {
             "files": dict(self.files),
             "format": FORMAT,
             "name": self.name,
@@ -227,6 +236,9 @@ class Bundle:
             "secrets": {k: dict(v) for k, v in self.secrets.items()},
             "target": self.target,
         }
+        if self.rollout is not None:
+            plain["rollout"] = self.rollout.to_plain()
+        return plain
 
     def encode(self) -> bytes:
         """Canonical msgpack bytes: same bundle, same bytes."""
@@ -235,8 +247,8 @@ class Bundle:
     @classmethod
     def decode(cls, data: bytes) -> Bundle:
         obj = unpack_bounded(data, MAX_BUNDLE_BYTES, "bundle")
-        if not isinstance(obj, dict) or set(obj) != ENCODED_KEYS:
-            raise ProtocolError(f"bundle must be a map with exactly the keys {sorted(ENCODED_KEYS)}")
+        if not isinstance(obj, dict) or set(obj) - {"rollout"} != ENCODED_KEYS:
+            raise ProtocolError(f"bundle must be a map with exactly the keys {sorted(ENCODED_KEYS)} (and a rollout plan)")
         if obj["format"] != FORMAT:
             raise ProtocolError(f"bundle format {obj['format']!r} is not supported (this version reads {FORMAT})")
         if not isinstance(obj["resources"], list):
@@ -247,6 +259,7 @@ class Bundle:
             resources=tuple(obj["resources"]),
             files=obj["files"],
             secrets=obj["secrets"],
+            rollout=RolloutPlan.from_plain(obj["rollout"]) if "rollout" in obj else None,
         )
         if bundle.encode() != bytes(data):
             raise ProtocolError(f"bundle {bundle.name!r} is not in canonical form")
@@ -260,6 +273,7 @@ class Bundle:
             "resources": list(self.resources),
             "files": {k: len(v) for k, v in self.files.items()},
             "secrets": {k: sorted(v) for k, v in self.secrets.items()},
+            "rollout": None if self.rollout is None else self.rollout.to_document(),
         }
 
 

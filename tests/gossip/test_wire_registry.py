@@ -85,9 +85,10 @@ def test_every_declared_decoder_exists():
 
 
 def test_every_route_and_broadcast_the_daemon_installs_is_declared():
-    from grapevine.node import agent, runs
+    from grapevine.node import agent, rollout, runs
 
-    routes = {agent.HELLO_ROUTE, runs.ANSWER_ROUTE, runs.ORDER_ROUTE, runs.RESULT_ROUTE, runs.KEY_ROUTE}
+    routes = {agent.HELLO_ROUTE, runs.ANSWER_ROUTE, runs.ORDER_ROUTE, runs.RESULT_ROUTE, runs.KEY_ROUTE,
+              rollout.REPORT_ROUTE, rollout.STATUS_ROUTE}
     assert routes == set(wire.ROUTES)
     assert runs.QUERY_KIND in wire.BROADCASTS
     assert all(len(r) <= wire.MAX_ROUTE_NAME_LEN for r in routes)
