@@ -83,7 +83,7 @@ class Agent:
         from grapevine.gossip.store import ItemStore
         from grapevine.policy import facts as facts_mod
         from grapevine.policy.admission import Admission
-        from grapevine.policy.trust import load_root_file
+        from grapevine.policy.trust_files import load_root_file
 
         self.config = config
         self.node_id = config.node_id

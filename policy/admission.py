@@ -297,7 +297,7 @@ class Admission:
 
 def verify_bundle_file(bundle_path: str, root_path: str, now_ms: int | None = None, pinned: str | None = None) -> Bundle:
     """Verify a packed ``.gv`` bundle file against a trust root file; ``Refusal`` names the reason."""
-    from .trust import load_root_file, read_item_file
+    from .trust_files import load_root_file, read_item_file
 
     root_item, _ = load_root_file(root_path, pinned)
     item = read_item_file(bundle_path, "bundle")

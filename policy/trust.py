@@ -565,12 +565,3 @@ def check_first_root(item: SignedItem, pinned: str | None = None) -> TrustRoot:
 # Writing roots and reading/writing .gv files live in trust_files.py; import them from there.
 # Two callers still read these through this module (node/agent.py, policy/admission.py); this
 # lookup, and the trust -> trust_files entry in pyproject.toml's ignore_imports, go when they move.
-_MOVED = frozenset({"load_root_file", "read_item_file"})
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        from . import trust_files
-
-        return getattr(trust_files, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

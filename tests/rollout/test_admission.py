@@ -10,7 +10,8 @@ from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.grants import Grant
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.rollout import ALL, RolloutPlan, RolloutRecord, sign_record
-from grapevine.policy.trust import Refusal, build_root, init_root
+from grapevine.policy.refusal import Refusal
+from grapevine.policy.trust_files import build_root, init_root
 
 NOW = 1_800_000_000_000
 ADMIN, WEB, DB = (SigningKey(bytes([i]) * 32) for i in (71, 72, 73))
