@@ -24,8 +24,8 @@ from typing import ClassVar, Union
 
 from .errors import ProtocolError
 from .item import SignedItem
+from .wire import DIGEST_LEN
 
-DIGEST_LEN = 16  # blake2b-128: item digests, message ids and hash-tree nodes
 
 
 def _need(ok: bool, what: str) -> None:

@@ -22,7 +22,8 @@ from functools import lru_cache
 from typing import Iterator
 
 from .item import SignedItem, Version
-from .messages import DIGEST_LEN, KeyEntry
+from .messages import KeyEntry
+from .wire import DIGEST_LEN
 
 TOP = 16  # top-level nodes: a SyncTop reply is 16 digests (~260 bytes)
 LEAVES_PER_TOP = 16  # leaves under each top node: a SyncLeaves group is 16 digests
