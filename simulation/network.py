@@ -45,8 +45,9 @@ LATENCY_TABLE_BITS = 12
 MAX_LATENCY_MS = 200
 # Links a host's FIFO map holds before the ones with nothing in flight are
 # dropped (a delivery time in the past can no longer hold back a message).
-# A node talks to its ~40 view members; the limit doubles past a burst.
-FIFO_LINKS = 64
+# A node has a handful of links in flight at once; the limit doubles past a burst
+# (a smaller map per host: at a million hosts each entry counts).
+FIFO_LINKS = 16
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
