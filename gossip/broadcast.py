@@ -66,8 +66,8 @@ This module only knows message ids, origins, hops and links; the node
 decides what a message is (an item to admit, an ephemeral broadcast to
 deliver) and hands a ``resolve`` function to answer grafts. What the node
 uses: ``record``, ``forward``, ``announce``, ``duplicate``, ``is_seen``,
-``ref``, ``release``, ``flush``, ``tick``, ``next_deadline``, ``peer_down``
-and the three message handlers.
+``ref``, ``release``, ``flush`` (and ``pending``, to skip it when empty),
+``tick``, ``next_deadline``, ``peer_down`` and the three message handlers.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class Broadcast:
     """Plumtree link states per publisher, message-id cache and graft timers of one node."""
 
     __slots__ = ("node_id", "holds", "config", "active", "resolve", "trees", "_flood_hops", "_seen", "_expiry",
-                 "missing", "_timers", "_queue", "_announced", "_closer")
+                 "missing", "_timers", "pending", "_announced", "_closer")
 
     def __init__(
         self, node_id: str, config: GossipConfig, active: list[str], resolve: Resolver, holds: Callable[[bytes], bool]
@@ -124,8 +124,9 @@ class Broadcast:
         # msg_id -> [graft deadline, [(announcer, hops) not grafted yet], grafts sent, [(grafted announcer, hops)]]
         self.missing: dict[bytes, list] = {}
         self._timers: list[tuple[int, bytes]] = []  # heap of (deadline, msg_id); stale entries skipped
-        # lazy announcements not yet sent: peer -> [(msg_id, hops, pull), ...]
-        self._queue: dict[str, list[tuple[bytes, int, bool]]] = {}
+        # lazy announcements not yet sent: peer -> [(msg_id, hops, pull), ...]; ``flush`` sends
+        # them. Read-only outside: a driver may skip ``flush`` while it is empty.
+        self.pending: dict[str, list[tuple[bytes, int, bool]]] = {}
         self._announced: list[str] | tuple = ()  # peers that announced the message just recorded
         self._closer: tuple[str, int] | None = None  # the closest announcer of the message just recorded
 
@@ -134,7 +135,7 @@ class Broadcast:
     def peer_down(self, peer: str) -> None:
         for tree in self.trees.values():
             tree.discard(peer)
-        self._queue.pop(peer, None)
+        self.pending.pop(peer, None)
 
     def eager_for(self, origin: str) -> list[str] | None:
         """Links eager for ``origin``'s messages, or None when no tree is kept for it."""
@@ -241,7 +242,7 @@ class Broadcast:
         known = self._seen[msg_id]
         known[0] = hops
         known[1] = parent
-        queue = self._queue
+        queue = self.pending
         for p in self.active:
             if p != parent:
                 q = queue.get(p)
@@ -285,7 +286,7 @@ class Broadcast:
                 self._improved(msg_id, closer[1] + 1, closer[0])
         skip = self._announced
         self._announced = ()
-        queue = self._queue
+        queue = self.pending
         for p in active:
             if p == exclude or p in skip:
                 continue
@@ -308,7 +309,7 @@ class Broadcast:
         known = self._seen.get(msg_id)
         if known is not None and not known[3]:
             known[3] = REPAIR_ORIGIN
-        queue = self._queue
+        queue = self.pending
         for p in self.active:
             if p != exclude:
                 q = queue.get(p)
@@ -319,14 +320,14 @@ class Broadcast:
 
     def flush(self, out: list[Effect]) -> None:
         """Send the queued announcements, one ``IHave`` per peer."""
-        if not self._queue:
+        if not self.pending:
             return
-        for peer, entries in self._queue.items():
+        for peer, entries in self.pending.items():
             for pull in (False, True):
                 batch = [(e[0], e[1]) for e in entries if e[2] is pull]
                 for start in range(0, len(batch), MAX_IHAVE_ENTRIES):
                     out.append(Send(peer=peer, msg=IHave(entries=tuple(batch[start : start + MAX_IHAVE_ENTRIES]), pull=pull)))
-        self._queue.clear()
+        self.pending.clear()
 
     def on_ihave(self, peer: str, msg: IHave, now: int, out: list[Effect]) -> None:
         seen = self._seen

@@ -88,6 +88,7 @@ class GossipNode:
             node_id, config, rng, on_up=self._peer_up, on_down=self._peer_down, on_revive=self._revived
         )
         self.tree = Broadcast(node_id, config, self.membership.active, self._resolve, self.store.has_digest)
+        self._announcements = self.tree.pending  # flushed after a message only when not empty
         self.antientropy = AntiEntropy(node_id, config, rng, self.store, self._admit_synced)
         self._last_heard = self.membership.last_heard
         self._graveyard = self.membership.graveyard
@@ -147,7 +148,8 @@ class GossipNode:
             last_heard[peer] = now
         elif peer in self._graveyard:
             self.membership.heard(peer, now, out)
-        self.tree.flush(out)
+        if self._announcements:
+            self.tree.flush(out)
         return out
 
     def on_send_failed(self, peer: str, now: int) -> list[Effect]:
