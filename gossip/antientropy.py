@@ -41,9 +41,9 @@ from .effects import Effect, Send
 from .item import SignedItem
 from .messages import SyncItems, SyncKeys, SyncLeaves, SyncRoot, SyncTop
 from .store import LEAVES_PER_TOP, TOP, ItemStore, entry_is_newer
+from .wire import MAX_KEY_ENTRIES
 
 NEVER = 1 << 62
-MAX_KEY_ENTRIES = 4096  # entries in one SyncKeys: codec.MAX_ARRAY_LEN
 # While the active view is below its target size, at least every 2nd
 # exchange goes to a passive peer: a few nodes whose views hold only each
 # other (an island after a boot storm) still hear news within seconds.

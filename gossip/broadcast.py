@@ -2,11 +2,11 @@
 
 A link is EAGER for a broadcast (the payload is pushed over it) or LAZY
 (only ``IHave`` announcements travel). Which links are eager depends on the
-publisher: a message that names its origin (``Push.origin``,
-``Ephemeral.origin``) travels the tree of that origin. One tree shared by
-every publisher is shaped around one root, and a message from elsewhere
-climbs toward that root and down the far side, about twice the depth; a
-tree per publisher is as deep as the fewest-hops distance from it.
+publisher: a message travels the tree of the origin it names
+(``Push.origin``, ``Ephemeral.origin``). One tree shared by every publisher
+is shaped around one root, and a message from elsewhere climbs toward that
+root and down the far side, about twice the depth; a tree per publisher is
+as deep as the fewest-hops distance from it.
 
 Each node keeps, per origin, the set of links eager for that origin (its
 parent and its children), for at most ``MAX_ORIGINS`` origins, least
@@ -48,26 +48,26 @@ Announcements of a message that does not arrive within ``graft_timeout_ms``
 (``pull_wait_ms`` for pull announcements) trigger a ``Graft`` to the
 announcer with the fewest hops, then to the next one every
 ``graft_retry_ms``, cycling through the announcers still linked for up to
-``MAX_GRAFTS`` grafts; after that anti-entropy repairs it.
+``MAX_GRAFTS`` grafts; after that anti-entropy repairs it. When a node's
+parent link fails nothing is grafted at once: that publisher's next
+broadcast reaches the node by announcement and repairs the tree.
 
-Items that arrive by anti-entropy have no publisher here: they are offered
-for pulling on every link and travel the tree of the pseudo-origin
-``REPAIR_ORIGIN``, so a healed partition does not flood.
-
-Messages without an origin (frames from older senders) use one shared tree,
-the classic Plumtree: a new link is eager, the first broadcast floods, every
-duplicate prunes a link, nodes within ``flood_hops`` of the source push on
-every link, and when the parent link goes the lazy link with the fewest
-announced hops is grafted at once.
+Messages that name no publisher here travel the tree of the pseudo-origin
+``REPAIR_ORIGIN``: items that arrived by anti-entropy (they are offered for
+pulling on every link, so a healed partition does not flood) and pushes
+from an older sender, whose frames have no origin field.
 
 Announcements are queued per peer and leave as one ``IHave`` per peer (two
 when some are pull announcements) at the end of each entry point
 (``flush``), so a burst of items costs one announcement message per link,
-not one per item.
+not one per item. At most ``MAX_SEEN`` message ids are remembered at once.
 
 This module only knows message ids, origins, hops and links; the node
 decides what a message is (an item to admit, an ephemeral broadcast to
-deliver) and hands a ``resolve`` function to answer grafts.
+deliver) and hands a ``resolve`` function to answer grafts. What the node
+uses: ``record``, ``forward``, ``announce``, ``duplicate``, ``is_seen``,
+``ref``, ``release``, ``flush`` (and ``pending``, to skip it when empty),
+``tick``, ``next_deadline``, ``peer_down`` and the three message handlers.
 """
 
 from __future__ import annotations
@@ -79,18 +79,22 @@ from typing import Callable
 from .config import GossipConfig
 from .effects import Effect, Send
 from .messages import Graft, IHave, Message, Prune, Push
+from .wire import MAX_IDS as MAX_IHAVE_ENTRIES
 
 log = logging.getLogger("grapevine.gossip")
 
 NEVER = 1 << 62
 MAX_MISSING = 10_000  # announced-but-missing ids tracked at once; floods beyond that wait for anti-entropy
-MAX_IHAVE_ENTRIES = 1024  # per IHave message: codec.MAX_IDS
+# Message ids remembered at once (dedupe, grafts), about 250 bytes each with their heap entry:
+# 12 MiB. A config mesh sees a few ids per minute; only a flood of ephemerals reaches this, and
+# then the ids due to expire first are forgotten early (a stored item is still recognised by
+# ``holds``; an ephemeral forgotten early may be delivered a second time).
+MAX_SEEN = 50_000
 MAX_GRAFTS = 6  # grafts per missing message before anti-entropy is left to repair it: at 5 % loss a graft round trip fails about 1 time in 10, six in a row about 1 in a million
 MAX_ORIGINS = 64  # publishers whose trees a node keeps: a config mesh publishes from a handful of nodes; each tree is a few peer ids
-_GRAFT_LINK = Graft(msg_ids=())
-# Tree of items re-spread after anti-entropy found them (a healed partition,
-# a restart): they have no publisher here. Not a node id in either id scheme
-# ("n12", "name@host:port").
+# Tree of messages that name no publisher here: items re-spread after
+# anti-entropy found them (a healed partition, a restart) and pushes from an
+# older sender. Not a node id in either id scheme ("n12", "name@host:port").
 REPAIR_ORIGIN = "*repair"
 
 # resolve(msg_id, ref, hops) -> the message to send to a grafting peer, or None
@@ -98,7 +102,10 @@ Resolver = Callable[[bytes, object, int], "Message | None"]
 
 
 class Broadcast:
-    """Plumtree link states, message-id cache and graft timers of one node."""
+    """Plumtree link states per publisher, message-id cache and graft timers of one node."""
+
+    __slots__ = ("node_id", "holds", "config", "active", "resolve", "trees", "_flood_hops", "_seen", "_expiry",
+                 "missing", "_timers", "pending", "_announced", "_closer")
 
     def __init__(
         self, node_id: str, config: GossipConfig, active: list[str], resolve: Resolver, holds: Callable[[bytes], bool]
@@ -108,50 +115,27 @@ class Broadcast:
         self.config = config
         self.active = active  # the membership's live list, read-only here
         self.resolve = resolve
-        self.lazy: set[str] = set()  # the shared tree: links lazy for messages without an origin
         # origin -> links eager for that origin's messages; dict order is recency (LRU first)
         self.trees: dict[str, set[str]] = {}
         self._flood_hops = config.flood_hops
-        # msg_id -> [hops it arrived with, peer it came from (None: local), ref for grafts, origin ("" if none)]
-        self.seen: dict[bytes, list] = {}
+        # msg_id -> [hops it arrived with, peer it came from (None: local), ref for grafts, origin ("" until forwarded)]
+        self._seen: dict[bytes, list] = {}
         self._expiry: list[tuple[int, bytes]] = []  # heap of (forget_at, msg_id)
         # msg_id -> [graft deadline, [(announcer, hops) not grafted yet], grafts sent, [(grafted announcer, hops)]]
         self.missing: dict[bytes, list] = {}
         self._timers: list[tuple[int, bytes]] = []  # heap of (deadline, msg_id); stale entries skipped
-        # lazy announcements not yet sent: peer -> [(msg_id, hops, pull), ...]
-        self._queue: dict[str, list[tuple[bytes, int, bool]]] = {}
+        # lazy announcements not yet sent: peer -> [(msg_id, hops, pull), ...]; ``flush`` sends
+        # them. Read-only outside: a driver may skip ``flush`` while it is empty.
+        self.pending: dict[str, list[tuple[bytes, int, bool]]] = {}
         self._announced: list[str] | tuple = ()  # peers that announced the message just recorded
         self._closer: tuple[str, int] | None = None  # the closest announcer of the message just recorded
-        self.parent: str | None = None  # the peer the latest message came by
-        self._heard_hops: dict[str, int] = {}  # lazy peer -> hops it announced last (a distance hint)
-        self.extra: list[Send] = []  # control messages raised outside a handler, sent at flush
 
     # --- links -----------------------------------------------------------
 
-    def peer_up(self, peer: str) -> None:
-        self.lazy.discard(peer)
-
     def peer_down(self, peer: str) -> None:
-        self.lazy.discard(peer)
         for tree in self.trees.values():
             tree.discard(peer)
-        self._queue.pop(peer, None)
-        self._heard_hops.pop(peer, None)
-        if peer == self.parent:
-            # The link the last messages came by is gone: graft a lazy link
-            # now rather than leave the next message to a graft timer.
-            self.parent = None
-            lazy = [p for p in self.active if p in self.lazy and p != peer]
-            if lazy:
-                best = min(lazy, key=lambda p: self._heard_hops.get(p, 1 << 30))
-                self.lazy.discard(best)
-                self.parent = best
-                self.extra.append(Send(peer=best, msg=_GRAFT_LINK))
-
-    def eager_peers(self) -> list[str]:
-        """Links of the shared tree that carry payloads (messages without an origin)."""
-        lazy = self.lazy
-        return [p for p in self.active if p not in lazy]
+        self.pending.pop(peer, None)
 
     def eager_for(self, origin: str) -> list[str] | None:
         """Links eager for ``origin``'s messages, or None when no tree is kept for it."""
@@ -172,27 +156,34 @@ class Broadcast:
         return tree
 
     def on_prune(self, peer: str, msg: Prune, now: int, out: list[Effect]) -> None:
-        if msg.cause:
-            known = self.seen.get(msg.cause)
-            if known is not None:
-                origin = known[3]
-                if known[1] == peer:
-                    # Stale: this node has since taken ``peer`` as its parent for
-                    # that message. Graft again, in case the prune overtook ours.
-                    out.append(Send(peer=peer, msg=Graft(msg_ids=(), origin=origin) if origin else _GRAFT_LINK))
-                    return
-                if origin:
-                    tree = self.trees.get(origin)
-                    if tree is not None:
-                        tree.discard(peer)
-                    return
-        if peer in self.active:
-            self.lazy.add(peer)
+        known = self._seen.get(msg.cause) if msg.cause else None
+        if known is None or not known[3]:
+            return  # names no message of a tree kept here: nothing to prune
+        origin = known[3]
+        if known[1] == peer:
+            # Stale: this node has since taken ``peer`` as its parent for
+            # that message. Graft again, in case the prune overtook ours.
+            out.append(Send(peer=peer, msg=Graft(msg_ids=(), origin=origin)))
+            return
+        tree = self.trees.get(origin)
+        if tree is not None:
+            tree.discard(peer)
 
     # --- messages ----------------------------------------------------------
 
     def is_seen(self, msg_id: bytes) -> bool:
-        return msg_id in self.seen
+        return msg_id in self._seen
+
+    def ref(self, msg_id: bytes) -> object:
+        """What ``record`` kept to answer grafts for ``msg_id`` (None: nothing, or forgotten)."""
+        known = self._seen.get(msg_id)
+        return known[2] if known is not None else None
+
+    def release(self, msg_id: bytes) -> None:
+        """Stop answering grafts for ``msg_id`` (its payload is dropped); its id stays known."""
+        known = self._seen.get(msg_id)
+        if known is not None:
+            known[2] = None
 
     def record(self, msg_id: bytes, peer: str | None, hops: int, ref: object, forget_at: int, now: int, out: list[Effect]) -> None:
         """A message arrived (or was published) for the first time.
@@ -200,8 +191,13 @@ class Broadcast:
         The tree it belongs to is known at ``forward`` (the message names its
         origin); the link it came by and a closer announcer are applied there.
         """
-        self.seen[msg_id] = [hops, peer, ref, ""]
-        heapq.heappush(self._expiry, (forget_at, msg_id))
+        seen = self._seen
+        seen[msg_id] = [hops, peer, ref, ""]
+        expiry = self._expiry
+        heapq.heappush(expiry, (forget_at, msg_id))
+        if len(seen) > MAX_SEEN:
+            while len(seen) > MAX_SEEN and expiry:
+                seen.pop(heapq.heappop(expiry)[1], None)
         self._closer = None
         entry = self.missing.pop(msg_id, None)
         if entry is None:
@@ -216,27 +212,24 @@ class Broadcast:
     def duplicate(self, msg_id: bytes, peer: str, hops: int, out: list[Effect]) -> None:
         """``peer`` pushed something this node already had.
 
-        Normally the link turns lazy (``Prune``). If the copy came by a path
-        with fewer hops than the first one, the node re-parents instead: it
-        keeps this link eager and prunes the one the first copy came by, and
-        tells its neighbours its shorter distance, so the tree the first
-        broadcast leaves behind is a fewest-hops tree.
+        Normally the link leaves the message's tree (``Prune``). If the copy
+        came by a path with fewer hops than the first one, the node re-parents
+        instead: it keeps this link eager and prunes the one the first copy
+        came by, and tells its neighbours its shorter distance, so the tree
+        the first broadcast leaves behind is a fewest-hops tree.
         """
-        known = self.seen.get(msg_id)
-        if known is not None and hops < known[0] and known[1] is not None and known[1] != peer:
-            if self._reparent(msg_id, known[1], peer, out):
-                self._improved(msg_id, hops, peer)
-                return
-        if known is not None and known[3]:
-            # The sender holds this link eager for the origin: prune it there too.
-            tree = self.trees.get(known[3])
-            if tree is not None:
-                tree.discard(peer)
-            if peer in self.active:
-                out.append(Send(peer=peer, msg=Prune(cause=msg_id)))
-            return
-        if peer in self.active and peer not in self.lazy:
-            self.lazy.add(peer)
+        known = self._seen.get(msg_id)
+        if known is not None:
+            if hops < known[0] and known[1] is not None and known[1] != peer:
+                if self._reparent(msg_id, known[1], peer, out):
+                    self._improved(msg_id, hops, peer)
+                    return
+            if known[3]:
+                tree = self.trees.get(known[3])
+                if tree is not None:
+                    tree.discard(peer)
+        # The sender holds this link eager for the message's origin: prune it there.
+        if peer in self.active:
             out.append(Send(peer=peer, msg=Prune(cause=msg_id)))
 
     def _improved(self, msg_id: bytes, hops: int, parent: str) -> None:
@@ -246,12 +239,10 @@ class Broadcast:
         that hangs below this node learns its own shorter distance, and one
         that is now farther than a path through this node re-parents to it.
         """
-        known = self.seen[msg_id]
+        known = self._seen[msg_id]
         known[0] = hops
         known[1] = parent
-        if not known[3]:
-            self.parent = parent
-        queue = self._queue
+        queue = self.pending
         for p in self.active:
             if p != parent:
                 q = queue.get(p)
@@ -261,56 +252,22 @@ class Broadcast:
                     q.append((msg_id, hops, False))
 
     def forward(self, msg_id: bytes, msg: Message, hops: int, exclude: str | None, out: list[Effect]) -> None:
-        """Push ``msg`` on eager links and announce it on lazy ones.
+        """Push ``msg`` down its origin's tree; announce it on the other links.
 
         Skips ``exclude`` (it came from there) and the peers that announced
-        the message just ``record``-ed (they have it already). A message that
-        names its origin goes down that origin's tree.
+        the message just ``record``-ed (they have it already). Without a tree
+        for the origin here yet, the payload is pushed on every link within
+        ``flood_hops`` of the publisher, and beyond that on none: the other
+        links get pull announcements and graft it.
         """
-        origin = getattr(msg, "origin", "")
-        if origin:
-            self._forward_origin(msg_id, msg, hops, exclude, origin, out)
-            return
-        closer = self._closer
-        self._closer = None
-        if exclude is not None:
-            self.parent = exclude
-            self.lazy.discard(exclude)
-            if closer is not None and self._reparent(msg_id, exclude, closer[0], out):
-                self._improved(msg_id, closer[1] + 1, closer[0])
-        lazy = self.lazy
-        if hops < self._flood_hops and lazy:
-            # Near the source every link is made eager again and carries the
-            # payload; duplicates then prune it as after a first broadcast, so
-            # the tree is re-formed around this source.
-            lazy.difference_update(self.active)
-        skip = self._announced
-        self._announced = ()
-        for p in self.active:
-            if p == exclude or p in skip:
-                continue
-            if p in lazy:
-                q = self._queue.get(p)
-                if q is None:
-                    self._queue[p] = [(msg_id, hops, False)]
-                else:
-                    q.append((msg_id, hops, False))
-            else:
-                out.append(Send(peer=p, msg=msg))
-
-    def _forward_origin(self, msg_id: bytes, msg: Message, hops: int, exclude: str | None, origin: str, out: list[Effect]) -> None:
-        """Push down ``origin``'s tree; announce on the other links.
-
-        Without a tree for ``origin`` here yet, the payload is pushed on
-        every link within ``flood_hops`` of the publisher, and beyond that
-        on none: the other links get pull announcements and graft it.
-        """
-        known = self.seen.get(msg_id)
+        origin = getattr(msg, "origin", "") or REPAIR_ORIGIN
+        known = self._seen.get(msg_id)
         if known is not None:
             known[3] = origin
+        active = self.active
         fresh = origin not in self.trees
         tree = self._tree(origin)
-        if exclude is None and not fresh and tree.isdisjoint(self.active):
+        if exclude is None and not fresh and tree.isdisjoint(active):
             # The publisher's own tree has no live link (it was formed before
             # this node had peers, e.g. by a broadcast at start, or every link
             # of it has gone): nobody would get an eager copy, and every
@@ -320,7 +277,7 @@ class Broadcast:
             # Near the publisher the payload is pushed on every link: each of
             # these nodes saves the pull round trip, and the rare duplicate
             # prunes its link as usual.
-            tree.update(self.active)
+            tree.update(active)
         closer = self._closer
         self._closer = None
         if exclude is not None:
@@ -329,8 +286,8 @@ class Broadcast:
                 self._improved(msg_id, closer[1] + 1, closer[0])
         skip = self._announced
         self._announced = ()
-        queue = self._queue
-        for p in self.active:
+        queue = self.pending
+        for p in active:
             if p == exclude or p in skip:
                 continue
             if p in tree:
@@ -349,10 +306,10 @@ class Broadcast:
         here, so they travel the tree of ``REPAIR_ORIGIN``, which the first
         repair forms by pulling, as a publisher's first broadcast does.
         """
-        known = self.seen.get(msg_id)
+        known = self._seen.get(msg_id)
         if known is not None and not known[3]:
             known[3] = REPAIR_ORIGIN
-        queue = self._queue
+        queue = self.pending
         for p in self.active:
             if p != exclude:
                 q = queue.get(p)
@@ -363,26 +320,21 @@ class Broadcast:
 
     def flush(self, out: list[Effect]) -> None:
         """Send the queued announcements, one ``IHave`` per peer."""
-        if self.extra:
-            out.extend(self.extra)
-            self.extra.clear()
-        if not self._queue:
+        if not self.pending:
             return
-        for peer, entries in self._queue.items():
+        for peer, entries in self.pending.items():
             for pull in (False, True):
                 batch = [(e[0], e[1]) for e in entries if e[2] is pull]
                 for start in range(0, len(batch), MAX_IHAVE_ENTRIES):
                     out.append(Send(peer=peer, msg=IHave(entries=tuple(batch[start : start + MAX_IHAVE_ENTRIES]), pull=pull)))
-        self._queue.clear()
+        self.pending.clear()
 
     def on_ihave(self, peer: str, msg: IHave, now: int, out: list[Effect]) -> None:
-        seen = self.seen
+        seen = self._seen
         missing = self.missing
         threshold = self.config.hop_optimization_threshold
         pull = msg.pull
         wait = self.config.pull_wait_ms if pull else self.config.graft_timeout_ms
-        if msg.entries:
-            self._heard_hops[peer] = msg.entries[-1][1]
         for msg_id, hops in msg.entries:
             known = seen.get(msg_id)
             if known is not None:
@@ -416,42 +368,30 @@ class Broadcast:
         active = self.active
         if new not in active or old == new:
             return False
-        known = self.seen.get(msg_id)
+        known = self._seen.get(msg_id)
         origin = known[3] if known is not None else ""
-        if origin:
-            tree = self._tree(origin)
-            tree.add(new)
-            out.append(Send(peer=new, msg=Graft(msg_ids=(), origin=origin)))
-            if old in active and old in tree:
-                tree.discard(old)
-                out.append(Send(peer=old, msg=Prune(cause=msg_id)))
-            return True
-        self.lazy.discard(new)
-        out.append(Send(peer=new, msg=_GRAFT_LINK))
-        if old in active and old not in self.lazy:
-            self.lazy.add(old)
+        if not origin:
+            return False  # not forwarded (refused here): no tree to re-parent in
+        tree = self._tree(origin)
+        tree.add(new)
+        out.append(Send(peer=new, msg=Graft(msg_ids=(), origin=origin)))
+        if old in active and old in tree:
+            tree.discard(old)
             out.append(Send(peer=old, msg=Prune(cause=msg_id)))
         return True
 
     def on_graft(self, peer: str, msg: Graft, now: int, out: list[Effect]) -> None:
         active = peer in self.active
-        if msg.origin:
-            if active:
-                self._tree(msg.origin).add(peer)
-        elif active and not msg.msg_ids:
-            self.lazy.discard(peer)
+        if msg.origin and active:
+            self._tree(msg.origin).add(peer)
+        seen = self._seen
         for msg_id in msg.msg_ids:
-            known = self.seen.get(msg_id)
+            known = seen.get(msg_id)
             if known is None:
-                if active and not msg.origin:
-                    self.lazy.discard(peer)
                 continue
             origin = known[3]
-            if active:
-                if origin:
-                    self._tree(origin).add(peer)
-                else:
-                    self.lazy.discard(peer)
+            if active and origin:
+                self._tree(origin).add(peer)
             reply = self.resolve(msg_id, known[2], known[0] + 1)
             if reply is not None:
                 if origin and type(reply) is Push and reply.origin != origin:
@@ -499,8 +439,6 @@ class Broadcast:
             tried.append((peer, _hops))
             entry[2] += 1  # grafted: later announcements wait for the retry, not graft at once
             grafts.setdefault(peer, []).append(msg_id)
-            if peer in self.active:
-                self.lazy.discard(peer)
             entry[0] = now + self.config.graft_retry_ms
             heapq.heappush(timers, (entry[0], msg_id))
         for peer, ids in grafts.items():
@@ -508,4 +446,4 @@ class Broadcast:
                 out.append(Send(peer=peer, msg=Graft(msg_ids=tuple(ids[start : start + MAX_IHAVE_ENTRIES]))))
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
-            self.seen.pop(heapq.heappop(expiry)[1], None)
+            self._seen.pop(heapq.heappop(expiry)[1], None)

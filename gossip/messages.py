@@ -19,13 +19,47 @@ builds many of them per second in a large simulation; the codec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Union
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, ClassVar, Union
 
 from .errors import ProtocolError
 from .item import SignedItem
+from .wire import DIGEST_LEN
 
-DIGEST_LEN = 16  # blake2b-128: item digests, message ids and hash-tree nodes
+
+def fast_init(cls: type) -> type:
+    """Give a frozen, slotted, keyword-only dataclass a quicker ``__init__``.
+
+    The generated ``__init__`` of a frozen dataclass sets each field through
+    ``object.__setattr__`` by name; this one calls each slot's own setter,
+    then ``__post_init__`` as before. Same fields, defaults, keyword-only
+    signature and checks; about half the cost, which matters because the
+    core builds a message and a ``Send`` for every hop of every broadcast.
+    """
+    params, body, env = [], [], {"MISSING": MISSING}
+    for f in fields(cls):
+        if not f.init:
+            continue
+        setter = f"_set_{f.name}"
+        env[setter] = getattr(cls, f.name).__set__
+        if f.default is not MISSING:
+            env[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        elif f.default_factory is not MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name}: default_factory is not supported by fast_init")
+        else:
+            params.append(f.name)
+        body.append(f"    {setter}(self, {f.name})")
+    if hasattr(cls, "__post_init__"):
+        body.append("    self.__post_init__()")
+    sig = "self, *, " + ", ".join(params) if params else "self"
+    src = f"def __init__({sig}) -> None:\n" + ("\n".join(body) if body else "    pass") + "\n"
+    namespace: dict[str, Any] = {}
+    exec(src, env, namespace)  # noqa: S102 - source built above from the class's own field names
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
 
 
 def _need(ok: bool, what: str) -> None:
@@ -60,8 +94,10 @@ class ForwardJoin:
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _need(type(self.joiner) is str and self.joiner != "", "ForwardJoin.joiner must be a node id")
-        _need(_is_int(self.ttl), "ForwardJoin.ttl must be a non-negative integer")
+        if not (type(self.joiner) is str and self.joiner != ""):
+            raise ProtocolError("ForwardJoin.joiner must be a node id")
+        if not (_is_int(self.ttl)):
+            raise ProtocolError("ForwardJoin.ttl must be a non-negative integer")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,7 +115,8 @@ class Neighbor:
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _need(type(self.high_priority) is bool, "Neighbor.high_priority must be a bool")
+        if not (type(self.high_priority) is bool):
+            raise ProtocolError("Neighbor.high_priority must be a bool")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,7 +125,8 @@ class NeighborReply:
     accepted: bool
 
     def __post_init__(self) -> None:
-        _need(type(self.accepted) is bool, "NeighborReply.accepted must be a bool")
+        if not (type(self.accepted) is bool):
+            raise ProtocolError("NeighborReply.accepted must be a bool")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,13 +141,16 @@ class Disconnect:
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _need(type(self.leaving) is bool, "Disconnect.leaving must be a bool")
+        if not (type(self.leaving) is bool):
+            raise ProtocolError("Disconnect.leaving must be a bool")
 
 
 def _check_peers(peers: object, name: str) -> None:
-    _need(type(peers) is tuple, f"{name} must be a tuple of node ids")
+    if not (type(peers) is tuple):
+        raise ProtocolError(f"{name} must be a tuple of node ids")
     for p in peers:  # type: ignore[union-attr]
-        _need(type(p) is str and p != "", f"{name} must hold non-empty node ids")
+        if not (type(p) is str and p != ""):
+            raise ProtocolError(f"{name} must hold non-empty node ids")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,8 +163,10 @@ class Shuffle:
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _need(type(self.origin) is str and self.origin != "", "Shuffle.origin must be a node id")
-        _need(_is_int(self.ttl), "Shuffle.ttl must be a non-negative integer")
+        if not (type(self.origin) is str and self.origin != ""):
+            raise ProtocolError("Shuffle.origin must be a node id")
+        if not (_is_int(self.ttl)):
+            raise ProtocolError("Shuffle.ttl must be a non-negative integer")
         _check_peers(self.peers, "Shuffle.peers")
 
 
@@ -167,9 +210,12 @@ class Push:
     carries_payload: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _need(_is_int(self.hops), "Push.hops must be a non-negative integer")
-        _need(isinstance(self.item, SignedItem), "Push.item must be a SignedItem")
-        _need(type(self.origin) is str, "Push.origin must be a node id or empty")
+        if not (_is_int(self.hops)):
+            raise ProtocolError("Push.hops must be a non-negative integer")
+        if not (isinstance(self.item, SignedItem)):
+            raise ProtocolError("Push.item must be a SignedItem")
+        if not (type(self.origin) is str):
+            raise ProtocolError("Push.origin must be a node id or empty")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,11 +233,16 @@ class Ephemeral:
     carries_payload: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _need(_is_digest(self.msg_id), f"Ephemeral.msg_id must be {DIGEST_LEN} bytes")
-        _need(type(self.origin) is str and self.origin != "", "Ephemeral.origin must be a node id")
-        _need(_is_int(self.deadline_ms), "Ephemeral.deadline_ms must be a non-negative integer")
-        _need(_is_int(self.hops), "Ephemeral.hops must be a non-negative integer")
-        _need(type(self.payload) is bytes, "Ephemeral.payload must be bytes")
+        if not (_is_digest(self.msg_id)):
+            raise ProtocolError(f"Ephemeral.msg_id must be {DIGEST_LEN} bytes")
+        if not (type(self.origin) is str and self.origin != ""):
+            raise ProtocolError("Ephemeral.origin must be a node id")
+        if not (_is_int(self.deadline_ms)):
+            raise ProtocolError("Ephemeral.deadline_ms must be a non-negative integer")
+        if not (_is_int(self.hops)):
+            raise ProtocolError("Ephemeral.hops must be a non-negative integer")
+        if not (type(self.payload) is bytes):
+            raise ProtocolError("Ephemeral.payload must be bytes")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,13 +259,13 @@ class IHave:
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _need(type(self.pull) is bool, "IHave.pull must be a bool")
-        _need(type(self.entries) is tuple, "IHave.entries must be a tuple")
+        if not (type(self.pull) is bool):
+            raise ProtocolError("IHave.pull must be a bool")
+        if not (type(self.entries) is tuple):
+            raise ProtocolError("IHave.entries must be a tuple")
         for e in self.entries:
-            _need(
-                type(e) is tuple and len(e) == 2 and _is_digest(e[0]) and _is_int(e[1]),
-                "IHave.entries must hold (message id, hops) pairs",
-            )
+            if not (type(e) is tuple and len(e) == 2 and _is_digest(e[0]) and _is_int(e[1])):
+                raise ProtocolError("IHave.entries must hold (message id, hops) pairs")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,10 +281,13 @@ class Graft:
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _need(type(self.origin) is str, "Graft.origin must be a node id or empty")
-        _need(type(self.msg_ids) is tuple, "Graft.msg_ids must be a tuple")
+        if not (type(self.origin) is str):
+            raise ProtocolError("Graft.origin must be a node id or empty")
+        if not (type(self.msg_ids) is tuple):
+            raise ProtocolError("Graft.msg_ids must be a tuple")
         for m in self.msg_ids:
-            _need(_is_digest(m), f"Graft.msg_ids must hold {DIGEST_LEN}-byte ids")
+            if not (_is_digest(m)):
+                raise ProtocolError(f"Graft.msg_ids must hold {DIGEST_LEN}-byte ids")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -249,7 +303,8 @@ class Prune:
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _need(type(self.cause) is bytes and len(self.cause) in (0, DIGEST_LEN), "Prune.cause must be empty or a message id")
+        if not (type(self.cause) is bytes and len(self.cause) in (0, DIGEST_LEN)):
+            raise ProtocolError("Prune.cause must be empty or a message id")
 
 
 # --- anti-entropy -----------------------------------------------------------
@@ -264,8 +319,10 @@ class SyncRoot:
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _need(_is_digest(self.root), f"SyncRoot.root must be {DIGEST_LEN} bytes")
-        _need(_is_int(self.count), "SyncRoot.count must be a non-negative integer")
+        if not (_is_digest(self.root)):
+            raise ProtocolError(f"SyncRoot.root must be {DIGEST_LEN} bytes")
+        if not (_is_int(self.count)):
+            raise ProtocolError("SyncRoot.count must be a non-negative integer")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -276,9 +333,11 @@ class SyncTop:
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _need(type(self.digests) is tuple, "SyncTop.digests must be a tuple")
+        if not (type(self.digests) is tuple):
+            raise ProtocolError("SyncTop.digests must be a tuple")
         for d in self.digests:
-            _need(_is_digest(d), f"SyncTop.digests must hold {DIGEST_LEN}-byte digests")
+            if not (_is_digest(d)):
+                raise ProtocolError(f"SyncTop.digests must hold {DIGEST_LEN}-byte digests")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -289,11 +348,14 @@ class SyncLeaves:
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _need(type(self.groups) is tuple, "SyncLeaves.groups must be a tuple")
+        if not (type(self.groups) is tuple):
+            raise ProtocolError("SyncLeaves.groups must be a tuple")
         for g in self.groups:
-            _need(type(g) is tuple and len(g) == 2 and _is_int(g[0]) and type(g[1]) is tuple, "SyncLeaves group malformed")
+            if not (type(g) is tuple and len(g) == 2 and _is_int(g[0]) and type(g[1]) is tuple):
+                raise ProtocolError("SyncLeaves group malformed")
             for d in g[1]:
-                _need(_is_digest(d), f"SyncLeaves digests must be {DIGEST_LEN} bytes")
+                if not (_is_digest(d)):
+                    raise ProtocolError(f"SyncLeaves digests must be {DIGEST_LEN} bytes")
 
 
 # (key, wall_ms, counter, author, digest): one stored version, summarised.
@@ -309,8 +371,10 @@ class SyncKeys:
     carries_payload: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _need(type(self.leaves) is tuple and all(_is_int(x) for x in self.leaves), "SyncKeys.leaves must be integers")
-        _need(type(self.entries) is tuple, "SyncKeys.entries must be a tuple")
+        if not (type(self.leaves) is tuple and all(_is_int(x) for x in self.leaves)):
+            raise ProtocolError("SyncKeys.leaves must be integers")
+        if not (type(self.entries) is tuple):
+            raise ProtocolError("SyncKeys.entries must be a tuple")
         for e in self.entries:
             _need(
                 type(e) is tuple
@@ -333,10 +397,13 @@ class SyncItems:
     carries_payload: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        _need(type(self.items) is tuple, "SyncItems.items must be a tuple")
+        if not (type(self.items) is tuple):
+            raise ProtocolError("SyncItems.items must be a tuple")
         for it in self.items:
-            _need(isinstance(it, SignedItem), "SyncItems.items must hold SignedItems")
-        _need(type(self.want) is tuple and all(type(k) is str for k in self.want), "SyncItems.want must hold keys")
+            if not (isinstance(it, SignedItem)):
+                raise ProtocolError("SyncItems.items must hold SignedItems")
+        if not (type(self.want) is tuple and all(type(k) is str for k in self.want)):
+            raise ProtocolError("SyncItems.want must hold keys")
 
 
 Message = Union[
@@ -363,3 +430,6 @@ Message = Union[
 ]
 
 MESSAGE_TYPES: tuple[type, ...] = Message.__args__  # type: ignore[attr-defined]
+for _cls in MESSAGE_TYPES:
+    fast_init(_cls)
+del _cls

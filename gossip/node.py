@@ -32,7 +32,6 @@ from .hlc import HybridClock
 from .item import SignedItem
 from .membership import Membership
 from .messages import (
-    DIGEST_LEN,
     Disconnect,
     Ephemeral,
     ForwardJoin,
@@ -56,6 +55,7 @@ from .messages import (
     Welcome,
 )
 from .store import ItemStore, is_newer
+from .wire import DIGEST_LEN
 
 log = logging.getLogger("grapevine.gossip")
 
@@ -88,13 +88,12 @@ class GossipNode:
             node_id, config, rng, on_up=self._peer_up, on_down=self._peer_down, on_revive=self._revived
         )
         self.tree = Broadcast(node_id, config, self.membership.active, self._resolve, self.store.has_digest)
+        self._announcements = self.tree.pending  # flushed after a message only when not empty
         self.antientropy = AntiEntropy(node_id, config, rng, self.store, self._admit_synced)
         self._last_heard = self.membership.last_heard
         self._graveyard = self.membership.graveyard
-        self._lazy_queue = self.tree._queue
         self._kept: collections.deque[tuple[bytes, int]] = collections.deque()  # ephemerals kept for grafts, oldest first
         self._kept_bytes = 0
-        self._tree_extra = self.tree.extra
         self._started = False
         self._now = 0
         self._debug = log.isEnabledFor(logging.DEBUG)
@@ -110,14 +109,6 @@ class GossipNode:
     @property
     def passive_view(self) -> list[str]:
         return list(self.membership.passive)
-
-    @property
-    def eager_peers(self) -> list[str]:
-        return self.tree.eager_peers()
-
-    @property
-    def lazy_peers(self) -> list[str]:
-        return [p for p in self.membership.active if p in self.tree.lazy]
 
     def __repr__(self) -> str:
         return f"GossipNode({self.node_id!r}, active={self.membership.active}, items={len(self.store)})"
@@ -157,7 +148,7 @@ class GossipNode:
             last_heard[peer] = now
         elif peer in self._graveyard:
             self.membership.heard(peer, now, out)
-        if self._lazy_queue or self._tree_extra:
+        if self._announcements:
             self.tree.flush(out)
         return out
 
@@ -231,7 +222,6 @@ class GossipNode:
         self._begin(now)
         out: list[Effect] = []
         self.membership.leave(now, out)
-        self.tree.extra.clear()  # no grafts on the way out
         return out
 
     # --- items ---------------------------------------------------------------
@@ -288,7 +278,7 @@ class GossipNode:
         if not self._admit(item, peer, 1, now, out):
             return False
         msg_id = item.digest()
-        if msg_id not in self.tree.seen:
+        if not self.tree.is_seen(msg_id):
             self.tree.record(msg_id, None, 1, item.key, now + self.config.message_cache_ms, now, out)
         self.tree.announce(msg_id, 1, peer)
         return True
@@ -297,7 +287,7 @@ class GossipNode:
         item = msg.item
         msg_id = item.digest()
         tree = self.tree
-        if msg_id in tree.seen or not self.store.would_accept(item):
+        if tree.is_seen(msg_id) or not self.store.would_accept(item):
             tree.duplicate(msg_id, peer, msg.hops, out)
             return
         forget_at = now + self.config.message_cache_ms
@@ -309,20 +299,19 @@ class GossipNode:
 
     def _keep_ephemeral(self, msg_id: bytes, size: int) -> None:
         """Account an ephemeral kept to answer grafts; past the byte cap the oldest keep only their id."""
-        kept, seen = self._kept, self.tree.seen
+        kept, tree = self._kept, self.tree
         kept.append((msg_id, size))
         self._kept_bytes += size
-        while kept and (self._kept_bytes > self.config.max_ephemeral_bytes or kept[0][0] not in seen):
+        while kept and (self._kept_bytes > self.config.max_ephemeral_bytes or not tree.is_seen(kept[0][0])):
             old_id, old_size = kept.popleft()
             self._kept_bytes -= old_size
-            entry = seen.get(old_id)
-            if entry is not None and type(entry[2]) is Ephemeral:
-                entry[2] = None  # a graft for it now goes unanswered: the asker tries its next announcer
+            if type(tree.ref(old_id)) is Ephemeral:
+                tree.release(old_id)  # a graft for it now goes unanswered: the asker tries its next announcer
 
     def _on_ephemeral(self, peer: str, msg: Ephemeral, now: int, out: list[Effect]) -> None:
         tree = self.tree
         msg_id = msg.msg_id
-        if msg_id in tree.seen:
+        if tree.is_seen(msg_id):
             tree.duplicate(msg_id, peer, msg.hops, out)
             return
         if msg.deadline_ms < now:
@@ -353,7 +342,7 @@ class GossipNode:
     # --- wiring --------------------------------------------------------------
 
     def _peer_up(self, peer: str) -> None:
-        self.tree.peer_up(peer)
+        pass  # a new link carries announcements until a graft or a push puts it in a tree
 
     def _peer_down(self, peer: str) -> None:
         self.tree.peer_down(peer)

@@ -11,8 +11,11 @@ The hash tree serves anti-entropy. Each key falls into one of ``LEAVES``
 nodes; the top nodes make the root. A node's digest is the XOR of the item
 digests below it, so ``put`` updates the leaf, its top node and the root in
 O(1) and the tree never needs rebuilding. Two stores have the same root iff
-they hold the same items (up to a 2**-128 accident). Only non-empty leaves
-take memory, so 100,000 simulated stores stay small.
+they hold the same items (up to a 2**-128 accident). The root is kept from
+the first item on; the leaves and top nodes are built the first time
+anti-entropy asks for them (two roots differed), and kept up to date from
+then on. Most stores of a converged fleet are never asked, so a million
+simulated stores hold a map and a root each, not a tree.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from functools import lru_cache
 from typing import Iterator
 
 from .item import SignedItem, Version
-from .messages import DIGEST_LEN, KeyEntry
+from .messages import KeyEntry
+from .wire import DIGEST_LEN
 
 TOP = 16  # top-level nodes: a SyncTop reply is 16 digests (~260 bytes)
 LEAVES_PER_TOP = 16  # leaves under each top node: a SyncLeaves group is 16 digests
@@ -68,17 +72,36 @@ def entry_is_newer(entry: KeyEntry, current: SignedItem | None) -> bool:
 class ItemStore:
     """In-memory LWW map ``key -> SignedItem`` with an incremental hash tree."""
 
-    __slots__ = ("_items", "_leaf", "_top", "_root", "_leaf_keys", "_digests")
+    __slots__ = ("_items", "_tree", "_root", "_digests")
 
     def __init__(self, items: Iterator[SignedItem] | list[SignedItem] | tuple[SignedItem, ...] = ()) -> None:
         self._items: dict[str, SignedItem] = {}
-        self._leaf: dict[int, int] = {}  # leaf index -> XOR of item digests (absent: 0)
-        self._top: dict[int, int] = {}  # top index -> XOR of its leaves
         self._root = 0
-        self._leaf_keys: dict[int, set[str]] = {}
         self._digests: set[bytes] = set()  # digests of the stored items: "do I hold this one?"
+        # (leaf index -> XOR of item digests (absent: 0), top index -> XOR of its leaves,
+        #  leaf index -> keys), or None until anti-entropy first needs it
+        self._tree: tuple[dict[int, int], dict[int, int], dict[int, set[str]]] | None = None
         for item in items:
             self.put(item)
+
+    def _built(self) -> tuple[dict[int, int], dict[int, int], dict[int, set[str]]]:
+        tree = self._tree
+        if tree is None:
+            leaf_xor: dict[int, int] = {}
+            top_xor: dict[int, int] = {}
+            leaf_keys: dict[int, set[str]] = {}
+            for key, item in self._items.items():
+                change = _as_int(item.digest())
+                leaf = leaf_of(key)
+                keys = leaf_keys.get(leaf)
+                if keys is None:
+                    keys = leaf_keys[leaf] = set()
+                keys.add(key)
+                leaf_xor[leaf] = leaf_xor.get(leaf, 0) ^ change
+                top = leaf // LEAVES_PER_TOP
+                top_xor[top] = top_xor.get(top, 0) ^ change
+            tree = self._tree = (leaf_xor, top_xor, leaf_keys)
+        return tree
 
     # --- the map ----------------------------------------------------------
 
@@ -115,22 +138,25 @@ class ItemStore:
             return False
         digest = item.digest()
         change = _as_int(digest)
-        leaf = leaf_of(key)
         self._digests.add(digest)
         if current is not None:
             old = current.digest()
             self._digests.discard(old)
             change ^= _as_int(old)
-        else:
-            keys = self._leaf_keys.get(leaf)
-            if keys is None:
-                keys = self._leaf_keys[leaf] = set()
-            keys.add(key)
         self._items[key] = item
-        self._leaf[leaf] = self._leaf.get(leaf, 0) ^ change
-        top = leaf // LEAVES_PER_TOP
-        self._top[top] = self._top.get(top, 0) ^ change
         self._root ^= change
+        tree = self._tree
+        if tree is not None:
+            leaf_xor, top_xor, leaf_keys = tree
+            leaf = leaf_of(key)
+            if current is None:
+                keys = leaf_keys.get(leaf)
+                if keys is None:
+                    keys = leaf_keys[leaf] = set()
+                keys.add(key)
+            leaf_xor[leaf] = leaf_xor.get(leaf, 0) ^ change
+            top = leaf // LEAVES_PER_TOP
+            top_xor[top] = top_xor.get(top, 0) ^ change
         return True
 
     # --- the hash tree ----------------------------------------------------
@@ -143,20 +169,20 @@ class ItemStore:
         return _as_bytes(self._root)
 
     def top_digests(self) -> tuple[bytes, ...]:
-        top = self._top
+        top = self._built()[1]
         return tuple(_as_bytes(top.get(i, 0)) for i in range(TOP))
 
     def leaf_digests(self, top: int) -> tuple[bytes, ...]:
         """The 16 leaf digests under top node ``top``."""
         base = top * LEAVES_PER_TOP
-        leaf = self._leaf
+        leaf = self._built()[0]
         return tuple(_as_bytes(leaf.get(base + i, 0)) for i in range(LEAVES_PER_TOP))
 
     def leaf_digest(self, leaf: int) -> bytes:
-        return _as_bytes(self._leaf.get(leaf, 0))
+        return _as_bytes(self._built()[0].get(leaf, 0))
 
     def leaf_keys(self, leaf: int) -> list[str]:
-        return sorted(self._leaf_keys.get(leaf, ()))
+        return sorted(self._built()[2].get(leaf, ()))
 
     def leaf_entries(self, leaf: int) -> list[KeyEntry]:
         """Summaries ``(key, wall_ms, counter, author, digest)`` of one leaf, sorted by key."""
@@ -169,7 +195,7 @@ class ItemStore:
         return out
 
     def leaf_size(self, leaf: int) -> int:
-        return len(self._leaf_keys.get(leaf, ()))
+        return len(self._built()[2].get(leaf, ()))
 
     def __repr__(self) -> str:
         return f"ItemStore({len(self._items)} items, root={self.root_digest().hex()[:12]})"

@@ -288,7 +288,7 @@ class Simulator:
         pop = heapq.heappop
         schedule = self.schedule
         net = self.network
-        send = net.send
+        send_all = net.send_all
         send_type = self._send_type
         apply_other = self._apply_other
         progress = self.progress
@@ -337,11 +337,7 @@ class Simulator:
                     continue
                 # Simulator._apply and _wake, inlined: this runs once per event.
                 if effects:
-                    for e in effects:
-                        if type(e) is send_type:
-                            send(host, e.peer, e.msg, t)
-                        else:
-                            apply_other(host, e, t)
+                    send_all(host, effects, t, send_type, apply_other)
                 if host.alive:
                     d = host.core.next_deadline()
                     if d is not None and d < host.wake_at:

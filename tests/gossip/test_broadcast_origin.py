@@ -9,7 +9,7 @@ import pytest
 
 from grapevine.gossip import codec
 from grapevine.gossip import messages as m
-from grapevine.gossip.broadcast import MAX_GRAFTS, MAX_ORIGINS, NEVER, REPAIR_ORIGIN
+from grapevine.gossip.broadcast import MAX_GRAFTS, MAX_ORIGINS, MAX_SEEN, NEVER, REPAIR_ORIGIN, Broadcast
 from grapevine.gossip.config import GossipConfig
 from grapevine.gossip.effects import Send
 from grapevine.gossip.item import SignedItem, Version
@@ -162,7 +162,6 @@ def test_duplicate_prunes_the_link_in_that_publishers_tree_only():
     effects = n.on_message("c", m.Push(hops=5, item=item(key="bundle/1"), origin="p"), NOW + 1)
     assert [e.peer for e in sends(effects, m.Prune)] == ["c"]
     assert n.tree.eager_for("p") == ["b"]
-    assert n.eager_peers == ["b", "c"]  # the shared tree is untouched
 
 
 def test_prune_naming_a_message_removes_the_link_from_its_publishers_tree():
@@ -172,7 +171,7 @@ def test_prune_naming_a_message_removes_the_link_from_its_publishers_tree():
     n.on_message("c", m.Graft(msg_ids=(it.digest(),)), NOW)
     assert n.tree.eager_for("p") == ["b", "c"]
     n.on_message("c", m.Prune(cause=it.digest()), NOW + 1)
-    assert n.tree.eager_for("p") == ["b"] and n.eager_peers == ["b", "c"]
+    assert n.tree.eager_for("p") == ["b"]
 
 
 def test_near_the_publisher_the_first_message_is_pushed_on_every_link():
@@ -244,3 +243,14 @@ def test_bad_frames_with_optional_fields_are_refused(frame, error):
 
     with pytest.raises(m.ProtocolError, match=error):
         codec.decode(msgpack.packb(frame, use_bin_type=True))
+
+
+def test_seen_ids_are_capped_and_the_soonest_to_expire_go_first():
+    b = Broadcast("a", GossipConfig(), [], lambda msg_id, ref, hops: None, lambda msg_id: False)
+    ids = [i.to_bytes(16, "big") for i in range(MAX_SEEN + 10)]
+    for i, msg_id in enumerate(ids):
+        # the first ten expire last: they outlive the cap's evictions
+        b.record(msg_id, "b", 1, None, NOW + (10**9 if i < 10 else 60_000 + i), NOW, [])
+    assert all(b.is_seen(i) for i in ids[:10])
+    assert not any(b.is_seen(i) for i in ids[10:20])
+    assert all(b.is_seen(i) for i in ids[20:])

@@ -192,3 +192,21 @@ def test_encoded_size_matches_for_membership_messages(names, ttl, n):
         m.Disconnect(leaving=False),
     ):
         assert codec.encoded_size(msg) == len(codec.encode(msg))
+
+
+def test_quick_constructors_keep_the_dataclass_contract():
+    from dataclasses import FrozenInstanceError
+
+    from grapevine.gossip.effects import Send
+
+    push = m.Push(hops=2, item=SignedItem(key="k", version=Version(1, 0, "a"), payload=b"x"))
+    assert push.origin == "" and push == m.Push(hops=2, item=push.item, origin="")  # default kept
+    with pytest.raises(TypeError):
+        m.ForwardJoin("n1", 3)  # keyword-only
+    with pytest.raises(ProtocolError, match="ForwardJoin.ttl"):
+        m.ForwardJoin(joiner="n1", ttl=-1)  # checks still run
+    with pytest.raises(TypeError):
+        Send(peer="n1")  # a field without default is required
+    with pytest.raises(FrozenInstanceError):
+        push.hops = 3  # type: ignore[misc]
+    assert m.Join() == m.Join() and Send(peer="b", msg=m.Join()).peer == "b"

@@ -25,7 +25,7 @@ def test_a_flood_of_large_ephemerals_keeps_at_most_the_byte_cap_for_grafts():
                                               payload=bytes([i]) * MIB), NOW + i)
         delivered += sum(1 for e in eff if type(e) is Delivered)
     assert delivered == 40
-    kept = sum(len(e[2].payload) for e in n.tree.seen.values() if type(e[2]) is m.Ephemeral)
+    kept = sum(len(n.tree.ref(i).payload) for i in ids if type(n.tree.ref(i)) is m.Ephemeral)
     assert kept <= 4 * MIB
     # the newest still answer grafts; the oldest are remembered by id only: not delivered again, not served
     newest = n.on_message("c", m.Graft(msg_ids=(ids[-1],)), NOW + 100)

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from grapevine.gossip import messages as m
+from grapevine.gossip.broadcast import REPAIR_ORIGIN
 from grapevine.gossip.config import GossipConfig
 from grapevine.gossip.effects import Delivered, ItemAccepted, ItemRefused, PeerDown, PeerUp, Send
 from grapevine.gossip.errors import ProtocolError
@@ -94,33 +95,33 @@ def test_validator_that_raises_refuses_instead_of_crashing():
     assert len(n.store) == 0
 
 
-def test_near_the_publisher_every_link_carries_the_payload():
+def test_near_the_publisher_every_link_carries_the_first_payload_and_a_prune_ends_that():
     n = linked(peers=("b", "c", "d"), flood_hops=2)
-    n.on_message("c", m.Prune(), NOW)  # c is a lazy link
-    effects = n.on_message("b", m.Push(hops=1, item=item()), NOW)
+    first = item()
+    effects = n.on_message("b", m.Push(hops=1, item=first, origin="p"), NOW)
     assert sorted(e.peer for e in sends(effects, m.Push)) == ["c", "d"]
-    assert "c" in n.eager_peers  # made eager again: the tree re-forms around this source
-    n.on_message("c", m.Prune(), NOW)
-    effects = n.on_message("b", m.Push(hops=2, item=item(key="bundle/far")), NOW)
+    assert n.tree.eager_for("p") == ["b", "c", "d"]
+    n.on_message("c", m.Prune(cause=first.digest()), NOW)
+    effects = n.on_message("b", m.Push(hops=2, item=item(key="bundle/far"), origin="p"), NOW)
     assert [e.peer for e in sends(effects, m.Push)] == ["d"] and [e.peer for e in sends(effects, m.IHave)] == ["c"]
 
 
 def test_received_item_is_forwarded_but_not_back_to_its_sender():
     n = linked(peers=("b", "c", "d"))
-    effects = n.on_message("b", m.Push(hops=3, item=item()), NOW)
+    effects = n.on_message("b", m.Push(hops=2, item=item(), origin="p"), NOW)
     accepted = [e for e in effects if type(e) is ItemAccepted]
-    assert accepted[0].hops == 3 and accepted[0].source == "b"
+    assert accepted[0].hops == 2 and accepted[0].source == "b"
     assert sorted(e.peer for e in sends(effects, m.Push)) == ["c", "d"]
-    assert all(e.msg.hops == 4 for e in sends(effects, m.Push))
+    assert all(e.msg.hops == 3 for e in sends(effects, m.Push))
 
 
 def test_duplicate_push_prunes_the_link_and_then_only_announcements_flow():
-    n = linked(peers=("b", "c"))  # hops beyond flood_hops (2): the tree rules apply
-    n.on_message("b", m.Push(hops=3, item=item()), NOW)
-    effects = n.on_message("c", m.Push(hops=4, item=item()), NOW)
+    n = linked(peers=("b", "c"))  # hops beyond flood_hops (3): the tree rules apply
+    n.on_message("b", m.Push(hops=3, item=item(), origin="p"), NOW)
+    effects = n.on_message("c", m.Push(hops=4, item=item(), origin="p"), NOW)
     assert [e.peer for e in sends(effects, m.Prune)] == ["c"]
-    assert n.lazy_peers == ["c"]
-    effects = n.on_message("b", m.Push(hops=3, item=item(key="bundle/other")), NOW)
+    assert n.tree.eager_for("p") == ["b"]
+    effects = n.on_message("b", m.Push(hops=3, item=item(key="bundle/other"), origin="p"), NOW)
     assert [e.peer for e in sends(effects, m.IHave)] == ["c"] and not sends(effects, m.Push)
 
 
@@ -258,24 +259,34 @@ def test_buried_peer_that_answers_is_revived_and_synced():
 def test_shorter_duplicate_reparents_and_announces_the_shorter_distance():
     n = linked(peers=("b", "c", "d"))
     it = item()
-    n.on_message("b", m.Push(hops=9, item=it), NOW)
-    effects = n.on_message("c", m.Push(hops=4, item=it), NOW + 1)
-    assert [e.peer for e in sends(effects, m.Graft)] == ["c"]
+    n.on_message("b", m.Push(hops=9, item=it, origin="p"), NOW)
+    effects = n.on_message("c", m.Push(hops=4, item=it, origin="p"), NOW + 1)
+    assert [(e.peer, e.msg.origin) for e in sends(effects, m.Graft)] == [("c", "p")]
     assert [e.peer for e in sends(effects, m.Prune)] == ["b"]
     announced = {e.peer: e.msg.entries for e in sends(effects, m.IHave)}
     assert announced == {"b": ((it.digest(), 4),), "d": ((it.digest(), 4),)}
-    assert n.lazy_peers == ["b"]
+    assert n.tree.eager_for("p") == ["c"]
 
 
 def test_stale_prune_from_the_new_parent_is_ignored():
     n = linked(peers=("b", "c"))
     it = item()
-    n.on_message("b", m.Push(hops=9, item=it), NOW)
-    n.on_message("c", m.Push(hops=4, item=it), NOW + 1)  # c is the parent now
-    n.on_message("c", m.Prune(cause=it.digest()), NOW + 2)  # sent by c before it learned that
-    assert "c" in n.eager_peers
-    n.on_message("c", m.Prune(cause=bytes(16)), NOW + 3)
-    assert "c" in n.lazy_peers
+    n.on_message("b", m.Push(hops=9, item=it, origin="p"), NOW)
+    n.on_message("c", m.Push(hops=4, item=it, origin="p"), NOW + 1)  # c is the parent now
+    effects = n.on_message("c", m.Prune(cause=it.digest()), NOW + 2)  # sent by c before it learned that
+    assert n.tree.eager_for("p") == ["c"]
+    assert [(e.peer, e.msg.origin) for e in sends(effects, m.Graft)] == [("c", "p")]  # in case it overtook ours
+    n.on_message("c", m.Prune(cause=bytes(16)), NOW + 3)  # names nothing known here: ignored
+    assert n.tree.eager_for("p") == ["c"]
+
+
+def test_push_without_an_origin_travels_the_repair_tree():
+    n = linked(peers=("b", "c", "d"))
+    it = item()
+    effects = n.on_message("b", m.Push(hops=5, item=it), NOW)  # an older sender's frame
+    assert not sends(effects, m.Push)
+    assert sorted((e.peer, e.msg.pull) for e in sends(effects, m.IHave)) == [("c", True), ("d", True)]
+    assert n.tree.eager_for(REPAIR_ORIGIN) == ["b"]
 
 
 @pytest.mark.parametrize(
@@ -318,15 +329,3 @@ def test_announcement_of_a_held_item_is_ignored_even_after_its_id_is_forgotten()
     assert not n.tree.is_seen(it.digest()) and n.store.has_digest(it.digest())
     n.on_message("c", m.IHave(entries=((it.digest(), 2),)), NOW + 5_001)
     assert not n.tree.missing
-
-
-def test_losing_the_parent_link_grafts_the_closest_lazy_link_at_once():
-    n = linked(peers=("b", "c", "d"))
-    n.on_message("c", m.Prune(), NOW)
-    n.on_message("d", m.Prune(), NOW)
-    n.on_message("c", m.IHave(entries=((bytes(16), 7),)), NOW)
-    n.on_message("d", m.IHave(entries=((bytes(range(16)), 3),)), NOW)
-    n.on_message("b", m.Push(hops=5, item=item()), NOW)  # b is the parent
-    effects = n.on_send_failed("b", NOW + 10)
-    assert [(e.peer, e.msg.msg_ids) for e in sends(effects, m.Graft)] == [("d", ())]
-    assert "d" in n.eager_peers

@@ -123,3 +123,21 @@ def test_leaf_assignment_is_stable_and_spread():
     assert len(leaves) > 200  # 2,000 keys land on most of the 256 leaves
     assert leaf_of("trust/root") == leaf_of("trust/root")
     random.Random(1)  # no global randomness involved
+
+
+def test_tree_built_on_first_use_matches_one_kept_up_to_date():
+    items = [make_item(key=f"bundle/k{i % 40}", wall=i + 1) for i in range(120)]
+    early = ItemStore()
+    early.top_digests()  # built before any item: kept up to date by every put
+    late = ItemStore()
+    for it in items:
+        early.put(it)
+        late.put(it)  # never asked yet: only the root is kept
+    assert late.root_digest() == early.root_digest()
+    assert late.top_digests() == early.top_digests()
+    assert all(late.leaf_digests(t) == early.leaf_digests(t) for t in range(TOP))
+    assert all(late.leaf_keys(leaf) == early.leaf_keys(leaf) for leaf in range(LEAVES))
+    newer = make_item(key="bundle/k3", wall=10_000)
+    early.put(newer)
+    late.put(newer)  # after the build: updated in place
+    assert late.top_digests() == early.top_digests() and late.root_digest() == early.root_digest()

@@ -23,16 +23,6 @@ from grapevine.gossip.errors import ProtocolError, Reason
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("gossip", "policy", "node", "cli", "simulation")
 
-# Copies of a registry limit in modules this change could not edit (their owners are optimising
-# them in parallel). Each must equal the registry's value; replace the number by an import from
-# gossip/wire.py and delete the entry here.
-PENDING = {
-    ("gossip/antientropy.py", "MAX_KEY_ENTRIES"): "MAX_KEY_ENTRIES",
-    ("gossip/messages.py", "DIGEST_LEN"): "DIGEST_LEN",
-    ("gossip/broadcast.py", "MAX_IHAVE_ENTRIES"): "MAX_IDS",
-}
-
-
 def _registry_names() -> set[str]:
     return {n for n in vars(wire) if n.isupper() and isinstance(getattr(wire, n), int)}
 
@@ -63,15 +53,9 @@ def test_no_module_defines_its_own_number_for_a_registry_limit():
             if rel == "gossip/wire.py":
                 continue
             for name, value in _module_constants(path).items():
-                if name in declared and _has_number(value) and (rel, name) not in PENDING:
+                if name in declared and _has_number(value):
                     offenders.append(f"{rel}: {name}")
     assert offenders == [], "import these from grapevine.gossip.wire instead of spelling a number"
-
-
-@pytest.mark.parametrize(("module", "name", "registry_name"), [(k[0], k[1], v) for k, v in PENDING.items()])
-def test_pending_copies_still_agree_with_the_registry(module, name, registry_name):
-    mod = importlib.import_module("grapevine." + module[:-3].replace("/", "."))
-    assert getattr(mod, name) == getattr(wire, registry_name)
 
 
 def test_every_declared_decoder_exists():
