@@ -299,7 +299,7 @@ def sweep(seeds_spec: str, scenario: str, nodes: int | None, scheduler: str | No
 
     options = _parse_options(option_pairs)
     seeds = parse_seeds(seeds_spec)  # a ConfigError is bad usage: exit 2
-    spec, size = check_sweep(scenario, nodes, options, workers)
+    spec, size = check_sweep(scenario, nodes, options, workers, scheduler)
     chosen = choose_engine(engine, scheduler)
     settings = " ".join(f"{k}={v}" for k, v in options.items())
     where = scheduler or ("a local Dask cluster" if chosen == "dask" else "a local process pool")

@@ -144,14 +144,20 @@ def seeds_text(seeds: list[int]) -> str:
 
 def worker_name() -> str:
     """The Dask worker's address when run by one, else this process on this host."""
-    if "distributed" in sys.modules:
-        from distributed import get_worker
-
+    if sys.modules.get("distributed") is not None:  # only a Dask worker has it loaded
         try:
+            from distributed import get_worker
+
             return get_worker().address
-        except ValueError:
+        except (ImportError, ValueError):
             pass  # not inside a Dask task
     return f"{socket.gethostname()}/pid {os.getpid()}"
+
+
+def lost_seed(seed: int, exc: BaseException) -> dict[str, Any]:
+    """The result of a seed whose task never returned (its worker process died, say)."""
+    return {"ok": False, "failure": "error", "report": f"error: the task of seed {seed} failed: {exc!r}",
+            "seed": seed, "worker": None}
 
 
 def run_seed(runner: Runner, seed: int, nodes: int, options: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +217,7 @@ def _run_dask(spec: Scenario, seeds: list[int], nodes: int, options: dict[str, A
     else:
         cluster = LocalCluster(
             n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-            host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
+            host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
         )
         client = Client(cluster)
     try:
@@ -223,17 +229,22 @@ def _run_dask(spec: Scenario, seeds: list[int], nodes: int, options: dict[str, A
         info["place"] = f"{'Dask' if scheduler else 'a local Dask'} cluster at {info['scheduler']}"
         info["workers"] = sorted(client.scheduler_info().get("workers", {}))
         batch = uuid.uuid4().hex[:8]
-        futures = [
+        futures = {
             client.submit(run_seed, spec.runner, seed, nodes, options,
-                          key=f"grapevine-sweep-{spec.name}-{batch}-{seed}", pure=False)
+                          key=f"grapevine-sweep-{spec.name}-{batch}-{seed}", pure=False): seed
             for seed in seeds
-        ]
+        }
         results = []
         for future in as_completed(futures):
-            doc = future.result()
+            try:
+                doc = future.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: the task's workers kept dying
+                doc = lost_seed(futures[future], exc)
             results.append(doc)
             future.release()
             on_result(doc, len(results), len(seeds))
+        # Workers that joined during the sweep count too.
+        info["workers"] = sorted(set(info["workers"]) | {d["worker"] for d in results if d["worker"]})
         return results
     finally:
         client.close()
@@ -305,7 +316,7 @@ class Sweep:
                  "message": first_line(d.get("report")), "reproduce": reproduce_of(d)}
                 for d in self.failed
             ],
-            "by_worker": dict(sorted(Counter(d["worker"] for d in self.results).items())),
+            "by_worker": dict(sorted(Counter(d["worker"] or "(task lost)" for d in self.results).items())),
             "figures": figures,
             "wall_s": self.wall_s,
         }
@@ -331,13 +342,15 @@ class Sweep:
         }
 
 
-def check_sweep(name: str, nodes: int | None, options: dict[str, Any],
-                workers: int | None = None) -> tuple[Scenario, int]:
+def check_sweep(name: str, nodes: int | None, options: dict[str, Any], workers: int | None = None,
+                scheduler: str | None = None) -> tuple[Scenario, int]:
     """The scenario and fleet size of a sweep; ``ConfigError`` for anything it would refuse."""
     spec = get_scenario(name)
     nodes = spec.nodes if nodes is None else nodes
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and scheduler:
+        raise ConfigError("--workers sizes a local cluster; the cluster behind --scheduler has its own workers")
     if spec.check is not None:
         spec.check(nodes, options)
     return spec, nodes
@@ -352,7 +365,7 @@ def run_sweep(name: str, seeds: list[int], *, nodes: int | None = None, options:
     that cannot be reached raises ``SweepError``. A seed that fails is a
     result, never an exception.
     """
-    spec, nodes = check_sweep(name, nodes, options or {}, workers)
+    spec, nodes = check_sweep(name, nodes, options or {}, workers, scheduler)
     options = dict(options or {})
     if not seeds:
         raise ConfigError("--seeds names no seed")
