@@ -295,7 +295,7 @@ def sweep(seeds_spec: str, scenario: str, nodes: int | None, scheduler: str | No
     failed, 2 on bad usage. Without the `cluster` extra (distributed) the
     seeds run on a local process pool.
     """
-    from grapevine.simulation.sweep import CLUSTER_HINT, SweepError, check_sweep, choose_engine, parse_seeds, run_sweep
+    from grapevine.simulation.sweep import CLUSTER_HINT, check_sweep, choose_engine, parse_seeds, run_sweep
 
     options = _parse_options(option_pairs)
     seeds = parse_seeds(seeds_spec)  # a ConfigError is bad usage: exit 2
@@ -312,7 +312,7 @@ def sweep(seeds_spec: str, scenario: str, nodes: int | None, scheduler: str | No
     try:
         result = run_sweep(scenario, seeds, nodes=nodes, options=options, engine=chosen, scheduler=scheduler,
                            workers=workers, on_result=progress)
-    except SweepError as exc:
+    except ConnectionError as exc:  # the cluster, not a seed, failed
         raise fail(str(exc)) from None
     finally:
         progress.stop()

@@ -213,7 +213,7 @@ def _run_dask(spec: Scenario, seeds: list[int], nodes: int, options: dict[str, A
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as exc:
-            raise SweepError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+            raise ConnectionError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
     else:
         cluster = LocalCluster(
             n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
@@ -224,7 +224,7 @@ def _run_dask(spec: Scenario, seeds: list[int], nodes: int, options: dict[str, A
         try:
             client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
         except TimeoutError as exc:
-            raise SweepError(f"the Dask scheduler at {scheduler} has no worker") from exc
+            raise ConnectionError(f"the Dask cluster at {client.scheduler.address} has no worker") from exc
         info["scheduler"] = client.scheduler.address
         info["place"] = f"{'Dask' if scheduler else 'a local Dask'} cluster at {info['scheduler']}"
         info["workers"] = sorted(client.scheduler_info().get("workers", {}))
@@ -277,10 +277,6 @@ def _run_local(spec: Scenario, seeds: list[int], nodes: int, options: dict[str, 
     info["workers"] = sorted({d["worker"] for d in results})
     info["place"] = f"a local pool of {count} processes"
     return results
-
-
-class SweepError(Exception):
-    """The sweep itself could not run (a cluster out of reach), as opposed to a seed failing."""
 
 
 @dataclass(slots=True)
@@ -362,7 +358,7 @@ def run_sweep(name: str, seeds: list[int], *, nodes: int | None = None, options:
     """Run scenario ``name`` once per seed on ``engine``; ``on_result`` sees each result as it lands.
 
     Bad parameters raise ``ConfigError`` before anything starts; a cluster
-    that cannot be reached raises ``SweepError``. A seed that fails is a
+    that cannot be reached raises ``ConnectionError``. A seed that fails is a
     result, never an exception.
     """
     spec, nodes = check_sweep(name, nodes, options or {}, workers, scheduler)

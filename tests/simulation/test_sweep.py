@@ -171,10 +171,10 @@ def test_default_dask_engine_starts_a_local_cluster_and_closes_it():
 
 
 @pytest.mark.slow
-def test_unreachable_scheduler_is_a_sweep_error_naming_it(monkeypatch):
+def test_unreachable_scheduler_is_a_connection_error_naming_it(monkeypatch):
     monkeypatch.setattr(sweeps, "CONNECT_TIMEOUT_S", 2)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(sweeps.SweepError, match=f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"):
+    with pytest.raises(ConnectionError, match=f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"):
         run_sweep("inject", [1], nodes=20, scheduler=f"tcp://127.0.0.1:{port}")

@@ -44,6 +44,7 @@ def test_json_has_engine_results_with_seed_and_worker_and_a_summary(cli):
     assert strip_machine_fields(swept) == strip_machine_fields(replay)
 
 
+@pytest.mark.slow  # two CLI runs of four and one partition seeds
 def test_failed_seed_is_named_with_the_command_that_replays_it_and_exits_1(cli):
     # With a 1.5 s budget seeds 2 and 4 do not heal the partition in time; 1 and 3 do.
     args = ["--scenario", "partition", "--seeds", "1-4", *QUICK, "-o", "partition-ms=5000", "-o", "budget-ms=1500"]
