@@ -1,11 +1,15 @@
 """``grapevine simulate``: run a fleet scenario in the deterministic simulator.
 
 The seed and every fault setting are printed first (stderr), then the run
-goes; a progress bar appears on stderr when it is a terminal and the run
-lasts more than a couple of seconds. The result is a table (or one JSON
-document with ``--json``). Exit 1 when an invariant failed or the measured
-protocol did not reach every live node; the failure ends with the command
-that reproduces it. Exit 2 on bad usage.
+goes; a progress bar appears on stderr when it is a terminal, the run lasts
+more than a couple of seconds and ``--json`` is not given. The result is a
+table (or one JSON document with ``--json``). Exit 1 when an invariant
+failed or the measured protocol did not reach every live node; the failure
+ends with the command that reproduces it. Exit 2 on bad usage.
+
+``grapevine simulate sweep`` runs one scenario over many seeds on a Dask
+cluster or a local process pool (simulation/sweep.py) and prints per-figure
+distributions; every failed seed is named with the command that replays it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 import click
 
-from grapevine.cli.output import emit_json, json_option
+from grapevine.cli.output import emit_json, fail, json_option
 
 # Show a progress bar only for runs that last longer than this (wall seconds).
 PROGRESS_AFTER_S = 2.0
@@ -26,12 +30,12 @@ PROGRESS_AFTER_S = 2.0
 class _Progress:
     """A rich progress bar on stderr, started only once a run proves slow."""
 
-    def __init__(self, protocols: int) -> None:
+    def __init__(self, protocols: int, *, enabled: bool = True) -> None:
         self.protocols = protocols
         self.started = time.monotonic()
         self.bar: Any = None
         self.task: Any = None
-        self.enabled = sys.stderr.isatty()
+        self.enabled = enabled and sys.stderr.isatty()
         self._seen: list[str] = []
 
     def __call__(self, protocol: str, phase: str, index: int, count: int, sim_ms: int) -> None:
@@ -104,7 +108,7 @@ def _print_table(doc: dict[str, Any]) -> None:
     console.print(f"peak RSS {doc['peak_rss_mb']} MiB; replay: {doc['reproduce']}")
 
 
-@click.command("simulate")
+@click.group("simulate", invoke_without_command=True)
 @click.option("--nodes", type=int, default=1000, show_default=True, help="Fleet size.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Master seed; the same seed replays the same run.")
 @click.option("--scenario", type=click.Choice(["inject", "partition", "churn", "loss"]), default="inject",
@@ -128,8 +132,18 @@ def _print_table(doc: dict[str, Any]) -> None:
               help="Draw the fraction of nodes holding the item over time into this PNG.")
 @click.option("-v", "--verbose", is_flag=True, help="Log phases on stderr.")
 @json_option
-def simulate(plot_path: str | None, verbose: bool, as_json: bool, **options: Any) -> None:
-    """Run a fleet scenario on the real gossip core in simulated time."""
+@click.pass_context
+def simulate(ctx: click.Context, plot_path: str | None, verbose: bool, as_json: bool, **options: Any) -> None:
+    """Run a fleet scenario on the real gossip core in simulated time.
+
+    `grapevine simulate sweep` runs one scenario over many seeds.
+    """
+    if ctx.invoked_subcommand is not None:
+        given = [p.opts[0] for p in ctx.command.params
+                 if ctx.get_parameter_source(p.name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: give the options of `{ctx.invoked_subcommand}` after it")
+        return
     from grapevine.simulation.runner import SimParams
     from grapevine.simulation.runner import simulate as run_simulation
 
@@ -138,7 +152,7 @@ def simulate(plot_path: str | None, verbose: bool, as_json: bool, **options: Any
     params = SimParams(**options)  # a bad value raises ConfigError: exit 2
     settings = " ".join(f"{k}={v}" for k, v in params.describe().items())
     click.echo(f"simulate: {settings}", err=True)
-    progress = _Progress(2 if params.protocol == "both" else 1)
+    progress = _Progress(2 if params.protocol == "both" else 1, enabled=not as_json)
     try:
         result = run_simulation(params, progress=progress)
     finally:
@@ -162,4 +176,163 @@ def simulate(plot_path: str | None, verbose: bool, as_json: bool, **options: Any
                 f"reproduce with: {run.doc['reproduce']}",
                 err=True,
             )
+        raise click.exceptions.Exit(1)
+
+
+
+# -- simulate sweep -----------------------------------------------------------------
+
+
+def _option_value(text: str) -> Any:
+    """``-o`` values: an integer, a number, ``none``, else the text itself."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return None if text.lower() in ("none", "null") else text
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="'-o' / '--option'")
+        options[key.strip().lstrip("-").replace("-", "_")] = _option_value(value.strip())
+    return options
+
+
+class _SweepProgress:
+    """Seeds done out of the sweep, on stderr when it is a terminal (not with --json)."""
+
+    def __init__(self, name: str, total: int, *, enabled: bool, verbose: bool) -> None:
+        self.name = name
+        self.verbose = verbose
+        self.failed = 0
+        self.bar: Any = None
+        self.console: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.console = Console(stderr=True)
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
+            self.task = self.bar.add_task(f"sweep {name}", total=total)
+            self.bar.start()
+
+    def __call__(self, doc: dict[str, Any], done: int, total: int) -> None:
+        if doc.get("ok") is not True:
+            self.failed += 1
+        if self.verbose:
+            status = "ok" if doc.get("ok") is True else f"FAILED ({doc.get('failure')})"
+            line = f"seed {doc['seed']}: {status} on {doc['worker']} in {doc.get('wall_s', '-')} s"
+            if self.console is not None:
+                self.console.print(line, markup=False, highlight=False)
+            else:
+                click.echo(line, err=True)
+        if self.bar is not None:
+            failed = f", {self.failed} failed" if self.failed else ""
+            self.bar.update(self.task, completed=done, description=f"sweep {self.name}{failed}")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _print_sweep(doc: dict[str, Any], rows: tuple[str, ...]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    summary = doc["summary"]
+    figures = summary["figures"]
+    table = Table(title=f"sweep {doc['scenario']}: {doc['nodes']:,} nodes, seeds {doc['seeds']} "
+                        f"({summary['seeds_run']} run, {len(summary['failed_seeds'])} failed)")
+    table.add_column("figure")
+    for column in ("min", "median", "p99", "max", "seeds"):
+        table.add_column(column, justify="right")
+    for name in rows or tuple(figures):
+        if name in figures:
+            f = figures[name]
+            table.add_row(name, *(_fmt(f[c]) for c in ("min", "median", "p99", "max", "seeds")))
+    console = Console()
+    console.print(table)
+    for key, value in summary.get("totals", {}).items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+        console.print(f"{key.replace('_', ' ')}: {_fmt(value) if not isinstance(value, str) else value}",
+                      markup=False, highlight=False)
+    by_worker = ", ".join(f"{w} {n}" for w, n in summary["by_worker"].items())
+    console.print(f"engine {doc['engine']}, on {doc['place']}; seeds per worker: {by_worker}; wall {doc['wall_s']} s",
+                  markup=False, highlight=False)
+
+
+@simulate.command("sweep")
+@click.option("--seeds", "seeds_spec", required=True, help="Seeds to run: 1-200, 7, or 1-5,9,20-22.")
+@click.option("--scenario", required=True,
+              help="inject, partition, churn, loss (as `simulate`), chaos, or any registered scenario.")
+@click.option("--nodes", type=int, default=None, help="Fleet size (default: the scenario's: 1000; chaos 300).")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
+              help="Run on this existing Dask cluster instead of a local one.")
+@click.option("--workers", type=int, default=None,
+              help="Worker processes of the local cluster or pool (default: one per CPU).")
+@click.option("--engine", type=click.Choice(["auto", "dask", "local"]), default="auto", show_default=True,
+              help="dask: a Dask cluster; local: a process pool here; auto: dask when installed.")
+@click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="A scenario parameter, e.g. -o budget-ms=30000 -o max-loss=0.3 (repeatable).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Draw the distribution of every table figure into this PNG.")
+@click.option("-v", "--verbose", is_flag=True, help="One line per seed on stderr as it lands.")
+@json_option
+def sweep(seeds_spec: str, scenario: str, nodes: int | None, scheduler: str | None, workers: int | None,
+          engine: str, option_pairs: tuple[str, ...], plot_path: str | None, verbose: bool, as_json: bool) -> None:
+    """Run one scenario over many seeds on a Dask cluster (a local one by default).
+
+    Prints min / median / p99 / max of every figure over the seeds, and each
+    failed seed with the command that replays it alone. Exit 1 if any seed
+    failed, 2 on bad usage. Without the `cluster` extra (distributed) the
+    seeds run on a local process pool.
+    """
+    from grapevine.simulation.sweep import CLUSTER_HINT, check_sweep, choose_engine, parse_seeds, run_sweep
+
+    options = _parse_options(option_pairs)
+    seeds = parse_seeds(seeds_spec)  # a ConfigError is bad usage: exit 2
+    spec, size = check_sweep(scenario, nodes, options, workers, scheduler)
+    chosen = choose_engine(engine, scheduler)
+    settings = " ".join(f"{k}={v}" for k, v in options.items())
+    where = scheduler or ("a local Dask cluster" if chosen == "dask" else "a local process pool")
+    click.echo(f"sweep: scenario={scenario} nodes={size} seeds={seeds_spec} ({len(seeds)}) engine={chosen} "
+               f"on {where}" + (f" {settings}" if settings else ""), err=True)
+    if chosen == "local" and engine == "auto":
+        click.echo(f"sweep: distributed is not installed, so the seeds run on a local process pool "
+                   f"({CLUSTER_HINT} for Dask)", err=True)
+    progress = _SweepProgress(scenario, len(seeds), enabled=not as_json, verbose=verbose)
+    try:
+        result = run_sweep(scenario, seeds, nodes=nodes, options=options, engine=chosen, scheduler=scheduler,
+                           workers=workers, on_result=progress)
+    except ConnectionError as exc:  # the cluster, not a seed, failed
+        raise fail(str(exc)) from None
+    finally:
+        progress.stop()
+    doc = result.doc()
+    if plot_path:
+        from grapevine.simulation.plot import plot_distributions
+        from grapevine.simulation.sweep import figures_of
+
+        per_seed = [figures_of(d) for d in result.results]
+        rows = spec.figures or tuple(doc["summary"]["figures"])
+        series = {name: [f[name] for f in per_seed if name in f] for name in rows}
+        plot_distributions(series, f"sweep {scenario}: {size:,} nodes, seeds {doc['seeds']}", plot_path)
+    if as_json:
+        emit_json(doc)
+    else:
+        _print_sweep(doc, spec.figures)
+    for failure in doc["summary"]["failures"]:
+        click.echo(f"seed {failure['seed']} failed ({failure['failure']}) on {failure['worker']}: "
+                   f"{failure['message']}\n  reproduce with: {failure['reproduce']}", err=True)
+    if not result.ok:
+        click.echo(f"error: {len(result.failed)} of {len(seeds)} seeds failed: "
+                   f"{', '.join(str(d['seed']) for d in result.failed)}", err=True)
         raise click.exceptions.Exit(1)

@@ -3,13 +3,15 @@
 One figure: the fraction of live nodes holding the newest item over
 simulated time since it was published, one line per protocol that ran (and
 per half of the fleet for the partition scenario, with the heal marked).
+
+For a sweep: one histogram per figure over the seeds, median and p99 marked.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import Result
@@ -59,6 +61,41 @@ def plot_fraction(result: Result, path: str | Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    log.info("plot written to %s", out)
+    return out
+
+
+def plot_distributions(series: dict[str, Sequence[float]], title: str, path: str | Path,
+                       *, columns: int = 3) -> Path:
+    """One histogram per figure (name -> the values of every seed) into a PNG at ``path``."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(path)
+    names = [n for n, values in series.items() if values]
+    rows = max(1, math.ceil(len(names) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), dpi=100, squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        values = sorted(series[name])
+        ax.hist(values, bins=min(30, max(5, len(set(values)))), color="tab:blue", alpha=0.8)
+        median = values[len(values) // 2]
+        p99 = values[min(len(values) - 1, max(0, math.ceil(0.99 * len(values)) - 1))]
+        ax.axvline(median, color="black", linestyle="--", linewidth=1, label=f"median {median:g}")
+        ax.axvline(p99, color="tab:red", linestyle=":", linewidth=1, label=f"p99 {p99:g}")
+        ax.set_title(name, fontsize="small")
+        ax.tick_params(labelsize="x-small")
+        ax.legend(fontsize="x-small")
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
