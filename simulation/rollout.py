@@ -49,7 +49,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from grapevine.gossip.errors import ConfigError
+from grapevine.gossip.errors import ConfigError, PolicyError
 from grapevine.gossip.item import SignedItem, Version
 from grapevine.policy.bundle import Bundle, pack
 from grapevine.policy.keys import SigningKey
@@ -104,10 +104,13 @@ class RolloutParams:
                 raise ConfigError(f"{name} must be a range 1 <= lo <= hi, got {lo}..{hi}")
         if self.report_timeout_ms < 1:
             raise ConfigError("report_timeout_ms must be positive")
-        plan = RolloutPlan.from_document({"stages": list(self.stages), "soak": f"{self.soak_ms}ms",
-                                          "max_failures": self.max_failures, "on_failure": self.on_failure,
-                                          "health": {"command": ["/usr/local/bin/site-health"], "timeout": "5s"}},
-                                         "simulate rollout")
+        try:
+            plan = RolloutPlan.from_document({"stages": list(self.stages), "soak": f"{self.soak_ms}ms",
+                                              "max_failures": self.max_failures, "on_failure": self.on_failure,
+                                              "health": {"command": ["/usr/local/bin/site-health"], "timeout": "5s"}},
+                                             "simulate rollout")
+        except PolicyError as exc:  # an operator's argument: a usage error (exit 2), as the other settings
+            raise ConfigError(str(exc)) from None
         object.__setattr__(self, "plan", plan)
         self.sim_params()  # node count, seed, phases: the usual checks
 
