@@ -31,7 +31,7 @@ import msgpack
 
 from grapevine.gossip import codec
 from grapevine.gossip.item import SignedItem, Version
-from grapevine.gossip.wire import ENVELOPE_VERSION
+from grapevine.gossip.wire import ENVELOPE_VERSION, PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from grapevine.policy.keys import SigningKey
 from grapevine.policy.rollout import ROLLOUT_KEY_PREFIX, TERMINAL, RolloutPlan, RolloutRecord, sign_record, stage_of
 from grapevine.policy.rollout_machines import (
@@ -54,14 +54,12 @@ BUNDLE = "web/site"
 BUNDLE_KEY = "bundle/" + BUNDLE
 RECORD_KEY = ROLLOUT_KEY_PREFIX + BUNDLE
 BAD_HEALTH = "health check failed: exit 1 (a node the simulation made bad)"
-SIGNATURE_BYTES = 64
-NODE_KEY_BYTES = 32
 
 
 def envelope_size(sender: str, dest: str, body: dict) -> int:
     """Bytes of the daemon's peer-route frame: [version, sender, node key, dest, body, signature]."""
     packed = msgpack.packb(body, use_bin_type=True)
-    return len(msgpack.packb([ENVELOPE_VERSION, sender, bytes(NODE_KEY_BYTES), dest, packed,
+    return len(msgpack.packb([ENVELOPE_VERSION, sender, bytes(PUBLIC_KEY_BYTES), dest, packed,
                               bytes(SIGNATURE_BYTES)], use_bin_type=True))
 
 
