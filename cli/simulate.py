@@ -111,7 +111,7 @@ def _print_table(doc: dict[str, Any]) -> None:
 @click.group("simulate", invoke_without_command=True)
 @click.option("--nodes", type=int, default=1000, show_default=True, help="Fleet size.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Master seed; the same seed replays the same run.")
-@click.option("--scenario", type=click.Choice(["inject", "partition", "churn", "loss"]), default="inject",
+@click.option("--scenario", type=click.Choice(["inject", "partition", "churn", "loss", "rollout"]), default="inject",
               show_default=True)
 @click.option("--protocol", type=click.Choice(["plumtree", "baseline", "both"]), default="plumtree",
               show_default=True, help="The gossip core, plain push gossip, or both side by side.")
@@ -130,6 +130,8 @@ def _print_table(doc: dict[str, Any]) -> None:
               help="Simulated time a converging phase may take.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Draw the fraction of nodes holding the item over time into this PNG.")
+@click.option("--bad-fraction", type=float, default=None,
+              help="rollout: fraction of nodes whose health check fails (1.0: a bad bundle; default 0).")
 @click.option("-v", "--verbose", is_flag=True, help="Log phases on stderr.")
 @json_option
 @click.pass_context
@@ -149,6 +151,12 @@ def simulate(ctx: click.Context, plot_path: str | None, verbose: bool, as_json: 
 
     if verbose:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
+    bad_fraction = options.pop("bad_fraction")
+    if options["scenario"] == "rollout":
+        _simulate_rollout(options, bad_fraction, as_json)
+        return
+    if bad_fraction is not None:
+        raise click.UsageError("--bad-fraction: only with --scenario rollout")
     params = SimParams(**options)  # a bad value raises ConfigError: exit 2
     settings = " ".join(f"{k}={v}" for k, v in params.describe().items())
     click.echo(f"simulate: {settings}", err=True)
@@ -178,6 +186,29 @@ def simulate(ctx: click.Context, plot_path: str | None, verbose: bool, as_json: 
             )
         raise click.exceptions.Exit(1)
 
+
+
+def _simulate_rollout(options: dict[str, Any], bad_fraction: float | None, as_json: bool) -> None:
+    """``--scenario rollout``: a staged rollout driven by the real Gate and Driver (simulation/rollout.py)."""
+    from grapevine.simulation.rollout import run_rollout
+
+    if options["protocol"] != "plumtree":
+        raise click.UsageError("--protocol: the rollout scenario runs on the gossip core only")
+    click.echo(f"simulate: scenario=rollout nodes={options['nodes']} seed={options['seed']} "
+               f"bad_fraction={bad_fraction or 0.0}", err=True)
+    doc = run_rollout(options["nodes"], options["seed"], bad_fraction=bad_fraction or 0.0,
+                      payload_bytes=options["payload_bytes"], latency_ms=options["latency_ms"])
+    if as_json:
+        emit_json(doc)
+    else:
+        for key in ("state", "halted", "ever_applied", "reverted", "final_applied", "rollout_ms",
+                    "bytes_per_node", "wall_s"):
+            click.echo(f"{key:>14}: {_fmt(doc.get(key))}")
+        for i, stage in enumerate(doc.get("stages", [])):
+            click.echo(f"       stage {i}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in stage.items()))
+    if not doc.get("ok", True):
+        click.echo(f"error: {doc.get('failure_report') or doc.get('reason')}", err=True)
+        raise click.exceptions.Exit(1)
 
 
 # -- simulate sweep -----------------------------------------------------------------

@@ -517,3 +517,15 @@ for _name in SCENARIOS:
 register("chaos", chaos_seed, nodes=ChaosParams.__dataclass_fields__["nodes"].default, figures=CHAOS_FIGURES,
          check=_check_chaos, totals=chaos_totals,
          about="every fault at once, then a heal that must converge (simulation/chaos.py)")
+
+
+def rollout_seed(seed: int, nodes: int, **opts: Any) -> dict[str, Any]:
+    """One seed of the staged-rollout scenario (simulation/rollout.py); ``-o bad_fraction=F``."""
+    from .rollout import run_rollout
+
+    return run_rollout(nodes, seed, **opts)
+
+
+register("rollout", rollout_seed, nodes=1000,
+         figures=("ever_applied", "reverted", "final_applied", "rollout_ms", "bytes_per_node", "wall_s"),
+         about="a staged rollout with health gates (simulation/rollout.py); -o bad_fraction=F")

@@ -103,3 +103,28 @@ def test_same_seed_gives_the_same_document_and_another_seed_another():
 def test_bad_parameters_are_refused_naming_what_is_wrong(opts, what):
     with pytest.raises(ConfigError, match=what):
         run_rollout(50, 1, **opts)
+
+
+def test_cli_rollout_scenario_prints_the_documented_fields_and_refuses_bad_fraction_elsewhere():
+    """`simulate --scenario rollout --bad-fraction 1.0 --json`: the DESIGN.md fields; --bad-fraction elsewhere is a usage error."""
+    import json
+
+    from click.testing import CliRunner
+
+    from grapevine.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["simulate", "--scenario", "rollout", "--nodes", "200", "--seed", "3",
+                                   "--bad-fraction", "1.0", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    for key in ("ever_applied", "reverted", "final_applied", "halted", "rollout_ms", "stages"):
+        assert key in doc, key
+    assert doc["halted"] is True and doc["final_applied"] == 0 and doc["ever_applied"] <= 4
+    refused = CliRunner().invoke(cli, ["simulate", "--bad-fraction", "0.5"])
+    assert refused.exit_code == 2 and "--bad-fraction" in refused.output
+
+
+def test_sweep_registry_offers_the_rollout_scenario():
+    from grapevine.simulation.sweep import scenario_names
+
+    assert "rollout" in scenario_names()
