@@ -71,9 +71,15 @@ def test_page_is_read_only_self_contained_and_serves_the_fleet_query(mesh):
     assert status == 200 and b"/static/ui.js" in body
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert b"http://" not in body and b"https://" not in body  # nothing referenced outside the agent
-    status, _, body = _get(url + "/api/fleet")
-    doc = json.loads(body)
-    assert status == 200 and doc["error"] is None
+    def fleet_doc():  # a node records its applied version just after writing the file: wait for the record
+        status, _, body = _get(url + "/api/fleet")
+        assert status == 200
+        doc = json.loads(body)
+        bundle = doc["fleet"]["bundles"].get(BUNDLE, {}) if doc.get("fleet") else {}
+        return doc if bundle.get("applied") == 3 else None
+
+    doc = wait_for(fleet_doc, 30, "the fleet page's query counting 3 nodes applied", interval=0.2)
+    assert doc["error"] is None
     assert set(doc["fleet"]["members"]) == {a.node_id for a in agents}
     assert doc["fleet"]["bundles"][BUNDLE] == {"version": _version(item), "targeted": 3, "applied": 3}
     for path, method in (("/api/fleet", "POST"), ("/", "DELETE"), ("/api/fleet", "PUT")):
